@@ -1,0 +1,90 @@
+"""The cache contract (`cache_schema.yaml`) and its validation on write and on open."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import yaml
+import zarr
+
+from pipeline.errors import CacheError
+
+SCHEMA_PATH = Path(__file__).with_name("cache_schema.yaml")
+ATTR_KEY = "nser"
+
+
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def schema_version() -> int:
+    return int(load_schema()["schema_version"])
+
+
+def table_columns() -> dict[str, str]:
+    return dict(load_schema()["table"])
+
+
+def column_dtype(kind: str) -> Any:
+    return str if kind == "str" else np.dtype(kind)
+
+
+def layer_array_name(stack: str, i: int) -> str:
+    return f"{stack}/layer_{i:02d}"
+
+
+def validate_attributes(attrs: dict[str, Any], where: str) -> None:
+    try:
+        jsonschema.validate(attrs, load_schema()["attributes"])
+    except jsonschema.ValidationError as exc:
+        path = "/".join(map(str, exc.absolute_path)) or "(root)"
+        raise CacheError(f"{where}: cache attributes break cache_schema.yaml at {path}: {exc.message}") from None
+
+
+def validate_group(group: zarr.Group, where: str) -> dict[str, Any]:
+    """Check attributes, arrays and table columns against the schema; returns the attributes."""
+    if ATTR_KEY not in group.attrs:
+        raise CacheError(f"{where}: not an nser-pipeline cache (no '{ATTR_KEY}' attributes)")
+    attrs = dict(group.attrs[ATTR_KEY])
+    found = attrs.get("schema_version")
+    if found != schema_version():
+        raise CacheError(f"{where}: cache schema version {found}, this code reads version "
+                         f"{schema_version()}; re-extract the cache or use a matching nser-pipeline")
+    validate_attributes(attrs, where)
+    model = attrs["model"]
+    n_rows = attrs["n_committed"]
+    members = _array_shapes(group)
+    for stack, count in (("encoder", model["n_encoder_states"]), ("decoder", model["n_decoder_states"])):
+        for i in range(count):
+            name = layer_array_name(stack, i)
+            if name not in members:
+                raise CacheError(f"{where}: missing array {name}")
+            shape, dtype = members[name]
+            if len(shape) != 2 or shape[1] != model["d_model"] or dtype != np.float16:
+                raise CacheError(f"{where}: array {name} has shape {shape} dtype {dtype}, "
+                                 f"expected (rows, {model['d_model']}) float16")
+    for col, kind in table_columns().items():
+        name = f"utterances/{col}"
+        if name not in members:
+            raise CacheError(f"{where}: missing table column {name}")
+        shape, dtype = members[name]
+        if shape[0] < n_rows:
+            raise CacheError(f"{where}: table column {col} has {shape[0]} rows, {n_rows} committed")
+        if kind != "str" and dtype != np.dtype(kind):
+            raise CacheError(f"{where}: table column {col} is {dtype}, expected {kind}")
+    return attrs
+
+
+def _array_shapes(group: zarr.Group) -> dict[str, tuple[tuple[int, ...], Any]]:
+    out = {}
+    for sub in ("encoder", "decoder", "utterances"):
+        if sub not in group:
+            continue
+        for name, arr in group[sub].arrays():
+            out[f"{sub}/{name}"] = (arr.shape, arr.dtype)
+    return out

@@ -1,0 +1,136 @@
+"""Command line: `nser` (group), `nser-extract`, `nser-train`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import NserError
+
+
+class NserCommand(click.Command):
+    """Prints NserError messages without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except NserError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.command("extract", cls=NserCommand)
+@click.option("--corpus", required=True, help="Corpus reader: emodb, csv.")
+@click.option("--data-root", required=True, type=click.Path(file_okay=False), help="Corpus folder.")
+@click.option("--model", default="openai/whisper-small", show_default=True,
+              help="Hugging Face id, local model dir, or bundled:tiny.en / bundled:base.")
+@click.option("--out", required=True, type=click.Path(), help="Cache path (a .zarr folder).")
+@click.option("--noise", type=click.Path(exists=True, file_okay=False), help="Folder of noise recordings.")
+@click.option("--snr", type=float, help="SNR in dB for --noise.")
+@click.option("--noise-type", help="Name of the noise recorded in the cache (default: folder name).")
+@click.option("--seed", default=0, show_default=True, help="Seed for noise file/offset choice.")
+@click.option("--context", type=click.Choice(["padded", "trimmed"]), default="padded", show_default=True)
+@click.option("--tokens", "token_source", type=click.Choice(["hypothesis", "transcript"]), default="hypothesis",
+              show_default=True, help="Decoder input: Whisper's greedy hypothesis or the ground-truth text.")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True, help="Compute dtype (auto: fp16 on GPU, fp32 on CPU); storage is fp16.")
+@click.option("--limit", type=int, help="Only the first N utterances of the manifest (quick runs).")
+@click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract_command(corpus, data_root, model, out, noise, snr, noise_type, seed, context, token_source,
+                    batch_size, device, dtype, limit, overwrite, quiet):
+    """Run Whisper once per (noisy) utterance and cache every encoder and decoder layer."""
+    from pipeline.corpora.manifest import read_corpus
+    from pipeline.extract.run import ExtractionOptions, run_extraction
+
+    c = read_corpus(corpus, data_root)
+    if limit:
+        c.utterances = c.utterances[:limit]
+    click.echo(c.summary(), err=True)
+    opts = ExtractionOptions(model=model, noise=noise, noise_type=noise_type, snr_db=snr, seed=seed,
+                             context=context, token_source=token_source, batch_size=batch_size,
+                             device=device, dtype=dtype, overwrite=overwrite)
+    rep = run_extraction(c, out, opts, progress=not quiet)
+    click.echo(f"{rep.path}: {rep.n_done} utterances cached ({rep.n_new} new) in {rep.seconds:.1f} s; "
+               f"{len(rep.errors)} failed", err=True)
+    for e in rep.errors[:20]:
+        click.echo(f"  error {e['utt_id']}: {e['error']}", err=True)
+    if rep.n_done == 0:
+        raise click.ClickException("nothing usable was extracted")
+
+
+@click.command("train", cls=NserCommand)
+@click.option("--cache", "cache", required=True, type=click.Path(exists=True), help="Cache made by nser-extract.")
+@click.option("--out", required=True, type=click.Path(), help="Run dir for config, log and metrics.")
+@click.option("--fusion", default="l-adapter", show_default=True)
+@click.option("--layers", default="enc:all,dec:all", show_default=True,
+              help="e.g. enc:all,dec:all | dec:0-4 | enc:10,12 | enc:last")
+@click.option("--epochs", default=50, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--folds", default="all", show_default=True, help="Test folds to run (comma-separated).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", default=0, help="torch CPU threads (0: default).")
+@click.option("--quiet", is_flag=True)
+def train_command(cache, out, fusion, layers, epochs, batch_size, lr, seed, folds, device, threads, quiet):
+    """Train a fusion model on cached layers with speaker-independent cross-validation."""
+    from pipeline.train.trainer import TrainConfig, format_metrics_table, train_on_cache
+
+    cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      folds=folds, device=device, threads=threads)
+    metrics = train_on_cache(cache, out, cfg, progress=not quiet)
+    click.echo(format_metrics_table(metrics))
+    click.echo(f"metrics: {Path(out) / 'metrics.json'}")
+
+
+@click.group()
+def main():
+    """nser-pipeline: Whisper layer caches and layer-adapter training for noisy speech emotion recognition."""
+
+
+@main.group("cache")
+def cache_group():
+    """Inspect caches."""
+
+
+@cache_group.command("info", cls=NserCommand)
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def cache_info(path, as_json):
+    """Summary of a cache: utterances, classes, folds, layers, bytes per audio second."""
+    from pipeline.cache.reader import CacheReader
+
+    info = CacheReader(path).info()
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    for key, value in info.items():
+        click.echo(f"{key:>24}: {value}")
+
+
+@main.command("demo-corpus", cls=NserCommand)
+@click.argument("out", type=click.Path())
+@click.option("--voices", default=6, show_default=True)
+@click.option("--sentences", default=8, show_default=True)
+@click.option("--folds", default=3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def demo_corpus(out, voices, sentences, folds, seed):
+    """Synthesize the small espeak-ng demo corpus and a babble noise folder (see README)."""
+    from pipeline.corpora.synthetic import build_babble_noise, build_demo_corpus
+
+    corpus = build_demo_corpus(Path(out) / "corpus", n_voices=voices, n_sentences=sentences, n_folds=folds,
+                               seed=seed)
+    noise = build_babble_noise(Path(out) / "noise" / "babble", seed=seed)
+    click.echo(f"corpus: {corpus}\nnoise: {noise}")
+
+
+main.add_command(extract_command)
+main.add_command(train_command)
+
+if __name__ == "__main__":
+    sys.exit(main())

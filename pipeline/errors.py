@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints their message without a traceback."""
+
+
+class NserError(Exception):
+    """Base class for errors caused by input, configuration or cache state."""
+
+
+class AudioError(NserError):
+    """An audio file cannot be used (missing, corrupt, empty, silent, non-finite)."""
+
+
+class CacheError(NserError):
+    """A cache is missing, malformed, or does not fit the command."""
+
+
+class LayerSelectionError(NserError):
+    """A layer selection string is malformed or asks for layers the cache lacks."""

@@ -1,0 +1,155 @@
+"""Extraction driver: corpus manifest -> (noisy) audio -> WhisperLayerExtractor -> CacheWriter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import __version__
+from pipeline.audio import MAX_SECONDS, load_audio
+from pipeline.cache.writer import CacheWriter
+from pipeline.corpora.manifest import Corpus, Utterance
+from pipeline.errors import AudioError, NserError
+from pipeline.extract.whisper_layers import FRAME_RATE, WhisperLayerExtractor
+from pipeline.models.loader import load_whisper
+from pipeline.noise import NoiseBank
+from pipeline.version import code_version
+
+
+@dataclass
+class ExtractionOptions:
+    model: str = "openai/whisper-small"
+    noise: str | None = None  # folder of noise recordings; None = clean
+    noise_type: str | None = None  # name recorded in the cache; defaults to the folder name
+    snr_db: float | None = None
+    seed: int = 0
+    context: str = "padded"
+    token_source: str = "hypothesis"
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    overwrite: bool = False
+
+
+@dataclass
+class ExtractionReport:
+    path: Path
+    n_done: int
+    n_new: int
+    errors: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    return device, {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def manifest_hash(corpus: Corpus) -> str:
+    h = hashlib.sha256()
+    for u in corpus.utterances:
+        h.update(json.dumps([u.utt_id, u.label, u.speaker, u.fold, u.transcript, u.start, u.end]).encode())
+    return h.hexdigest()[:16]
+
+
+def condition_name(opts: ExtractionOptions) -> str:
+    if opts.noise is None:
+        return "clean"
+    return f"{opts.noise_type or Path(opts.noise).name}_{opts.snr_db:g}dB"
+
+
+def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, progress: bool = True) -> ExtractionReport:
+    if (opts.noise is None) != (opts.snr_db is None):
+        raise NserError("--noise and --snr go together (leave both out for the clean condition)")
+    t_start = time.perf_counter()
+    bank = NoiseBank(opts.noise, seed=opts.seed) if opts.noise else None
+    device, dtype = resolve_device(opts.device, opts.dtype)
+    whisper = load_whisper(opts.model, device=device, dtype=dtype)
+    extractor = WhisperLayerExtractor(whisper, context=opts.context, token_source=opts.token_source,
+                                      language=corpus.language if corpus.language != "multi" else None)
+    condition = {
+        "name": condition_name(opts),
+        "noise_type": (opts.noise_type or Path(opts.noise).name) if opts.noise else None,
+        "noise_folder": str(opts.noise) if opts.noise else None,
+        "noise_files": bank.names if bank else [],
+        "noise_fingerprint": bank.fingerprint() if bank else None,
+        "snr_db": float(opts.snr_db) if opts.snr_db is not None else None,
+        "seed": int(opts.seed),
+    }
+    attrs: dict[str, Any] = {
+        "code_version": code_version(),
+        "corpus": {"name": corpus.name, "protocol": corpus.protocol, "language": corpus.language,
+                   "manifest_hash": manifest_hash(corpus)},
+        "classes": corpus.classes,
+        "model": {"name": opts.model, "weights_hash": whisper.weights_hash,
+                  "n_encoder_states": whisper.n_encoder_states, "n_decoder_states": whisper.n_decoder_states,
+                  "d_model": whisper.d_model, "frame_rate": FRAME_RATE},
+        "extraction": {"context": opts.context, "token_source": opts.token_source, "dtype": "float16",
+                       "max_seconds": MAX_SECONDS, "prompt": extractor.prompt},
+        "condition": condition,
+    }
+    # Everything the stored values depend on; the git commit is provenance, not identity.
+    attrs["identity"] = {"package_version": __version__, "corpus": attrs["corpus"], "model": attrs["model"],
+                         "extraction": attrs["extraction"],
+                         "condition": {k: v for k, v in condition.items() if k != "noise_folder"}}
+    writer = CacheWriter(out, attrs, overwrite=opts.overwrite)
+    pending = [u for u in corpus.utterances if u.utt_id not in writer.done_ids]
+    n_before = len(writer.done_ids)
+    errors: list[dict[str, str]] = []
+    audio_seconds = 0.0
+    bar = tqdm(total=len(pending), desc=f"extract {corpus.name}/{condition['name']}", unit="utt",
+               disable=not progress)
+    with writer:
+        for start in range(0, len(pending), opts.batch_size):
+            batch = pending[start:start + opts.batch_size]
+            ready = []
+            for u in batch:
+                try:
+                    ready.append((u, *_prepare(u, bank, opts.snr_db)))
+                except AudioError as exc:
+                    errors.append({"utt_id": u.utt_id, "path": str(u.path), "error": str(exc)})
+            if ready:
+                results = extractor.extract([r[1] for r in ready], [r[0].transcript for r in ready])
+                for (u, samples, meta), res in zip(ready, results):
+                    audio_seconds += len(samples) / 16000
+                    writer.add(_row(u, samples, meta, res), res.encoder, res.decoder, res.tokens)
+            bar.update(len(batch))
+        writer.attrs["errors"] = writer.attrs.get("errors", [])[-1000:] + errors
+    bar.close()
+    return ExtractionReport(Path(out), len(writer.done_ids), len(writer.done_ids) - n_before, errors,
+                            time.perf_counter() - t_start, audio_seconds)
+
+
+def _prepare(u: Utterance, bank: NoiseBank | None, snr_db: float | None) -> tuple[np.ndarray, dict[str, Any]]:
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        audio = load_audio(u.path, start=u.start, end=u.end)
+    meta: dict[str, Any] = {"truncated_s": audio.truncated_seconds, "noise_file": "", "noise_offset": 0,
+                            "realized_snr_db": math.nan}
+    samples = audio.samples
+    if bank is not None:
+        mixed = bank.mix(samples, u.utt_id, float(snr_db))
+        samples = mixed.samples
+        meta.update(noise_file=mixed.noise_file, noise_offset=mixed.noise_offset,
+                    realized_snr_db=mixed.realized_snr_db)
+    return samples, meta
+
+
+def _row(u: Utterance, samples: np.ndarray, meta: dict[str, Any], res) -> dict[str, Any]:
+    return {"utt_id": u.utt_id, "speaker": u.speaker, "label": u.label, "fold": u.fold,
+            "language": u.language, "transcript": u.transcript, "hypothesis": res.hypothesis,
+            "duration": len(samples) / 16000, "hyp_loop": res.hyp_loop, "hyp_capped": res.hyp_capped, **meta}

@@ -1,0 +1,132 @@
+"""Round trips through real Zarr v3 stores written by CacheWriter."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.cache.reader import CacheReader
+from pipeline.cache.schema import ATTR_KEY
+from pipeline.cache.writer import CacheLayout, CacheWriter
+from pipeline.errors import CacheError
+
+
+def attrs(n_enc=3, n_dec=2, d=8, identity=None):
+    return {
+        "code_version": "test", "identity": identity or {"k": 1},
+        "corpus": {"name": "t", "protocol": "cv", "language": "en", "manifest_hash": "m"},
+        "classes": ["a", "b"],
+        "model": {"name": "m", "weights_hash": "h", "n_encoder_states": n_enc, "n_decoder_states": n_dec,
+                  "d_model": d, "frame_rate": 50.0},
+        "extraction": {"context": "padded", "token_source": "hypothesis", "dtype": "float16", "max_seconds": 30.0},
+        "condition": {"name": "clean", "noise_type": None, "snr_db": None, "seed": 0},
+    }
+
+
+def row(k):
+    return dict(utt_id=f"u{k}", speaker=f"s{k % 3}", label="ab"[k % 2], fold=str(k % 3), language="en",
+                transcript=f"text {k}", hypothesis=f"hyp {k}", duration=1.0 + k, truncated_s=0.0,
+                hyp_loop=False, hyp_capped=False, noise_file="", noise_offset=0, realized_snr_db=float("nan"))
+
+
+def fake_states(rng, k):
+    nf, nt = 10 + 7 * k, 4 + k % 5
+    return ([rng.normal(size=(nf, 8)).astype(np.float16) for _ in range(3)],
+            [rng.normal(size=(nt, 8)).astype(np.float16) for _ in range(2)], np.arange(nt) + k)
+
+
+LAYOUT = CacheLayout(encoder_chunk_frames=16, encoder_shard_frames=128, decoder_chunk_tokens=4,
+                     decoder_shard_tokens=32)
+
+
+def write(path, n, start=0, **kw):
+    rng = np.random.default_rng(0)
+    data = [fake_states(rng, k) for k in range(n)]
+    with CacheWriter(path, attrs(**kw), layout=LAYOUT) as w:
+        for k in range(start, n):
+            if f"u{k}" not in w.done_ids:
+                w.add(row(k), *data[k])
+    return data
+
+
+def test_round_trip_values_and_table(tmp_path):
+    path = tmp_path / "c.zarr"
+    data = write(path, 25)
+    r = CacheReader(path)
+    assert r.n == 25
+    sel = r.selection("enc:all,dec:all")
+    for k in range(25):
+        got = r.read_states(k, sel)
+        for a, b in zip(got, data[k][0] + data[k][1]):
+            assert a.dtype == np.float16 and np.array_equal(a, b)
+        assert np.array_equal(r.tokens(k), data[k][2])
+    assert list(r.table["utt_id"]) == [f"u{k}" for k in range(25)]
+    assert r.table["transcript"][3] == "text 3" and r.table["duration"][4] == 5.0
+    info = r.info()
+    assert info["n_utterances"] == 25 and info["classes"] == {"a": 13, "b": 12}
+    assert info["encoder_layers"] == 3 and info["decoder_layers"] == 2 and info["dims"] == 8
+    assert info["bytes"] > sum(d[0][0].nbytes * 3 for d in data)
+
+
+def test_resume_drops_uncommitted_rows_and_continues(tmp_path):
+    path = tmp_path / "c.zarr"
+    data = write(path, 10)
+    # A crash after array writes but before the commit: rows exist past n_committed.
+    g = zarr.open_group(str(path), mode="r+")
+    g["encoder/layer_00"].resize((g["encoder/layer_00"].shape[0] + 50, 8))
+    g["encoder/layer_00"][-50:] = 7
+    g["utterances/utt_id"].resize((11,))
+    meta = dict(g.attrs[ATTR_KEY])
+    assert meta["n_committed"] == 10
+    data = write(path, 14)
+    r = CacheReader(path)
+    assert r.n == 14 and list(r.table["utt_id"])[-1] == "u13"
+    sel = r.selection("enc:0")
+    for k in range(14):
+        assert np.array_equal(r.read_states(k, sel)[0], data[k][0][0])
+
+
+def test_other_settings_refused(tmp_path):
+    path = tmp_path / "c.zarr"
+    write(path, 2)
+    with pytest.raises(CacheError, match="other settings"):
+        CacheWriter(path, attrs(identity={"k": 2}), layout=LAYOUT)
+
+
+def test_schema_checks_on_open(tmp_path):
+    with pytest.raises(CacheError, match="no cache"):
+        CacheReader(tmp_path / "missing.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(CacheError, match="not an nser-pipeline cache"):
+        CacheReader(tmp_path / "plain.zarr")
+    path = tmp_path / "c.zarr"
+    write(path, 3)
+    g = zarr.open_group(str(path), mode="r+")
+    meta = dict(g.attrs[ATTR_KEY])
+    g.attrs[ATTR_KEY] = dict(meta, schema_version=99)
+    with pytest.raises(CacheError, match="schema version 99"):
+        CacheReader(path)
+    g.attrs[ATTR_KEY] = dict(meta, model=dict(meta["model"], frame_rate="fast"))
+    with pytest.raises(CacheError, match="model/frame_rate"):
+        CacheReader(path)
+    g.attrs[ATTR_KEY] = meta
+    del g["decoder/layer_01"]
+    with pytest.raises(CacheError, match="missing array decoder/layer_01"):
+        CacheReader(path)
+
+
+def test_one_utterance_reads_few_chunks(tmp_path):
+    """Reading one utterance of one layer touches only the inner chunks it overlaps."""
+    from tests.cache.counting_store import CountingStore
+    path = tmp_path / "c.zarr"
+    data = write(path, 25)
+    store = CountingStore.open(path)
+    r = CacheReader(store)
+    k = 12
+    store.reset()
+    r.read_states(k, r.selection("enc:1"))
+    utt_bytes = data[k][0][1].nbytes
+    read = store.bytes_for("encoder/layer_01")
+    assert 0 < read <= utt_bytes + 2 * 16 * 8 * 2 + 1024  # <= 2 extra chunks + shard index
+    assert store.bytes_outside("encoder/layer_01") == 0

@@ -1,0 +1,56 @@
+"""Shared fixtures: paths to the real shared data, and one small real cache per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EMODB = SHARED / "emodb"
+NOISE = SHARED / "noise"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real audio lives in ../shared/data, not in the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def emodb_root() -> Path:
+    return need(EMODB / "audio")
+
+
+@pytest.fixture(scope="session")
+def noise_root() -> Path:
+    return need(NOISE)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Converted bundled models land here once per session (NSER_CACHE_DIR), unless the user set one."""
+    import os
+    if "NSER_CACHE_DIR" not in os.environ:
+        os.environ["NSER_CACHE_DIR"] = str(Path.home() / ".cache" / "nser-pipeline")
+    return Path(os.environ["NSER_CACHE_DIR"])
+
+
+@pytest.fixture(scope="session")
+def small_cache(tmp_path_factory, emodb_root, noise_root, cache_dir) -> Path:
+    """A real cache: 3 speakers' worth of EmoDB with bundled:base, babble noise at 0 dB."""
+    from pipeline.corpora.manifest import read_corpus
+    from pipeline.extract.run import ExtractionOptions, run_extraction
+
+    corpus = read_corpus("emodb", emodb_root)
+    # Two utterances per class from each of three folds: enough for a 3-fold plan.
+    picked, seen = [], {}
+    for u in corpus.utterances:
+        if u.fold in ("0", "1", "2") and seen.get((u.fold, u.label), 0) < 2:
+            picked.append(u)
+            seen[(u.fold, u.label)] = seen.get((u.fold, u.label), 0) + 1
+    corpus.utterances = picked
+    out = tmp_path_factory.mktemp("cache") / "emodb_babble0_base.zarr"
+    run_extraction(corpus, out, ExtractionOptions(model="bundled:base", noise=str(noise_root / "babble"),
+                                                  snr_db=0.0, batch_size=8), progress=False)
+    return out
