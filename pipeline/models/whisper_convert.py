@@ -36,6 +36,7 @@ __all__ = [
     "convert_ctranslate2_whisper",
     "derive_suppress_tokens",
     "infer_whisper_dims",
+    "read_special_tokens",
 ]
 
 # Bump when the produced directory changes in a way caches should notice.
@@ -196,7 +197,9 @@ def _ct2_to_hf_state_dict(ct2: CT2ModelBin, dims: WhisperDims) -> dict[str, np.n
     def fused(ct: str, hf_prefix: str, parts: Sequence[str]) -> None:
         w, b = take(f"{ct}/weight"), take(f"{ct}/bias")
         if w.shape != (len(parts) * d, d):
-            raise ModelFormatError(f"{ct2.source}: {ct}/weight has shape {w.shape}, expected {(len(parts) * d, d)}")
+            raise ModelFormatError(
+                f"{ct2.source}: {ct}/weight has shape {w.shape}, expected {(len(parts) * d, d)}"
+            )
         for i, part in enumerate(parts):
             out[f"{hf_prefix}.{part}_proj.weight"] = np.ascontiguousarray(w[i * d : (i + 1) * d])
             if part != "k":
@@ -231,9 +234,8 @@ def _ct2_to_hf_state_dict(ct2: CT2ModelBin, dims: WhisperDims) -> dict[str, np.n
     # HF ties proj_out to the embeddings; accept the source only if it is tied too.
     proj = src.get("decoder/projection/weight")
     if proj is not None:
-        if ct2.aliases.get("decoder/projection/weight") != "decoder/embeddings/weight" and not np.array_equal(
-            proj, src["decoder/embeddings/weight"]
-        ):
+        tied = ct2.aliases.get("decoder/projection/weight") == "decoder/embeddings/weight"
+        if not tied and not np.array_equal(proj, src["decoder/embeddings/weight"]):
             raise ModelFormatError(f"{ct2.source}: output projection is not tied to the embeddings")
         used.add("decoder/projection/weight")
 
@@ -243,7 +245,13 @@ def _ct2_to_hf_state_dict(ct2: CT2ModelBin, dims: WhisperDims) -> dict[str, np.n
     return out
 
 
-def _build_model(dims: WhisperDims, special: WhisperSpecialTokens, suppress: list[int], begin_suppress: list[int], state: dict[str, np.ndarray]) -> Any:
+def _build_model(
+    dims: WhisperDims,
+    special: WhisperSpecialTokens,
+    suppress: Sequence[int],
+    begin_suppress: Sequence[int],
+    state: dict[str, np.ndarray],
+) -> Any:
     """Instantiate WhisperForConditionalGeneration without random init and load ``state`` strictly."""
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
@@ -306,7 +314,9 @@ def read_special_tokens(tokenizer_json: dict[str, Any]) -> WhisperSpecialTokens:
     translate = need("<|translate|>")[1]
     no_speech_token, no_speech = need("<|nocaptions|>", "<|nospeech|>")
     languages = {
-        tok: i for tok, i in sorted(specials.items(), key=lambda kv: kv[1]) if sot < i < translate and _LANG_RE.match(tok)
+        tok: i
+        for tok, i in sorted(specials.items(), key=lambda kv: kv[1])
+        if sot < i < translate and _LANG_RE.match(tok)
     }
     return WhisperSpecialTokens(
         eot=need("<|endoftext|>")[1],
@@ -322,7 +332,9 @@ def read_special_tokens(tokenizer_json: dict[str, Any]) -> WhisperSpecialTokens:
     )
 
 
-def _complete_tokenizer_json(tok_json: dict[str, Any], n_vocab: int, special: WhisperSpecialTokens) -> tuple[dict[str, Any], bool]:
+def _complete_tokenizer_json(
+    tok_json: dict[str, Any], n_vocab: int, special: WhisperSpecialTokens
+) -> tuple[dict[str, Any], bool]:
     """Return tokenizer.json content covering the whole model vocabulary.
 
     Older exports stop at <|notimestamps|>; the 1,501 timestamp tokens that follow it in the
@@ -360,13 +372,16 @@ def _complete_tokenizer_json(tok_json: dict[str, Any], n_vocab: int, special: Wh
     return tok_json, appended
 
 
-def build_whisper_tokenizer(tokenizer_json_path: PathLike, n_vocab: int) -> tuple[Any, WhisperSpecialTokens, bool]:
+def build_whisper_tokenizer(
+    tokenizer_json_path: PathLike, n_vocab: int
+) -> tuple[Any, WhisperSpecialTokens, bool]:
     """Build a WhisperTokenizerFast from a CTranslate2 package's tokenizer.json.
 
     Every control token is passed as ``extra_special_tokens`` (transformers 5.x otherwise treats
     only <|endoftext|> as special and timestamp/prompt handling breaks). Returns the tokenizer,
     the control ids, and whether timestamp tokens had to be added.
     """
+    import transformers
     from transformers import WhisperTokenizerFast
 
     tok_json = json.loads(Path(tokenizer_json_path).read_text(encoding="utf-8"))
@@ -375,6 +390,9 @@ def build_whisper_tokenizer(tokenizer_json_path: PathLike, n_vocab: int) -> tupl
     special_names = [
         t["content"] for t in sorted(tok_json["added_tokens"], key=lambda t: int(t["id"])) if t.get("special")
     ]
+    # transformers 5 renamed `additional_special_tokens` (still accepted, but deprecated).
+    extra_kw = "extra_special_tokens" if int(transformers.__version__.split(".")[0]) >= 5 else "additional_special_tokens"
+    extra = {extra_kw: [s for s in special_names if s != "<|endoftext|>"]}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tokenizer.json"
         path.write_text(json.dumps(tok_json, ensure_ascii=False), encoding="utf-8")
@@ -384,8 +402,8 @@ def build_whisper_tokenizer(tokenizer_json_path: PathLike, n_vocab: int) -> tupl
             bos_token="<|endoftext|>",
             eos_token="<|endoftext|>",
             pad_token="<|endoftext|>",
-            extra_special_tokens=[s for s in special_names if s != "<|endoftext|>"],
             add_prefix_space=False,
+            **extra,
         )
     if len(tokenizer) != n_vocab:
         raise ModelFormatError(f"tokenizer has {len(tokenizer)} tokens, model vocabulary {n_vocab}")

@@ -1,0 +1,65 @@
+"""The real console scripts, end to end: csv corpus of real speech -> noisy extraction -> info -> train."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name(args[0])
+    if not exe.exists():
+        pytest.skip(f"console script {args[0]} not installed (pip install -e .)")
+    return subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, timeout=900)
+
+
+def test_extract_info_train(tmp_path, emodb_root, noise_root, cache_dir):
+    corpus = tmp_path / "corpus"
+    (corpus / "wav").mkdir(parents=True)
+    rows = []
+    for spk in ("03", "08", "09"):
+        for letter, label in (("N", "neutral"), ("W", "angry")):
+            for src in sorted(emodb_root.glob(f"{spk}*{letter}?.flac"))[:2]:
+                shutil.copy(src, corpus / "wav" / src.name)
+                rows.append({"path": f"wav/{src.name}", "label": label, "speaker": spk})
+    rows.append({"path": "wav/missing.flac", "label": "angry", "speaker": "09"})
+    with (corpus / "manifest.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "speaker"])
+        w.writeheader()
+        w.writerows(rows)
+    cache = tmp_path / "c.zarr"
+    res = run("nser-extract", "--corpus", "csv", "--data-root", str(corpus), "--model", "bundled:tiny.en",
+              "--noise", str(noise_root / "park"), "--snr", "5", "--out", str(cache), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "12 utterances cached (12 new)" in res.stderr and "1 failed" in res.stderr
+    assert "missing.flac: file not found" in res.stderr
+
+    info = json.loads(run("nser", "cache", "info", str(cache), "--json").stdout)
+    assert info["n_utterances"] == 12 and info["classes"] == {"angry": 6, "neutral": 6}
+    assert info["folds"] == {"0": 4, "1": 4, "2": 4}
+    assert info["encoder_layers"] == 5 and info["decoder_layers"] == 5 and info["dims"] == 384
+    assert info["bytes"] > 0 and abs(info["audio_seconds"] - 24.0) < 0.1
+    assert abs(info["mean_realized_snr_db"] - 5.0) < 0.01
+
+    again = run("nser-extract", "--corpus", "csv", "--data-root", str(corpus), "--model", "bundled:tiny.en",
+                "--noise", str(noise_root / "park"), "--snr", "5", "--out", str(cache), "--quiet")
+    assert "(0 new)" in again.stderr
+
+    other = run("nser-extract", "--corpus", "csv", "--data-root", str(corpus), "--model", "bundled:tiny.en",
+                "--noise", str(noise_root / "park"), "--snr", "10", "--out", str(cache), "--quiet")
+    assert other.returncode != 0 and "other settings" in other.stderr and "Traceback" not in other.stderr
+
+    run_dir = tmp_path / "run"
+    res = run("nser-train", "--cache", str(cache), "--layers", "enc:all,dec:all", "--epochs", "2",
+              "--out", str(run_dir), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "mean ± std" in res.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["folds"]) == {"0", "1", "2"} and 0.0 <= metrics["uar"] <= 1.0
+
+    bad = run("nser-train", "--cache", str(cache), "--layers", "enc:9", "--out", str(tmp_path / "r2"))
+    assert bad.returncode != 0 and "not in the cache" in bad.stderr
