@@ -14,7 +14,7 @@ NOISE_ARGS = $(if $(filter clean,$(SNR)),,--noise $(NOISE) --snr $(SNR))
 DEMO_DIR ?= demo_out
 DEMO_MODEL ?= bundled:base
 DEMO_SNR ?= 0
-DEMO_EPOCHS ?= 15
+DEMO_EPOCHS ?= 10
 
 .PHONY: install test extract demo clean-demo
 

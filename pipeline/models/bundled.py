@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import NserError
+
 from .whisper_convert import CONVERSION_VERSION, PROVENANCE_FILE, convert_ctranslate2_whisper
 
 __all__ = [
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 
-class BundledModelError(RuntimeError):
+class BundledModelError(NserError, RuntimeError):
     """A bundled model is unknown or its packages are not installed."""
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import NserError
+
 __all__ = [
     "SUPPORTED_BINARY_VERSION",
     "CT2ModelBin",
@@ -52,7 +54,7 @@ _BF16 = 5
 PathLike = str | os.PathLike[str]
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(NserError, ValueError):
     """The bytes are not a complete, supported CTranslate2 model.bin."""
 
 

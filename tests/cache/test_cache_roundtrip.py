@@ -118,7 +118,7 @@ def test_schema_checks_on_open(tmp_path):
 
 def test_one_utterance_reads_few_chunks(tmp_path):
     """Reading one utterance of one layer touches only the inner chunks it overlaps."""
-    from tests.cache.counting_store import CountingStore
+    from pipeline.cache.counting_store import CountingStore
     path = tmp_path / "c.zarr"
     data = write(path, 25)
     store = CountingStore.open(path)

@@ -4,7 +4,7 @@ import json
 
 from pipeline.cache.reader import CacheReader
 from pipeline.train.trainer import TrainConfig, fold_plan, train_on_cache
-from tests.cache.counting_store import CountingStore
+from pipeline.cache.counting_store import CountingStore
 
 
 def test_layer_subset_reads_only_those_layers(small_cache, tmp_path):
