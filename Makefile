@@ -14,9 +14,9 @@ NOISE_ARGS = $(if $(filter clean,$(SNR)),,--noise $(NOISE) --snr $(SNR))
 DEMO_DIR ?= demo_out
 DEMO_MODEL ?= bundled:base
 DEMO_SNR ?= 0
-DEMO_EPOCHS ?= 10
+DEMO_EPOCHS ?= 6
 
-.PHONY: install test extract demo clean-demo
+.PHONY: install test extract extract-all demo clean-demo
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -30,6 +30,30 @@ extract:
 	@if [ "$(SNR)" != clean ] && [ -z "$(NOISE)" ]; then echo "SNR=$(SNR) needs NOISE=<folder of noise recordings>"; exit 2; fi
 	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) $(NOISE_ARGS) --out $(OUT)
 	nser cache info $(OUT)
+
+## The paper's grid: NOISES x SNRS + clean, each cache at the path `make extract` uses
+## ($(CACHE_ROOT)/$(DATASET)/<noise>_<snr>dB/$(MODEL_TAG).zarr and .../clean/...).
+##   make extract-all DATASET=iemocap DATA_ROOT=/data/IEMOCAP_full_release DEMAND_ROOT=/data/DEMAND
+##     NOISES are then --noise-preset names (human park traffic; DEMAND channel ch01 only)
+##   make extract-all DATASET=emodb DATA_ROOT=../shared/data/emodb NOISE_ROOT=../shared/data/noise
+##     NOISES are then subfolders of NOISE_ROOT, by default all of them (NOISE_ROOT wins over DEMAND_ROOT)
+## Reruns are cheap: nser-extract resumes and skips finished utterances, so a complete condition
+## costs only the manifest scan and model loading; an interrupted one continues where it stopped.
+SNRS ?= -10 -5 0 5 10
+NOISE_ROOT ?=
+DEMAND_ROOT ?=
+NOISES ?= $(if $(NOISE_ROOT),$(sort $(notdir $(patsubst %/,%,$(wildcard $(NOISE_ROOT)/*/)))),human park traffic)
+GRID_NOISE_ARGS = $(if $(NOISE_ROOT),--noise $(NOISE_ROOT)/$(1),--noise $(DEMAND_ROOT) --noise-preset $(1))
+# One recipe line per condition (the blank line before endef ends each expansion with a newline).
+define EXTRACT_CONDITION
+	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL)$(if $(2), $(2)) --out $(CACHE_ROOT)/$(DATASET)/$(1)/$(MODEL_TAG).zarr
+
+endef
+
+extract-all:
+	$(if $(NOISE_ROOT)$(DEMAND_ROOT),,$(error extract-all needs DEMAND_ROOT=<DEMAND folder> (NOISES = presets) or NOISE_ROOT=<folder with one subfolder per noise>))
+	$(call EXTRACT_CONDITION,clean,)
+	$(foreach n,$(NOISES),$(foreach s,$(SNRS),$(call EXTRACT_CONDITION,$(n)_$(s)dB,$(call GRID_NOISE_ARGS,$(n)) --snr $(s))))
 
 ## Synthetic espeak-ng corpus + synthetic babble -> bundled Whisper base -> layer adapter -> results table.
 demo:

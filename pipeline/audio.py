@@ -16,6 +16,8 @@ from pipeline.errors import AudioError
 SAMPLE_RATE = 16000
 MAX_SECONDS = 30.0  # Whisper's context; longer input is truncated (policy in docs/extraction.md)
 SILENCE_PEAK = 1e-5
+# Video/AAC containers (MELD ships .mp4 clips) that libsndfile cannot read: decoded with PyAV (FFmpeg).
+CONTAINER_SUFFIXES = {".mp4", ".m4a", ".mkv", ".webm", ".mov", ".aac"}
 
 
 @dataclass
@@ -43,14 +45,17 @@ def load_audio(
         raise AudioError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: file is empty (0 bytes)")
-    try:
-        info = sf.info(str(path))
-        first = int(round((start or 0.0) * info.samplerate))
-        last = int(round(end * info.samplerate)) if end is not None else -1
-        data, rate = sf.read(str(path), start=first, stop=None if last < 0 else last,
-                             dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise AudioError(f"{path}: unreadable or corrupt audio ({exc})") from exc
+    if path.suffix.lower() in CONTAINER_SUFFIXES:
+        data, rate = _decode_container(path, start, end)
+    else:
+        try:
+            info = sf.info(str(path))
+            first = int(round((start or 0.0) * info.samplerate))
+            last = int(round(end * info.samplerate)) if end is not None else -1
+            data, rate = sf.read(str(path), start=first, stop=None if last < 0 else last,
+                                 dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise AudioError(f"{path}: unreadable or corrupt audio ({exc})") from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: contains no samples")
     if not np.isfinite(data).all():
@@ -72,3 +77,32 @@ def load_audio(
         raise AudioError(f"{path}: audio is silent (peak < {SILENCE_PEAK}); nothing to recognise "
                          "and the SNR of a noisy mix would be undefined")
     return LoadedAudio(np.ascontiguousarray(mono, dtype=np.float32), int(rate), int(data.shape[1]), dropped)
+
+
+def _decode_container(path: Path, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    """First audio stream as float32 (samples, channels) at its native rate; the caller downmixes
+    and resamples as for any other file. Every decoder failure becomes an AudioError naming the file."""
+    try:
+        import av
+    except ImportError as exc:  # pragma: no cover - av is in install_requires
+        raise AudioError(f"{path}: decoding {path.suffix} needs PyAV (pip install av)") from exc
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: no audio stream in the container")
+            stream = container.streams.audio[0]
+            rate = int(stream.rate)
+            # Planar float output keeps the channels apart; the mean downmix is then the same as for wav.
+            resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
+            chunks = [f.to_ndarray() for frame in container.decode(stream) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    except AudioError:
+        raise
+    except (av.FFmpegError, ValueError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{path}: unreadable or corrupt audio ({exc})") from exc
+    if not chunks or rate <= 0:
+        raise AudioError(f"{path}: contains no decodable audio")
+    data = np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False)
+    first = int(round((start or 0.0) * rate))
+    last = int(round(end * rate)) if end is not None else data.shape[0]
+    return data[first:last], rate

@@ -22,7 +22,8 @@ class NserCommand(click.Command):
 
 
 @click.command("extract", cls=NserCommand)
-@click.option("--corpus", required=True, help="Corpus reader: emodb, csv.")
+@click.option("--corpus", required=True,
+              help="Corpus reader: emodb, iemocap, meld, casia, ravdess, csv (layouts: docs/corpora.md).")
 @click.option("--data-root", required=True, type=click.Path(file_okay=False), help="Corpus folder.")
 @click.option("--model", default="openai/whisper-small", show_default=True,
               help="Hugging Face id, local model dir, or bundled:tiny.en / bundled:base.")
@@ -30,6 +31,8 @@ class NserCommand(click.Command):
 @click.option("--noise", type=click.Path(exists=True, file_okay=False), help="Folder of noise recordings.")
 @click.option("--snr", type=float, help="SNR in dB for --noise.")
 @click.option("--noise-type", help="Name of the noise recorded in the cache (default: folder name).")
+@click.option("--noise-preset", help="DEMAND environment by paper name (human, park, traffic); "
+              "--noise is then the DEMAND root. Only channel ch01 is used.")
 @click.option("--seed", default=0, show_default=True, help="Seed for noise file/offset choice.")
 @click.option("--context", type=click.Choice(["padded", "trimmed"]), default="padded", show_default=True)
 @click.option("--tokens", "token_source", type=click.Choice(["hypothesis", "transcript"]), default="hypothesis",
@@ -40,20 +43,25 @@ class NserCommand(click.Command):
               show_default=True, help="Compute dtype (auto: fp16 on GPU, fp32 on CPU); storage is fp16.")
 @click.option("--limit", type=int, help="Only the first N utterances of the manifest (quick runs).")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any file failed (default: only if none worked).")
+@click.option("--commit-frames", type=int, hidden=True, help="Encoder frames buffered per commit (tests).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract_command(corpus, data_root, model, out, noise, snr, noise_type, seed, context, token_source,
-                    batch_size, device, dtype, limit, overwrite, quiet):
+def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
+                    batch_size, device, dtype, limit, overwrite, strict, commit_frames, quiet):
     """Run Whisper once per (noisy) utterance and cache every encoder and decoder layer."""
     from pipeline.corpora.manifest import read_corpus
     from pipeline.extract.run import ExtractionOptions, run_extraction
+    from pipeline.noise_presets import resolve_noise
 
+    noise, preset_type = resolve_noise(noise, noise_preset)
+    noise_type = noise_type or preset_type
     c = read_corpus(corpus, data_root)
     if limit:
         c.utterances = c.utterances[:limit]
     click.echo(c.summary(), err=True)
     opts = ExtractionOptions(model=model, noise=noise, noise_type=noise_type, snr_db=snr, seed=seed,
                              context=context, token_source=token_source, batch_size=batch_size,
-                             device=device, dtype=dtype, overwrite=overwrite)
+                             device=device, dtype=dtype, overwrite=overwrite, commit_frames=commit_frames)
     rep = run_extraction(c, out, opts, progress=not quiet)
     click.echo(f"{rep.path}: {rep.n_done} utterances cached ({rep.n_new} new) in {rep.seconds:.1f} s; "
                f"{len(rep.errors)} failed", err=True)
@@ -61,12 +69,34 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, seed,
         click.echo(f"  error {e['utt_id']}: {e['error']}", err=True)
     if rep.n_done == 0:
         raise click.ClickException("nothing usable was extracted")
+    if strict and rep.errors:
+        raise click.ClickException(f"--strict: {len(rep.errors)} file(s) failed")
+
+
+class FusionChoice(click.Choice):
+    """The FUSIONS registry keys, read on first use so that commands other than train (and
+    `nser --help`) do not pay torch's import."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from pipeline.train.fusion import FUSIONS
+        return tuple(FUSIONS)
+
+    @choices.setter
+    def choices(self, _value) -> None:
+        """click.Choice.__init__ assigns the (empty) choices; the registry is the source."""
 
 
 @click.command("train", cls=NserCommand)
 @click.option("--cache", "cache", required=True, type=click.Path(exists=True), help="Cache made by nser-extract.")
 @click.option("--out", required=True, type=click.Path(), help="Run dir for config, log and metrics.")
-@click.option("--fusion", default="l-adapter", show_default=True)
+@click.option("--fusion", type=FusionChoice(), default="l-adapter", show_default=True,
+              help="single: one layer; last: a stack's last state; best: the single layer with the best "
+                   "validation UAR; mean / attention / scalar-mix / weighted-sum: layers mixed per frame "
+                   "before one shared head; l-adapter: the paper's adapter per layer (docs/fusions.md).")
 @click.option("--layers", default="enc:all,dec:all", show_default=True,
               help="e.g. enc:all,dec:all | dec:0-4 | enc:10,12 | enc:last")
 @click.option("--epochs", default=50, show_default=True)
@@ -111,6 +141,27 @@ def cache_info(path, as_json):
         return
     for key, value in info.items():
         click.echo(f"{key:>24}: {value}")
+
+
+@cache_group.command("verify", cls=NserCommand)
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def cache_verify(path, as_json):
+    """Check schema, table/array consistency and every chunk's checksum; name affected utterances."""
+    from pipeline.cache.verify import verify_cache
+
+    rep = verify_cache(path)
+    if as_json:
+        click.echo(json.dumps(rep.as_dict()))
+    else:
+        click.echo(f"{path}: {rep.n_utterances} utterances, {rep.chunks_checked} chunks checked: "
+                   + ("OK" if rep.ok else f"{len(rep.problems)} problem(s)"))
+        for p in rep.problems:
+            click.echo(f"  {p}")
+        if rep.affected:
+            click.echo(f"  affected utterances ({len(rep.affected)}): {', '.join(sorted(rep.affected)[:50])}")
+    if not rep.ok:
+        sys.exit(1)
 
 
 @main.command("demo-corpus", cls=NserCommand)

@@ -1,15 +1,19 @@
 """CacheWriter: appends utterances' hidden states to a Zarr v3 cache and commits them in batches.
 
-Rows are buffered and written one batch at a time because a shard is rewritten whole on every
-write touching it; a batch of at least one shard keeps that rewrite cost below 2x. The
-attribute `n_committed` moves only after a batch's arrays and table rows are all written, so a
-crash leaves the previous commit intact and a rerun resumes from it.
+Rows are buffered and written about one shard at a time because a shard is rewritten whole on
+every write touching it; committing at least a shard's worth keeps that rewrite cost below 2x.
+The attribute `n_committed` moves only after a batch's arrays and table rows are all written, and
+zarr's local store replaces every file atomically, so a crash at any point leaves the previous
+commit intact and a rerun resumes from it. Every inner chunk carries a CRC32C checksum that
+zarr verifies on read (`nser cache verify` reads them all). One writer at a time: a lock held
+for the writer's lifetime, released by the OS if the process dies.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +21,13 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from pipeline.cache.schema import (ATTR_KEY, column_dtype, layer_array_name, schema_version,
                                    table_columns, validate_attributes, validate_group)
+from pipeline.cache.lock import WriterLock
 from pipeline.errors import CacheError
+from pipeline.failpoints import failpoint
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 class CacheWriter:
     def __init__(self, path: str | Path, attrs: dict[str, Any], *, layout: CacheLayout = CacheLayout(),
-                 overwrite: bool = False):
+                 overwrite: bool = False, commit_frames: int | None = None):
         """`attrs` holds everything of the schema's attributes but n_committed, layout and schema_version."""
         self.path = Path(path)
         attrs = dict(attrs, schema_version=schema_version(), n_committed=0, layout=vars(layout).copy())
@@ -45,6 +52,26 @@ class CacheWriter:
         validate_attributes(attrs, str(self.path))
         model = attrs["model"]
         self.n_enc, self.n_dec, self.d = model["n_encoder_states"], model["n_decoder_states"], model["d_model"]
+        self.lock = WriterLock(self.path)
+        self.lock.acquire()
+        try:
+            self._open_or_create(attrs, layout, overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+        table = self.group["utterances"]
+        n = self.attrs["n_committed"]
+        self.done_ids: set[str] = set(table["utt_id"][:n].tolist()) if n else set()
+        self.n_frames_total = int(table["frame_offset"][n - 1] + table["n_frames"][n - 1]) if n else 0
+        self.n_tokens_total = int(table["token_offset"][n - 1] + table["n_tokens"][n - 1]) if n else 0
+        self._rows: list[dict[str, Any]] = []
+        self._enc: list[list[np.ndarray]] = [[] for _ in range(self.n_enc)]
+        self._dec: list[list[np.ndarray]] = [[] for _ in range(self.n_dec)]
+        self._tokens: list[np.ndarray] = []
+        self._buffered_frames = 0
+        self.commit_frames = commit_frames or layout.encoder_shard_frames
+
+    def _open_or_create(self, attrs: dict[str, Any], layout: CacheLayout, overwrite: bool) -> None:
         if self.path.exists() and overwrite:
             shutil.rmtree(self.path)
         if self.path.exists():
@@ -57,23 +84,18 @@ class CacheWriter:
                     "choose another --out or pass --overwrite")
             self.attrs = existing
             self._truncate_to_commit()
-        else:
-            self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
-            self.attrs = attrs
-            self._create_arrays(layout)
-            self.group.attrs[ATTR_KEY] = self.attrs
-            validate_group(self.group, str(self.path))
-        table = self.group["utterances"]
-        n = self.attrs["n_committed"]
-        self.done_ids: set[str] = set(table["utt_id"][:n].tolist()) if n else set()
-        self.n_frames_total = int(table["frame_offset"][n - 1] + table["n_frames"][n - 1]) if n else 0
-        self.n_tokens_total = int(table["token_offset"][n - 1] + table["n_tokens"][n - 1]) if n else 0
-        self._rows: list[dict[str, Any]] = []
-        self._enc: list[list[np.ndarray]] = [[] for _ in range(self.n_enc)]
-        self._dec: list[list[np.ndarray]] = [[] for _ in range(self.n_dec)]
-        self._tokens: list[np.ndarray] = []
-        self._buffered_frames = 0
-        self._flush_frames = layout.encoder_shard_frames
+            return
+        # Built beside the target and renamed into place: a crash never leaves a half-made group.
+        staging = self.path.with_name(f".{self.path.name}.creating")
+        if staging.exists():
+            shutil.rmtree(staging)
+        self.group = zarr.open_group(str(staging), mode="w", zarr_format=3)
+        self.attrs = attrs
+        self._create_arrays(layout)
+        self.group.attrs[ATTR_KEY] = self.attrs
+        validate_group(self.group, str(staging))
+        os.replace(staging, self.path)
+        self.group = zarr.open_group(str(self.path), mode="r+")
 
     def _create_arrays(self, layout: CacheLayout) -> None:
         for stack, count, chunk, shard in (
@@ -84,10 +106,12 @@ class CacheWriter:
                 # Uncompressed: Whisper states compress to only ~0.88 of raw (docs/cache.md).
                 self.group.create_array(layer_array_name(stack, i), shape=(0, self.d), dtype="float16",
                                         chunks=(chunk, self.d), shards=(shard, self.d),
-                                        compressors=None, fill_value=0)
-        self.group.create_array("decoder/tokens", shape=(0,), dtype="int32", chunks=(4096,), fill_value=0)
+                                        compressors=[Crc32cCodec()], fill_value=0)
+        self.group.create_array("decoder/tokens", shape=(0,), dtype="int32", chunks=(4096,), fill_value=0,
+                                compressors=[Crc32cCodec()])
         for col, kind in table_columns().items():
-            self.group.create_array(f"utterances/{col}", shape=(0,), dtype=column_dtype(kind), chunks=(8192,))
+            self.group.create_array(f"utterances/{col}", shape=(0,), dtype=column_dtype(kind), chunks=(8192,),
+                                    compressors=[Crc32cCodec()])
 
     def _truncate_to_commit(self) -> None:
         """Drop rows written after the last commit (a crash between array writes and commit)."""
@@ -127,7 +151,11 @@ class CacheWriter:
         self._rows.append(row)
         self.done_ids.add(row["utt_id"])
         self._buffered_frames += n_frames
-        if self._buffered_frames >= self._flush_frames:
+
+    def commit_if_due(self) -> None:
+        """Commit once enough is buffered; callers call it between batches so that what is committed
+        is always whole batches, and a resumed run recomputes the rest with the same batching."""
+        if self._buffered_frames >= self.commit_frames:
             self.commit()
 
     def commit(self) -> None:
@@ -144,6 +172,7 @@ class CacheWriter:
         tok = self.group["decoder/tokens"]
         tok.resize((t1,))
         tok[t0:t1] = np.concatenate(self._tokens)
+        failpoint("commit:arrays-written")
         n0 = self.attrs["n_committed"]
         n1 = n0 + len(self._rows)
         table = self.group["utterances"]
@@ -153,8 +182,10 @@ class CacheWriter:
             arr.resize((n1,))
             arr[n0:n1] = np.array(values, dtype=column_dtype(kind) if kind != "str" else object).astype(
                 np.dtypes.StringDType() if kind == "str" else kind)
+        failpoint("commit:table-written")
         self.attrs["n_committed"] = n1
         self.group.attrs[ATTR_KEY] = self.attrs  # the commit point
+        failpoint("commit:done")
         self.n_frames_total, self.n_tokens_total = f1, t1
         self._rows.clear()
         self._tokens.clear()
@@ -162,16 +193,30 @@ class CacheWriter:
             buf.clear()
         self._buffered_frames = 0
 
+    def set_errors(self, errors: list[dict[str, str]]) -> None:
+        """Per-file failures of this run (retried on every rerun, so older ones are superseded)."""
+        self.attrs["errors"] = errors
+        self.group.attrs[ATTR_KEY] = self.attrs
+
     def close(self) -> None:
-        self.commit()
-        validate_group(self.group, str(self.path))
+        try:
+            self.commit()
+            validate_group(self.group, str(self.path))
+        finally:
+            self.lock.release()
 
     def __enter__(self) -> "CacheWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         # Commit what is complete even on an error, so a rerun does not redo it.
-        self.close() if exc_type is None else self.commit()
+        if exc_type is None:
+            self.close()
+        else:
+            try:
+                self.commit()
+            finally:
+                self.lock.release()
 
 
 def _identity_diff(old: dict[str, Any], new: dict[str, Any]) -> str:

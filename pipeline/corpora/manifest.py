@@ -57,7 +57,7 @@ def register_corpus(name: str) -> Callable[[CorpusReader], CorpusReader]:
 
 def read_corpus(name: str, data_root: str | Path) -> Corpus:
     # Importing the readers fills the registry.
-    from pipeline.corpora import csv_manifest, emodb  # noqa: F401
+    from pipeline.corpora import casia, csv_manifest, emodb, iemocap, meld, ravdess  # noqa: F401
     if name not in CORPORA:
         raise NserError(f"unknown corpus {name!r}; known: {', '.join(sorted(CORPORA))}")
     root = Path(data_root)

@@ -21,6 +21,7 @@ from pipeline.cache.writer import CacheWriter
 from pipeline.corpora.manifest import Corpus, Utterance
 from pipeline.errors import AudioError, NserError
 from pipeline.extract.whisper_layers import FRAME_RATE, WhisperLayerExtractor
+from pipeline.failpoints import failpoint
 from pipeline.models.loader import load_whisper
 from pipeline.noise import NoiseBank
 from pipeline.version import code_version
@@ -39,6 +40,7 @@ class ExtractionOptions:
     device: str = "auto"
     dtype: str = "auto"
     overwrite: bool = False
+    commit_frames: int | None = None  # encoder frames buffered per commit (default: one shard)
 
 
 @dataclass
@@ -106,16 +108,20 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
     attrs["identity"] = {"package_version": __version__, "corpus": attrs["corpus"], "model": attrs["model"],
                          "extraction": attrs["extraction"],
                          "condition": {k: v for k, v in condition.items() if k != "noise_folder"}}
-    writer = CacheWriter(out, attrs, overwrite=opts.overwrite)
-    pending = [u for u in corpus.utterances if u.utt_id not in writer.done_ids]
+    writer = CacheWriter(out, attrs, overwrite=opts.overwrite, commit_frames=opts.commit_frames)
+    # Batches are fixed blocks of the manifest, so a resumed run batches the rest as the first
+    # run would have, and the cache ends up identical to an uninterrupted one.
+    blocks = [corpus.utterances[i:i + opts.batch_size] for i in range(0, len(corpus.utterances), opts.batch_size)]
+    batches = [[u for u in b if u.utt_id not in writer.done_ids] for b in blocks]
+    batches = [b for b in batches if b]
     n_before = len(writer.done_ids)
     errors: list[dict[str, str]] = []
     audio_seconds = 0.0
-    bar = tqdm(total=len(pending), desc=f"extract {corpus.name}/{condition['name']}", unit="utt",
+    bar = tqdm(total=sum(map(len, batches)), desc=f"extract {corpus.name}/{condition['name']}", unit="utt",
                disable=not progress)
     with writer:
-        for start in range(0, len(pending), opts.batch_size):
-            batch = pending[start:start + opts.batch_size]
+        for batch in batches:
+            failpoint("extract:batch")
             ready = []
             for u in batch:
                 try:
@@ -127,8 +133,9 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
                 for (u, samples, meta), res in zip(ready, results):
                     audio_seconds += len(samples) / 16000
                     writer.add(_row(u, samples, meta, res), res.encoder, res.decoder, res.tokens)
+            writer.commit_if_due()
             bar.update(len(batch))
-        writer.attrs["errors"] = writer.attrs.get("errors", [])[-1000:] + errors
+        writer.set_errors(errors)
     bar.close()
     return ExtractionReport(Path(out), len(writer.done_ids), len(writer.done_ids) - n_before, errors,
                             time.perf_counter() - t_start, audio_seconds)

@@ -1,4 +1,12 @@
-"""Layer fusion models over cached Whisper states, keyed by name (`--fusion`)."""
+"""Layer fusion models over cached Whisper states, keyed by name (`--fusion`).
+
+Every fusion takes ``(layers, lengths)``: one padded ``[B, T, d]`` tensor and one ``[B]`` length
+tensor per selected layer, encoder layers first, then decoder layers (as the dataset yields them).
+`l-adapter` is the paper's method (one BiGRU adapter per layer, then a weighted sum). All the
+other fusions mix the layers frame by frame *before* a single shared head, so that in a
+comparison only the fusion differs; see docs/fusions.md for the equations and the rule for
+selections that span both stacks.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,10 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from pipeline.errors import LayerSelectionError
+from pipeline.layers import LayerSelection
 
 FUSIONS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -15,6 +27,11 @@ def register_fusion(name: str):
         FUSIONS[name] = cls
         return cls
     return deco
+
+
+def valid_mask(lengths: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """[B, T] bool, True on real frames."""
+    return torch.arange(total, device=device)[None, :] < lengths.to(device)[:, None]
 
 
 class LayerAdapter(nn.Module):
@@ -31,16 +48,20 @@ class LayerAdapter(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        mask = valid_mask(lengths, x.shape[1], x.device)
         out = out.masked_fill(~mask[:, :, None], float("-inf"))
         return self.norm(torch.relu(out.max(dim=1).values))
 
 
 @register_fusion("l-adapter")
 class LayerAdapterFusion(nn.Module):
-    """One adapter per selected layer, a learnable softmax-weighted sum (eq. 7), dropout, FC (eq. 8)."""
+    """One adapter per selected layer, a learnable softmax-weighted sum (eq. 7), dropout, FC (eq. 8).
 
-    def __init__(self, n_layers: int, d_in: int, n_classes: int, hidden: int = 256, dropout: float = 0.5):
+    Each layer has its own adapter, so encoder and decoder layers need no special handling:
+    `n_encoder`/`n_decoder` are accepted (every fusion gets them) and ignored."""
+
+    def __init__(self, n_layers: int, d_in: int, n_classes: int, hidden: int = 256, dropout: float = 0.5,
+                 n_encoder: int | None = None, n_decoder: int | None = None):
         super().__init__()
         self.adapters = nn.ModuleList(LayerAdapter(d_in, hidden) for _ in range(n_layers))
         self.layer_logits = nn.Parameter(torch.zeros(n_layers))
@@ -54,6 +75,193 @@ class LayerAdapterFusion(nn.Module):
         adapted = torch.stack([a(x, n) for a, x, n in zip(self.adapters, layers, lengths)], dim=0)
         fused = (self.layer_weights()[:, None, None] * adapted).sum(dim=0)
         return self.classifier(self.dropout(fused))
+
+
+# --- frame-level mixers: [k, B, T, d] (k layers of one stack) -> [B, T, d] ----------------------
+
+class MeanMix(nn.Module):
+    """Uniform average; no parameters (for k = 1 it is the identity, which `single` relies on)."""
+
+    def __init__(self, k: int, d: int):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=0)
+
+
+class WeightedSumMix(nn.Module):
+    """softmax(w) over layers, as the s3prl Featurizer; w starts at 0, i.e. at the mean."""
+
+    def __init__(self, k: int, d: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(k))
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits, dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("k,kbtd->btd", self.weights(), x)
+
+
+class ScalarMix(WeightedSumMix):
+    """ELMo scalar mix: gamma * sum_l softmax(s)_l * LN(h_l).
+
+    LN is a parameter-free layer norm of each frame vector (on by default). Whisper's states
+    differ in scale by orders of magnitude across depth (the last one is post-LayerNorm, the
+    embeddings are small), so without it the loudest layer dominates whatever the weights say.
+    Per frame rather than ELMo's statistics over the whole batch, so an utterance's output does
+    not depend on its batch mates or on padding. gamma lets the head re-scale the normalized mix."""
+
+    def __init__(self, k: int, d: int, layer_norm: bool = True):
+        super().__init__(k, d)
+        self.gamma = nn.Parameter(torch.ones(()))
+        self.layer_norm = layer_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer_norm:
+            x = F.layer_norm(x, x.shape[-1:])
+        return self.gamma * super().forward(x)
+
+
+class AttentionMix(nn.Module):
+    """Attention pooling over layers, per frame: a_{l,t} = softmax_l(q . LN(h_{l,t})), out_t = sum_l a_{l,t} h_{l,t}.
+
+    The query q (d parameters) scores a parameter-free layer-normalized copy so that a layer's
+    overall scale does not decide its score; the mix itself uses the raw states. q starts at 0, so
+    training starts from the mean (and the head's initialization matches the other fusions'). No
+    bias: a constant shared by all layers cancels in the softmax."""
+
+    def __init__(self, k: int, d: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = F.layer_norm(x, x.shape[-1:]) @ self.query  # [k, B, T]
+        return (torch.softmax(scores, dim=0)[..., None] * x).sum(dim=0)
+
+
+def _stack_sizes(n_layers: int, n_encoder: int | None, n_decoder: int | None) -> tuple[int, int]:
+    """Without stack info all layers are taken as one stack (the encoder)."""
+    n_decoder = n_decoder or 0
+    n_encoder = n_layers - n_decoder if n_encoder is None else n_encoder
+    if n_encoder < 0 or n_encoder + n_decoder != n_layers:
+        raise ValueError(f"n_encoder={n_encoder} + n_decoder={n_decoder} != n_layers={n_layers}")
+    return n_encoder, n_decoder
+
+
+class FrameFusion(nn.Module):
+    """Mix the layers of each stack frame by frame, then the shared head: one layer adapter
+    (BiGRU -> masked max-pool -> ReLU -> LayerNorm) per stack, dropout, FC.
+
+    Encoder frames and decoder tokens are different time axes, so the stacks cannot be mixed
+    frame by frame with each other: each stack present in the selection gets its own mixer and
+    head, and the pooled stack embeddings are averaged before dropout and FC. With one stack this
+    is exactly one adapter + classifier on the mixed sequence, so `single` equals a one-layer
+    `l-adapter` and all these fusions have the same downstream capacity."""
+
+    mixer: type[nn.Module] = MeanMix
+
+    def __init__(self, n_layers: int, d_in: int, n_classes: int, hidden: int = 256, dropout: float = 0.5,
+                 n_encoder: int | None = None, n_decoder: int | None = None, **mixer_kwargs):
+        super().__init__()
+        if n_layers < 1:
+            raise LayerSelectionError("a fusion needs at least one layer")
+        self.stack_sizes = [k for k in _stack_sizes(n_layers, n_encoder, n_decoder) if k]
+        self.mixers = nn.ModuleList(self.mixer(k, d_in, **mixer_kwargs) for k in self.stack_sizes)
+        self.heads = nn.ModuleList(LayerAdapter(d_in, hidden) for _ in self.stack_sizes)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * hidden, n_classes)
+
+    def forward(self, layers: list[torch.Tensor], lengths: list[torch.Tensor]) -> torch.Tensor:
+        if len(layers) != sum(self.stack_sizes):
+            raise ValueError(f"expected {sum(self.stack_sizes)} layers, got {len(layers)}")
+        pooled, start = [], 0
+        for k, mixer, head in zip(self.stack_sizes, self.mixers, self.heads):
+            xs, n = layers[start:start + k], lengths[start]
+            if any(x.shape != xs[0].shape for x in xs):
+                raise ValueError(f"layers of one stack must share a time axis, got {[tuple(x.shape) for x in xs]}")
+            start += k
+            mixed = mixer(torch.stack(xs, dim=0))
+            # Zero the padding so no mixer output on padded frames can reach the head.
+            mixed = mixed.masked_fill(~valid_mask(n, mixed.shape[1], mixed.device)[:, :, None], 0.0)
+            pooled.append(head(mixed, n))
+        return self.classifier(self.dropout(torch.stack(pooled, dim=0).mean(dim=0)))
+
+
+class _LearnedWeightsMixin:
+    """`layer_weights()`: each stack's softmax weights, encoder then decoder (each stack sums to 1)."""
+
+    mixers: nn.ModuleList
+
+    def layer_weights(self) -> torch.Tensor:
+        return torch.cat([m.weights() for m in self.mixers])
+
+
+@register_fusion("single")
+class SingleLayerFusion(FrameFusion):
+    """One layer through the shared head. `last` and `best` are this model; the trainer decides
+    which layer (`resolve_layers`)."""
+
+    def __init__(self, n_layers: int, *args, **kwargs):
+        if n_layers != 1:
+            raise LayerSelectionError(
+                f"a single-layer fusion needs exactly one layer, got {n_layers}; select one with e.g. "
+                "--layers enc:6, or use --fusion best to pick one of several by validation")
+        super().__init__(n_layers, *args, **kwargs)
+
+
+register_fusion("last")(SingleLayerFusion)
+register_fusion("best")(SingleLayerFusion)
+
+
+@register_fusion("mean")
+class MeanFusion(FrameFusion):
+    mixer = MeanMix
+
+
+@register_fusion("attention")
+class AttentionFusion(FrameFusion):
+    """Weights depend on the frame, so there is no static `layer_weights()`."""
+
+    mixer = AttentionMix
+
+
+@register_fusion("scalar-mix")
+class ScalarMixFusion(_LearnedWeightsMixin, FrameFusion):
+    """`layer_norm=False` turns off the per-frame normalization before mixing."""
+
+    mixer = ScalarMix
+
+
+@register_fusion("weighted-sum")
+class WeightedSumFusion(_LearnedWeightsMixin, FrameFusion):
+    mixer = WeightedSumMix
+
+
+def resolve_layers(fusion: str, selection: LayerSelection, n_encoder_states: int,
+                   n_decoder_states: int) -> list[LayerSelection]:
+    """The selection(s) a fusion trains on: `best` gets one single-layer candidate per selected
+    layer (the trainer keeps the best by validation), `last` the final state of the one selected
+    stack, the others the selection as given."""
+    if fusion == "best":
+        return ([LayerSelection((i,), ()) for i in selection.encoder]
+                + [LayerSelection((), (i,)) for i in selection.decoder])
+    if fusion == "single" and len(selection) != 1:
+        raise LayerSelectionError(f"--fusion single needs exactly one layer, got {len(selection)} "
+                                  f"({', '.join(selection.names)}); e.g. --layers enc:6")
+    if fusion == "last":
+        if selection.encoder and selection.decoder:
+            raise LayerSelectionError("--fusion last takes the last state of one stack; select one: "
+                                      "--layers enc:all or --layers dec:all")
+        stack, chosen, count = (("enc", selection.encoder, n_encoder_states) if selection.encoder
+                                else ("dec", selection.decoder, n_decoder_states))
+        last = count - 1
+        if last not in chosen:
+            raise LayerSelectionError(
+                f"--fusion last uses {stack}{last}, the stack's last state, which --layers does not select "
+                f"({', '.join(selection.names)}); use --layers {stack}:all, or --fusion single for another layer")
+        return [LayerSelection((last,), ()) if stack == "enc" else LayerSelection((), (last,))]
+    return [selection]
 
 
 def build_fusion(name: str, **kwargs) -> nn.Module:
