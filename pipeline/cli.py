@@ -28,7 +28,7 @@ class NserCommand(click.Command):
 @click.option("--model", default="openai/whisper-small", show_default=True,
               help="Hugging Face id, local model dir, or bundled:tiny.en / bundled:base.")
 @click.option("--out", required=True, type=click.Path(), help="Cache path (a .zarr folder).")
-@click.option("--noise", type=click.Path(exists=True, file_okay=False), help="Folder of noise recordings.")
+@click.option("--noise", type=click.Path(exists=True), help="Folder of noise recordings, or one recording.")
 @click.option("--snr", type=float, help="SNR in dB for --noise.")
 @click.option("--noise-type", help="Name of the noise recorded in the cache (default: folder name).")
 @click.option("--noise-preset", help="DEMAND environment by paper name (human, park, traffic); "

@@ -49,14 +49,19 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np
 
 
 class NoiseBank:
-    """A folder of noise recordings (any rate or channel count), chosen per utterance by hash."""
+    """A folder of noise recordings, or one recording (any rate or channel count); the file and the
+    offset are chosen per utterance by hash."""
 
-    def __init__(self, folder: str | Path, seed: int = 0):
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise NserError(f"noise folder not found: {self.folder}")
-        self.files = sorted(p for p in self.folder.rglob("*")
-                            if p.suffix.lower() in NOISE_SUFFIXES and p.is_file())
+    def __init__(self, source: str | Path, seed: int = 0):
+        source = Path(source)
+        if source.is_file():
+            self.folder, self.files = source.parent, [source]
+        elif source.is_dir():
+            self.folder = source
+            self.files = sorted(p for p in source.rglob("*")
+                                if p.suffix.lower() in NOISE_SUFFIXES and p.is_file())
+        else:
+            raise NserError(f"noise folder or file not found: {source}")
         if not self.files:
             raise NserError(f"no noise recordings ({', '.join(sorted(NOISE_SUFFIXES))}) in {self.folder}")
         self.seed = seed

@@ -1,17 +1,14 @@
 """Named noise conditions (``--noise-preset human|park|traffic``) backed by DEMAND environments.
 
-`NoiseBank` draws from every recording under its folder, but a DEMAND environment holds 16
-microphone channels of one scene and the paper uses a single channel. So a DEMAND environment is
-exposed through a one-file view folder (a symlink to ``ch01.wav`` in the user cache dir, never a
-copy): the bank, its file list and its fingerprint then see exactly that channel. The view's
-folder is named after the environment, and the noise type recorded in the cache is the preset
-name (or the environment name when a DEMAND folder is given without a preset).
+A DEMAND environment holds 16 microphone channels of one scene and the paper uses a single
+channel, so a DEMAND environment resolves to its ``ch01.wav`` file (`NoiseBank` takes a file as
+well as a folder): the bank, its file list and its fingerprint then see exactly that channel. The
+noise type recorded in the cache is the preset name (or the environment name when a DEMAND
+folder is given without a preset).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import yaml
@@ -28,24 +25,6 @@ def is_demand_environment(folder: Path, channel: str = "ch01.wav") -> bool:
     return (folder / channel).is_file() and (folder / "ch02.wav").is_file()
 
 
-def single_channel_view(env_dir: Path, channel: str = "ch01.wav") -> Path:
-    """A folder holding only a symlink to `env_dir/channel`; stable path, (re)made atomically."""
-    from pipeline.models.bundled import cache_root
-
-    target = (env_dir / channel).resolve()
-    key = hashlib.sha256(str(target).encode()).hexdigest()[:12]
-    view = cache_root() / "noise-views" / key / env_dir.resolve().name
-    link = view / channel
-    if link.is_symlink() and Path(os.readlink(link)) == target:
-        return view
-    view.mkdir(parents=True, exist_ok=True)
-    tmp = view / f".{channel}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)  # atomic, so parallel extractions of one preset cannot see a half-made view
-    return view
-
-
 def find_environment(root: Path, env: str, layouts: list[str], channel: str = "ch01.wav") -> Path | None:
     """The DEMAND environment folder for `env` under `root` (or `root` itself if it is that environment)."""
     if root.name.upper() == env.upper() and (root / channel).is_file():
@@ -58,7 +37,7 @@ def find_environment(root: Path, env: str, layouts: list[str], channel: str = "c
 
 
 def resolve_noise(noise_arg: str | None, preset: str | None) -> tuple[str | None, str | None]:
-    """(noise folder for NoiseBank, noise type for the cache) from ``--noise`` and ``--noise-preset``.
+    """(noise folder or file for NoiseBank, noise type for the cache) from ``--noise`` and ``--noise-preset``.
 
     Without a preset a plain folder passes through unchanged (noise type: the folder name, as before);
     a DEMAND environment folder is narrowed to its single channel."""
@@ -69,7 +48,7 @@ def resolve_noise(noise_arg: str | None, preset: str | None) -> tuple[str | None
             return None, None
         folder = Path(noise_arg)
         if is_demand_environment(folder, channel):
-            return str(single_channel_view(folder, channel)), folder.resolve().name
+            return str(folder / channel), folder.resolve().name
         return noise_arg, None
     presets: dict[str, str] = cfg["presets"]
     if preset not in presets:
@@ -82,4 +61,4 @@ def resolve_noise(noise_arg: str | None, preset: str | None) -> tuple[str | None
     if env_dir is None:
         tried = ", ".join(str(root / lay.format(env=env) / channel) for lay in cfg["layouts"])
         raise NserError(f"DEMAND environment {env} (preset {preset}) not found under {root}: tried {tried}")
-    return str(single_channel_view(env_dir, channel)), preset
+    return str(env_dir / channel), preset

@@ -64,19 +64,19 @@ def demand_root(tmp_path, monkeypatch) -> Path:
 @pytest.mark.parametrize("preset,env", [("human", "OMEETING"), ("park", "NPARK"), ("traffic", "STRAFFIC")])
 def test_preset_uses_channel_one_only(demand_root, preset, env):
     folder, noise_type = resolve_noise(str(demand_root), preset)
-    assert noise_type == preset and Path(folder).name == env
+    assert noise_type == preset and Path(folder).parent.name == env and Path(folder).name == "ch01.wav"
     bank = NoiseBank(folder)
     assert bank.names == ["ch01.wav"]
     src = next(demand_root.rglob(f"{env}/ch01.wav"))
     seg, path, offset = bank.segment("Ses01F_impro01_F000", 4000)
     full = load_audio(src, max_seconds=10).samples
     assert np.array_equal(seg, np.tile(full, 2)[offset:offset + 4000])
-    assert resolve_noise(str(demand_root), preset) == (folder, noise_type)  # stable, idempotent view
+    assert resolve_noise(str(demand_root), preset) == (folder, noise_type)
 
 
 def test_48k_two_channel_noise_is_converted(demand_root):
     folder, _ = resolve_noise(str(demand_root), "park")
-    raw = load_audio(Path(folder) / "ch01.wav", max_seconds=10)
+    raw = load_audio(Path(folder), max_seconds=10)
     assert (raw.source_rate, raw.source_channels) == (48000, 2)
     assert abs(len(raw.samples) - 16000) <= 1  # 1 s at 16 kHz, mono
     expected = 0.75 * noise_material(1.0, 1)  # mean of the two channels, back at 16 kHz

@@ -68,10 +68,14 @@ def manifest_hash(corpus: Corpus) -> str:
     return h.hexdigest()[:16]
 
 
-def condition_name(opts: ExtractionOptions) -> str:
+def noise_type(opts: ExtractionOptions) -> str | None:
     if opts.noise is None:
-        return "clean"
-    return f"{opts.noise_type or Path(opts.noise).name}_{opts.snr_db:g}dB"
+        return None
+    return opts.noise_type or (Path(opts.noise).name if Path(opts.noise).is_dir() else Path(opts.noise).stem)
+
+
+def condition_name(opts: ExtractionOptions) -> str:
+    return "clean" if opts.noise is None else f"{noise_type(opts)}_{opts.snr_db:g}dB"
 
 
 def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, progress: bool = True) -> ExtractionReport:
@@ -85,7 +89,7 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
                                       language=corpus.language if corpus.language != "multi" else None)
     condition = {
         "name": condition_name(opts),
-        "noise_type": (opts.noise_type or Path(opts.noise).name) if opts.noise else None,
+        "noise_type": noise_type(opts),
         "noise_folder": str(opts.noise) if opts.noise else None,
         "noise_files": bank.names if bank else [],
         "noise_fingerprint": bank.fingerprint() if bank else None,
