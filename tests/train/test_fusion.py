@@ -28,5 +28,25 @@ def test_shapes_and_gradients_reach_every_adapter_and_weight():
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3])).backward()
     assert model.layer_logits.grad is not None and model.layer_logits.grad.abs().sum() > 0
     for adapter in model.adapters:
-        assert adapter.gru.weight_ih_l0.grad.abs().sum() > 0
+        assert adapter.gru.forward_gru.weight_ih_l0.grad.abs().sum() > 0
+        assert adapter.gru.backward_gru.weight_ih_l0.grad.abs().sum() > 0
     assert abs(float(model.layer_weights().detach().sum()) - 1.0) < 1e-6
+
+
+def test_bigru_equals_packed_bidirectional_gru():
+    """The unpacked BiGRU computes exactly what a packed nn.GRU(bidirectional=True) computes."""
+    from pipeline.train.fusion import BiGRU
+    torch.manual_seed(0)
+    ours = BiGRU(16, 8)
+    ref = torch.nn.GRU(16, 8, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(ref, name).copy_(getattr(ours.forward_gru, name))
+            getattr(ref, name + "_reverse").copy_(getattr(ours.backward_gru, name))
+    x = torch.randn(4, 11, 16)
+    lengths = torch.tensor([11, 7, 3, 9])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(ref(packed)[0], batch_first=True, total_length=11)
+    got = ours(x, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.allclose(got[b, :n], expected[b, :n], atol=1e-5)
