@@ -106,13 +106,17 @@ class FusionChoice(click.Choice):
 @click.option("--folds", default="all", show_default=True, help="Test folds to run (comma-separated).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", default=0, help="torch CPU threads (0: default).")
+@click.option("--model", "expect_model", help="Refuse a cache extracted with another model.")
+@click.option("--allow-missing", is_flag=True, help="Train even if some utterances failed extraction.")
 @click.option("--quiet", is_flag=True)
-def train_command(cache, out, fusion, layers, epochs, batch_size, lr, seed, folds, device, threads, quiet):
+def train_command(cache, out, fusion, layers, epochs, batch_size, lr, seed, folds, device, threads,
+                  expect_model, allow_missing, quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
     from pipeline.train.trainer import TrainConfig, format_metrics_table, train_on_cache
 
     cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      folds=folds, device=device, threads=threads)
+                      folds=folds, device=device, threads=threads, expect_model=expect_model,
+                      allow_missing=allow_missing)
     metrics = train_on_cache(cache, out, cfg, progress=not quiet)
     click.echo(format_metrics_table(metrics))
     click.echo(f"metrics: {Path(out) / 'metrics.json'}")

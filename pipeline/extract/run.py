@@ -107,6 +107,7 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
         "extraction": {"context": opts.context, "token_source": opts.token_source, "dtype": "float16",
                        "max_seconds": MAX_SECONDS, "prompt": extractor.prompt},
         "condition": condition,
+        "n_manifest": len(corpus.utterances),  # what a complete cache holds, failures aside
     }
     # Everything the stored values depend on; the git commit is provenance, not identity.
     attrs["identity"] = {"package_version": __version__, "corpus": attrs["corpus"], "model": attrs["model"],
@@ -131,7 +132,8 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
                 try:
                     ready.append((u, *_prepare(u, bank, opts.snr_db)))
                 except AudioError as exc:
-                    errors.append({"utt_id": u.utt_id, "path": str(u.path), "error": str(exc)})
+                    errors.append({"utt_id": u.utt_id, "path": str(u.path), "fold": u.fold, "label": u.label,
+                                   "error": str(exc)})
             if ready:
                 results = extractor.extract([r[1] for r in ready], [r[0].transcript for r in ready])
                 for (u, samples, meta), res in zip(ready, results):

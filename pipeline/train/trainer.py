@@ -1,5 +1,8 @@
 """Cross-validated training of a fusion model on a cache; writes config, per-epoch log and metrics.
 
+A run killed mid-way resumes from its last epoch checkpoint when the same command runs again
+(same config and cache), and ends with the same metrics as an uninterrupted run.
+
 Per test fold, a validation part is carved from the training folds (the next fold in order, so it
 stays speaker-independent) and picks the epoch; the test fold is only scored once, at the end.
 `--fusion best` trains a single-layer model per selected layer on the same folds, picks the layer
@@ -10,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +27,10 @@ from tqdm import tqdm
 
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import NserError
-from pipeline.train.dataset import CachedLayerDataset, make_collate
+from pipeline.failpoints import failpoint
 from pipeline.layers import LayerSelection
+from pipeline.train.checkpoint import RunCheckpoints
+from pipeline.train.dataset import CachedLayerDataset, make_collate
 from pipeline.train.fusion import build_fusion, resolve_layers
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.version import code_version
@@ -43,6 +49,12 @@ class TrainConfig:
     folds: str = "all"  # comma-separated test folds to run, or all
     device: str = "cpu"
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    allow_missing: bool = False  # train even if utterances of the selected folds failed extraction
+    expect_model: str | None = None  # refuse a cache made with another model
+
+
+# Settings that do not change results: a rerun with other values still resumes the same run.
+NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model")
 
 
 def seed_everything(seed: int) -> None:
@@ -91,21 +103,38 @@ def _loader(reader: CacheReader, indices: list[int], selection: LayerSelection, 
 
 
 def _train_fold(reader: CacheReader, selection: LayerSelection, class_ids: dict[str, int], cfg: TrainConfig,
-                train_idx: list[int], val_idx: list[int], log: TextIO, tag: dict[str, Any],
-                progress: bool) -> tuple[torch.nn.Module, float, int]:
+                train_idx: list[int], val_idx: list[int], log: "RunLog", tag: dict[str, Any],
+                progress: bool, ckpt: RunCheckpoints) -> tuple[torch.nn.Module, float, int]:
     """Train on one fold's training part; return the model at the epoch with the best validation UAR,
-    that UAR and the epoch. Never sees the test part."""
+    that UAR and the epoch. Never sees the test part. Resumes from this fold's checkpoint if any."""
+    key = "_".join(f"{k}-{v}" for k, v in tag.items())
     seed_everything(cfg.seed)
     model = build_fusion(cfg.fusion, n_layers=len(selection), d_in=reader.d_model, n_classes=len(class_ids),
                          hidden=cfg.hidden, dropout=cfg.dropout, n_encoder=len(selection.encoder),
                          n_decoder=len(selection.decoder)).to(cfg.device)
+    done = ckpt.load_done(key)
+    if done is not None:
+        model.load_state_dict(done["model"])
+        log.restore(key, done["entries"])
+        return model, done["best_val"], done["best_epoch"]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = _loader(reader, train_idx, selection, class_ids, cfg, generator=gen)
     val_loader = _loader(reader, val_idx, selection, class_ids, cfg)
-    best = (-1.0, -1, None)
+    best: tuple[float, int, dict | None] = (-1.0, -1, None)
+    first = 1
+    state = ckpt.load_epoch(key)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        best = (state["best_val"], state["best_epoch"], state["best_model"])
+        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["shuffle_rng"])
+        log.restore(key, state["entries"])
+        first = state["epoch"] + 1
     desc = " ".join(f"{k} {v}" for k, v in tag.items())
-    for epoch in tqdm(range(1, cfg.epochs + 1), desc=desc, disable=not progress):
+    for epoch in tqdm(range(first, cfg.epochs + 1), desc=desc, disable=not progress, initial=first - 1,
+                      total=cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         losses = []
@@ -120,14 +149,44 @@ def _train_fold(reader: CacheReader, selection: LayerSelection, class_ids: dict[
         val = classification_metrics(*_evaluate(model, val_loader, cfg.device), len(class_ids))
         if val["uar"] > best[0]:
             best = (val["uar"], epoch, copy.deepcopy(model.state_dict()))
-        entry = {**tag, "epoch": epoch, "train_loss": float(np.mean(losses)),
-                 "val_uar": val["uar"], "val_macro_f1": val["macro_f1"], "train_seconds": t_train,
-                 "epoch_seconds": time.perf_counter() - t0}
-        log.write(json.dumps(entry) + "\n")
-        log.flush()
+        log.write(key, {**tag, "epoch": epoch, "train_loss": float(np.mean(losses)),
+                        "val_uar": val["uar"], "val_macro_f1": val["macro_f1"], "train_seconds": t_train,
+                        "epoch_seconds": time.perf_counter() - t0})
+        if epoch < cfg.epochs:
+            ckpt.save_epoch(key, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                  "best_val": best[0], "best_epoch": best[1], "best_model": best[2],
+                                  "torch_rng": torch.get_rng_state(), "shuffle_rng": gen.get_state(),
+                                  "entries": log.entries(key)})
+        failpoint("train:epoch-end")
+    ckpt.save_done(key, {"model": best[2], "best_val": best[0], "best_epoch": best[1], "entries": log.entries(key)})
     model.load_state_dict(best[2])
     model.zero_grad(set_to_none=True)  # `best` holds a fold's models a while; drop their gradients
     return model, best[0], best[1]
+
+
+class RunLog:
+    """log.jsonl, one line per epoch; on resume it is rebuilt from the checkpoints' entries, so a
+    crash between an epoch's log line and its checkpoint leaves no duplicate or missing line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._by_key: dict[str, list[dict[str, Any]]] = {}
+        self._fh = path.open("w")
+
+    def entries(self, key: str) -> list[dict[str, Any]]:
+        return list(self._by_key.get(key, []))
+
+    def restore(self, key: str, entries: list[dict[str, Any]]) -> None:
+        for e in entries:
+            self.write(key, e)
+
+    def write(self, key: str, entry: dict[str, Any]) -> None:
+        self._by_key.setdefault(key, []).append(entry)
+        self._fh.write(json.dumps(entry) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _test_fold(model: torch.nn.Module, reader: CacheReader, selection: LayerSelection, class_ids: dict[str, int],
@@ -139,6 +198,23 @@ def _test_fold(model: torch.nn.Module, reader: CacheReader, selection: LayerSele
     if hasattr(model, "layer_weights"):
         test["layer_weights"] = dict(zip(selection.names, model.layer_weights().detach().tolist()))
     return test
+
+
+def check_cache_for_training(reader: CacheReader, cfg: TrainConfig, folds: set[str]) -> None:
+    """Refuse caches that cannot give the numbers asked for, with the reason and the way out."""
+    if cfg.expect_model and reader.model["name"] != cfg.expect_model:
+        raise NserError(f"cache {reader.where} was extracted with {reader.model['name']}, not {cfg.expect_model}")
+    if cfg.allow_missing:
+        return
+    failed = [e for e in reader.attrs.get("errors", []) if str(e.get("fold")) in folds]
+    if failed:
+        raise NserError(f"{len(failed)} utterance(s) of the selected folds failed extraction "
+                        f"(e.g. {failed[0]['utt_id']}: {failed[0]['error']}); fix them and rerun nser-extract, "
+                        "or pass --allow-missing to train without them")
+    expected = reader.attrs.get("n_manifest")
+    if expected is not None and reader.n + len(reader.attrs.get("errors", [])) < expected:
+        raise NserError(f"cache {reader.where} is incomplete ({reader.n} of {expected} utterances): rerun the "
+                        "same nser-extract command to finish it, or pass --allow-missing")
 
 
 def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: TrainConfig,
@@ -162,12 +238,15 @@ def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: Tr
         plan = [p for p in plan if p[0] in wanted]
         if not plan:
             raise NserError(f"--folds {cfg.folds} matches none of the cache's folds")
+    check_cache_for_training(reader, cfg, {p[0] for p in plan} | {str(f) for f in reader.table["fold"]})
     run_info = {"config": asdict(cfg), "seed": cfg.seed, "code_version": code_version(),
                 "cache": {"path": str(reader.path), "identity_hash": reader.identity_hash,
                           "identity": reader.attrs["identity"], "n_utterances": reader.n},
                 "layers": layer_names, "classes": classes, "torch": torch.__version__}
+    ckpt = RunCheckpoints(out)
+    _claim_run_dir(out, run_info, ckpt)
     (out / "config.json").write_text(json.dumps(run_info, indent=2))
-    log = (out / "log.jsonl").open("w")
+    log = RunLog(out / "log.jsonl")
     t_run = time.perf_counter()
     extra: dict[str, Any] = {}
     trained: dict[str, tuple[torch.nn.Module, float, int]] = {}
@@ -182,7 +261,7 @@ def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: Tr
             trained = {}
             for test_fold, train_idx, val_idx, _ in plan:
                 trained[test_fold] = _train_fold(reader, sel, class_ids, cfg, train_idx, val_idx, log,
-                                                 {"layer": name, "fold": test_fold}, progress)
+                                                 {"layer": name, "fold": test_fold}, progress, ckpt)
             val_uar[name] = {fold: t[1] for fold, t in trained.items()}
             score = float(np.mean(list(val_uar[name].values())))
             if score > chosen[0]:
@@ -200,15 +279,34 @@ def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: Tr
             model, best_val, best_epoch = trained.pop(test_fold)
         else:
             model, best_val, best_epoch = _train_fold(reader, selection, class_ids, cfg, train_idx, val_idx,
-                                                      log, {"fold": test_fold}, progress)
+                                                      log, {"fold": test_fold}, progress, ckpt)
         per_fold[test_fold] = _test_fold(model, reader, selection, class_ids, cfg, test_idx, best_val,
                                          best_epoch, len(train_idx), len(val_idx))
     log.close()
     metrics = {**summarize_folds(per_fold), "folds": per_fold, "classes": classes,
                "layers": layer_names, "fusion": cfg.fusion, **extra, "epochs": cfg.epochs, "seed": cfg.seed,
                "cache_identity": reader.identity_hash, "seconds": time.perf_counter() - t_run}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out / "metrics.json")
+    ckpt.clear()
     return metrics
+
+
+def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) -> None:
+    """A run dir holds one run: resuming it needs the same config and cache; anything else is refused."""
+    previous = out / "config.json"
+    if not previous.exists() or not ckpt.dir.exists():
+        return
+    old = json.loads(previous.read_text())
+
+    def result_config(info: dict[str, Any]) -> dict[str, Any]:
+        cfg = {k: v for k, v in info["config"].items() if k not in NON_RESULT_FIELDS}
+        return {"config": cfg, "cache": info["cache"]["identity_hash"]}
+
+    if result_config(old) != result_config(run_info):
+        raise NserError(f"{out} holds checkpoints of a run with other settings; use another --out or delete "
+                        f"{ckpt.dir}")
 
 
 def format_metrics_table(metrics: dict[str, Any]) -> str:

@@ -1,0 +1,86 @@
+"""A training run SIGKILLed mid-way resumes to the same metrics; caches unfit for a run are refused."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.cache.schema import ATTR_KEY
+from pipeline.cache.writer import CacheWriter
+from pipeline.errors import NserError
+from pipeline.train.trainer import TrainConfig, train_on_cache
+from tests.cache.test_cache_roundtrip import LAYOUT, attrs, row
+
+
+@pytest.fixture
+def signal_cache(tmp_path):
+    """3 folds x 12 utterances, d=8; the label is visible in encoder layer 1."""
+    path = tmp_path / "c.zarr"
+    rng = np.random.default_rng(0)
+    with CacheWriter(path, attrs(), layout=LAYOUT) as w:
+        for k in range(36):
+            r = row(k)
+            r["label"] = "ab"[(k // 3) % 2]
+            nf, nt = 12 + k % 5, 5
+            enc = [rng.normal(size=(nf, 8)).astype(np.float16) for _ in range(3)]
+            enc[1][:, 0] += 2.0 if r["label"] == "a" else -2.0
+            w.add(r, enc, [rng.normal(size=(nt, 8)).astype(np.float16) for _ in range(2)], np.arange(nt))
+    return path
+
+
+def train_cli(cache, out, failpoint=None):
+    env = dict(os.environ)
+    env.pop("NSER_FAILPOINT", None)
+    if failpoint:
+        env["NSER_FAILPOINT"] = failpoint
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--cache", str(cache), "--out", str(out),
+           "--layers", "enc:all,dec:all", "--epochs", "4", "--batch-size", "8", "--seed", "3", "--quiet",
+           "--threads", "1"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_killed_training_resumes_to_identical_metrics(signal_cache, tmp_path):
+    ref = train_cli(signal_cache, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "run"
+    # Killed after epoch 2 of fold 0, then after the 3rd epoch of the resumed run (fold 1, epoch 1).
+    assert train_cli(signal_cache, run, "train:epoch-end:2").returncode == -9
+    assert train_cli(signal_cache, run, "train:epoch-end:3").returncode == -9
+    assert (run / "checkpoints").is_dir() and not (run / "metrics.json").exists()
+    done = train_cli(signal_cache, run)
+    assert done.returncode == 0, done.stderr
+    a = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    b = json.loads((run / "metrics.json").read_text())
+    assert a["folds"] == b["folds"]
+    log_a = [json.loads(x) for x in (tmp_path / "ref" / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    strip = lambda log: [{k: v for k, v in e.items() if not k.endswith("seconds")} for e in log]  # noqa: E731
+    assert strip(log_a) == strip(log_b) and len(log_b) == 3 * 4
+    assert not (run / "checkpoints").exists()
+
+
+def test_other_settings_do_not_resume_a_run_dir(signal_cache, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(signal_cache, run, "train:epoch-end:1").returncode == -9
+    with pytest.raises(NserError, match="other settings"):
+        train_on_cache(signal_cache, run, TrainConfig(layers="enc:1", epochs=2, hidden=8), progress=False)
+
+
+def test_guards(signal_cache, tmp_path):
+    cfg = TrainConfig(layers="enc:1", epochs=1, hidden=8, batch_size=8)
+    with pytest.raises(NserError, match="extracted with m, not openai/whisper-small"):
+        train_on_cache(signal_cache, tmp_path / "a", TrainConfig(expect_model="openai/whisper-small"))
+    g = zarr.open_group(str(signal_cache), mode="r+")
+    meta = dict(g.attrs[ATTR_KEY])
+    g.attrs[ATTR_KEY] = dict(meta, errors=[{"utt_id": "u99", "fold": "1", "error": "x.wav: file not found"}])
+    with pytest.raises(NserError, match="1 utterance.*failed extraction.*--allow-missing"):
+        train_on_cache(signal_cache, tmp_path / "b", cfg, progress=False)
+    cfg.allow_missing = True
+    assert train_on_cache(signal_cache, tmp_path / "c", cfg, progress=False)["folds"]
+    g.attrs[ATTR_KEY] = dict(meta, n_manifest=40)
+    with pytest.raises(NserError, match=r"incomplete \(36 of 40"):
+        train_on_cache(signal_cache, tmp_path / "d", TrainConfig(layers="enc:1", epochs=1, hidden=8), progress=False)
