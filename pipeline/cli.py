@@ -187,5 +187,15 @@ def demo_corpus(out, voices, sentences, folds, seed):
 main.add_command(extract_command)
 main.add_command(train_command)
 
+from pipeline.probe import probe_command  # noqa: E402  (kept at the end: probe's imports are light)
+
+main.add_command(probe_command, "probe")
+
+from pipeline.grid.cli import grid_command  # noqa: E402  (at the end, like probe: the module is light)
+from pipeline.report.cli import report_command  # noqa: E402
+
+main.add_command(grid_command, "grid")
+main.add_command(report_command, "report")
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -136,6 +136,8 @@ class CacheReader:
             "mean_realized_snr_db": (float(np.nanmean(self.table["realized_snr_db"]))
                                      if self.n and np.isfinite(self.table["realized_snr_db"]).any() else None),
             "hypothesis_loops": int(self.table["hyp_loop"].sum()),
+            "hypothesis_capped": int(self.table["hyp_capped"].sum()),
+            "failed": len(self.attrs.get("errors", [])),
             "identity_hash": self.identity_hash,
             "code_version": self.attrs["code_version"],
         }

@@ -1,0 +1,61 @@
+"""`nser-grid GRID.yaml`: expand a grid spec, run what is unfinished on Dask, write the results table.
+
+Heavy imports (torch, dask, pandas) happen inside the command so that `nser --help` stays fast.
+This module must not import pipeline.cli at import time: pipeline.cli registers this command as
+`nser grid`, and the import cycle would break the `nser-grid` entry point.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pipeline.errors import NserError
+
+
+@click.command("grid")
+@click.argument("grid_file", metavar="GRID.yaml", type=click.Path(dir_okay=False))
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Dask scheduler to use (e.g. tcp://host:8786); default: a local cluster of worker processes.")
+@click.option("--workers", type=click.IntRange(min=1), help="Local cluster workers (default: 1-2, one per core).")
+@click.option("--out", type=click.Path(file_okay=False), help="Results folder (overrides the spec's `out`).")
+@click.option("--dry-run", is_flag=True, help="List the runs (and which are finished) without running anything.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def grid_command(grid_file, scheduler, workers, out, dry_run, quiet):
+    """Run an ablation grid (fusions x layers x caches x seeds) and aggregate its results.
+
+    Finished runs (a done.json in their run dir) are skipped, so rerunning the same command
+    resumes an interrupted grid and retries failed runs. Exits with status 1 if any run failed."""
+    try:
+        _grid(grid_file, scheduler, workers, out, dry_run, quiet)
+    except NserError as exc:  # a user's mistake: its message, no traceback
+        raise click.ClickException(str(exc)) from exc
+
+
+def _grid(grid_file, scheduler, workers, out, dry_run, quiet) -> None:
+    from pipeline.grid.runner import is_done, run_grid
+    from pipeline.grid.spec import expand, load_grid
+
+    if scheduler and workers:
+        raise click.UsageError("--workers sizes the local cluster; with --scheduler the cluster has its own workers")
+    spec = load_grid(grid_file, out=out)
+    runs = expand(spec)
+    n_done = sum(is_done(r) for r in runs)
+    click.echo(f"{grid_file}: {len(runs)} runs, {n_done} already finished; out: {spec.out}", err=True)
+    if dry_run:
+        for r in runs:
+            click.echo(("done    " if is_done(r) else "todo    ") + r.describe())
+        return
+    outcome = run_grid(runs, spec.out, scheduler=scheduler, n_workers=workers, progress=not quiet)
+    click.echo(outcome.summary(), err=True)
+    failed = outcome.table[outcome.table["status"] == "failed"]
+    for _, row in failed.head(20).iterrows():
+        click.echo(f"  failed {row['run_key']} ({row['fusion']} {row['layers']} on {row['condition']}): "
+                   f"{row['error']}; see {row['run_dir']}/error.txt", err=True)
+    if len(failed):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    grid_command()

@@ -1,0 +1,285 @@
+"""Runs a grid's training runs on Dask and keeps one results table.
+
+A run is finished exactly when its `done.json` exists. The worker writes that marker (atomically)
+only after `train_on_cache` has returned, i.e. after metrics.json is complete, so a grid killed at
+any point is resumed by running it again: finished runs are skipped, everything else (failed,
+interrupted, never started) runs again. A run that raises is recorded in `<run dir>/error.txt`
+and in the table with status `failed`; the other runs go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.errors import NserError
+from pipeline.failpoints import failpoint
+from pipeline.grid.spec import RunSpec
+
+DONE, ERROR, RUN_INFO = "done.json", "error.txt", "run.json"
+
+COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition", "noise_type", "snr_db", "model",
+           "fusion", "layers", "n_layers", "best_layer", "seed", "epochs", "uar", "uar_std", "macro_f1",
+           "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "code_version",
+           # beyond the issue's list: what the report and a human debugging a run need
+           "stack", "selection", "folds", "classes", "run_dir", "error"]
+_FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds"]
+
+
+class GridBusyError(NserError):
+    """Another process is running the same grid folder or the same run."""
+
+
+# --- small file helpers -------------------------------------------------------------------------
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Temp file in the same folder + fsync + os.replace: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, what: str) -> Iterator[None]:
+    """Non-blocking flock; the OS drops it when the holder dies, even by SIGKILL."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise GridBusyError(f"{what} is in use by {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_done(run: RunSpec) -> bool:
+    return (Path(run.run_dir) / DONE).is_file()
+
+
+def run_record(run: RunSpec) -> dict[str, Any]:
+    """JSON form of a RunSpec (run.json): a run dir describes itself without the grid file."""
+    rec = asdict(run)
+    rec["run_dir"] = str(run.run_dir)
+    return rec
+
+
+# --- the Dask task ------------------------------------------------------------------------------
+
+def execute_run(run: RunSpec) -> dict[str, Any]:
+    """Train one run into its run dir; runs on a Dask worker. Errors are caught and recorded here
+    (error.txt next to the partial outputs) and returned, so one bad run never fails the grid."""
+    from pipeline.train.trainer import train_on_cache
+
+    run_dir = Path(run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # A run dir is written by one process at a time, e.g. not by an orphan of a killed grid.
+        with _exclusive(run_dir / ".lock", f"run dir {run_dir}"):
+            if is_done(run):
+                return {"key": run.key, "status": "done"}
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / ERROR).unlink()
+            _write_atomic(run_dir / RUN_INFO, json.dumps(run_record(run), indent=2))
+            if run.config.threads:
+                import torch
+                torch.set_num_threads(run.config.threads)
+            metrics = train_on_cache(run.cache, run_dir, run.config, progress=False)
+            _write_atomic(run_dir / DONE, json.dumps({
+                "key": run.key, "uar": metrics["uar"], "macro_f1": metrics["macro_f1"],
+                "seconds": metrics["seconds"], "host": socket.gethostname(), "pid": os.getpid(),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+            return {"key": run.key, "status": "done"}
+    except Exception as exc:  # noqa: BLE001 - any failure of one run is data for the table
+        record_failure(run, traceback.format_exc(), where=f"worker pid {os.getpid()} on {socket.gethostname()}")
+        return {"key": run.key, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def record_failure(run: RunSpec, tb: str, where: str) -> None:
+    run_dir = Path(run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_dir / ERROR, f"run {run.key} failed in {where} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n\n{tb}")
+
+
+# --- the results table --------------------------------------------------------------------------
+
+def _error_line(run_dir: Path) -> str | None:
+    """The exception line of error.txt (the last non-empty line of the traceback)."""
+    try:
+        lines = [ln for ln in (run_dir / ERROR).read_text().splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return None
+    return lines[-1].strip() if lines else "failed"
+
+
+def run_row(run: RunSpec) -> dict[str, Any]:
+    """One results row from the run's spec and, when finished, its metrics.json and config.json."""
+    run_dir = Path(run.run_dir)
+    cfg = run.config
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(run_key=run.key, cache=run.cache, cache_identity=run.cache_identity, corpus=run.corpus,
+               condition=run.condition, noise_type=run.noise_type, snr_db=run.snr_db, model=run.model,
+               fusion=cfg.fusion, layers=run.layers, n_layers=run.n_layers, seed=cfg.seed, epochs=cfg.epochs,
+               stack=run.stack, selection=run.selection, folds=cfg.folds, run_dir=str(run_dir))
+    if is_done(run):
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            config = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            row.update(status="failed", error=f"done.json present but outputs unreadable: {exc}")
+            return row
+        folds = metrics["folds"]
+        row.update(status="done", best_layer=metrics.get("best_layer"), uar=metrics["uar"],
+                   uar_std=metrics["uar_std"], macro_f1=metrics["macro_f1"], macro_f1_std=metrics["macro_f1_std"],
+                   fold_uar=json.dumps({f: m["uar"] for f, m in folds.items()}),
+                   fold_macro_f1=json.dumps({f: m["macro_f1"] for f, m in folds.items()}),
+                   confusion=json.dumps(metrics["confusion"]), seconds=metrics.get("seconds"),
+                   code_version=config.get("code_version"), classes=json.dumps(metrics.get("classes")))
+    else:
+        error = _error_line(run_dir)
+        row.update(status="failed" if error else "pending", error=error)
+    return row
+
+
+def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for col in _FLOAT_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    return df
+
+
+def write_results(df: pd.DataFrame, out: Path) -> tuple[Path, Path]:
+    """results.csv and results.parquet, each replaced atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv, parquet = out / "results.csv", out / "results.parquet"
+    _write_atomic(csv, df.to_csv(index=False))
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".results.", suffix=".parquet.tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, parquet)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return csv, parquet
+
+
+# --- the client side ----------------------------------------------------------------------------
+
+def default_workers() -> int:
+    """1-2 local workers: a run is one torch thread, and the machines this targets have few cores."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, n_workers: int | None = None) -> Iterator[Any]:
+    """A client to a running scheduler (`scheduler` address) or to a local cluster of worker
+    processes with one thread each. Distributed starts local workers with OMP/MKL/OpenBLAS
+    threads set to 1 (distributed.nanny.pre-spawn-environ); execute_run sets torch's count."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=n_workers or default_workers(), threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+@dataclass
+class GridOutcome:
+    table: pd.DataFrame
+    csv: Path
+    parquet: Path
+    ran: list[str] = field(default_factory=list)  # keys executed by this call
+    skipped: list[str] = field(default_factory=list)  # keys already finished before this call
+
+    @property
+    def failed(self) -> list[str]:
+        return self.table.loc[self.table["status"] == "failed", "run_key"].tolist()
+
+    def summary(self) -> str:
+        counts = self.table["status"].value_counts().to_dict()
+        return (f"{len(self.table)} runs: {counts.get('done', 0)} done ({len(self.skipped)} finished before, "
+                f"{counts.get('done', 0) - len(self.skipped)} now), {counts.get('failed', 0)} failed, "
+                f"{counts.get('pending', 0)} pending; results: {self.csv}")
+
+
+def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, scheduler: str | None = None,
+             n_workers: int | None = None, progress: bool = True, write_every_s: float = 5.0) -> GridOutcome:
+    """Run every unfinished run on Dask (the given client, else `scheduler`, else a local cluster)
+    and write `<out>/results.{csv,parquet}`: during the grid at most every `write_every_s` seconds,
+    and at the end (also when interrupted)."""
+    out = Path(out)
+    keys = [r.key for r in runs]
+    if len(set(keys)) != len(keys):
+        raise NserError("run_grid got the same run twice; expand() drops duplicates")
+    with _exclusive(out / ".nser-grid.lock", f"grid folder {out}"):
+        rows = {r.key: run_row(r) for r in runs}
+        pending = [r for r in runs if rows[r.key]["status"] != "done"]
+        skipped = [r.key for r in runs if rows[r.key]["status"] == "done"]
+        ran: list[str] = []
+        try:
+            if pending:
+                with (contextlib.nullcontext(client) if client is not None
+                      else dask_client(scheduler, n_workers)) as c:
+                    _run_pending(c, pending, rows, ran, out, progress, write_every_s)
+        finally:
+            table = results_frame(list(rows.values()))
+            csv, parquet = write_results(table, out)
+        return GridOutcome(table=table, csv=csv, parquet=parquet, ran=ran, skipped=skipped)
+
+
+def _run_pending(client: Any, pending: list[RunSpec], rows: dict[str, dict], ran: list[str], out: Path,
+                 progress: bool, write_every_s: float) -> None:
+    from dask.distributed import as_completed
+
+    by_key = {r.key: r for r in pending}
+    futures = [client.submit(execute_run, r, key=f"nser-run-{r.key}", pure=False) for r in pending]
+    last_write = time.monotonic()
+    n_failed = 0
+    with tqdm(total=len(futures), desc="grid", unit="run", disable=not progress) as bar:
+        for fut in as_completed(futures):
+            key = fut.key.removeprefix("nser-run-")
+            run = by_key[key]
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001 - e.g. KilledWorker: the task never reported back
+                record_failure(run, traceback.format_exc(), where="the Dask cluster (the task raised or its worker died)")
+            finally:
+                fut.release()
+            rows[key] = run_row(run)
+            ran.append(key)
+            n_failed += rows[key]["status"] == "failed"
+            bar.set_postfix(failed=n_failed)
+            bar.update()
+            if time.monotonic() - last_write >= write_every_s:
+                write_results(results_frame(list(rows.values())), out)
+                last_write = time.monotonic()
+            failpoint("grid:run-finished")

@@ -1,0 +1,309 @@
+"""Grid specs (YAML) and their expansion into keyed training runs.
+
+A grid is the cross product caches x fusions x layer selections x seeds (x folds when `per_fold`).
+Expansion opens every cache once, so that layer selections, fusion/selection combinations and
+fold names are checked *before* anything runs: a typo in a grid costs an error message, not a
+half-finished cluster job. Each run gets a key derived from everything its result depends on (the
+full TrainConfig and the cache's identity hash), so a run dir can be reused by any grid that asks
+for the same run, and a rerun finds what is already finished.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import NserError
+
+EACH = "each:"
+# TrainConfig fields a grid sets itself; `train:` may set the others.
+_PER_RUN_FIELDS = ("fusion", "layers", "seed", "folds")
+_GRID_KEYS = ("caches", "fusions", "layers", "seeds", "folds", "per_fold", "train")
+
+
+class GridSpecError(NserError):
+    """A grid spec is malformed or asks for runs that cannot exist."""
+
+
+@dataclass(frozen=True)
+class SubGrid:
+    """One cross product. A spec's `subgrids:` entries inherit every key they do not set from the
+    top level (`train:` is merged key by key), so fusions that need different layer selections
+    (`single` with "each:", the others with whole stacks) share one grid file."""
+
+    caches: tuple[str, ...]
+    fusions: tuple[str, ...]
+    layers: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    folds: str | tuple[str, ...] = "all"
+    per_fold: bool = False
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    out: Path
+    subgrids: tuple[SubGrid, ...]
+    source: str = "<dict>"  # where the spec came from, for error messages
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: what to train, where its results go, and the cache facts the results
+    table reports (read once at expansion, so the table never reopens caches)."""
+
+    key: str
+    run_dir: Path
+    cache: str
+    cache_identity: str
+    config: Any  # pipeline.train.trainer.TrainConfig (typed loosely so that this module stays torch-free)
+    layers: str  # the selection as the grid wrote it ("enc:all") or as "each:" expanded it ("enc:3")
+    selection: str  # canonical selection, the one in the config ("enc:0,1,2;dec:0,1")
+    stack: str  # enc, dec or enc+dec
+    n_layers: int
+    corpus: str
+    condition: str
+    noise_type: str | None
+    snr_db: float | None
+    model: str
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"{self.key}  {self.corpus}/{self.condition}  {c.fusion:<12} {self.layers:<18} "
+                f"seed {c.seed} folds {c.folds}")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def _as_tuple(value: Any, what: str, where: str) -> tuple:
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise GridSpecError(f"{where}: '{what}' is an empty list")
+        return tuple(value)
+    if isinstance(value, (str, int)):
+        return (value,)
+    raise GridSpecError(f"{where}: '{what}' must be a list (or one value), got {type(value).__name__}")
+
+
+def _subgrid(entry: dict[str, Any], defaults: dict[str, Any], where: str) -> SubGrid:
+    unknown = set(entry) - set(_GRID_KEYS)
+    if unknown:
+        raise GridSpecError(f"{where}: unknown key(s) {sorted(unknown)}; a (sub)grid takes {list(_GRID_KEYS)}")
+    merged = {**defaults, **entry, "train": {**defaults.get("train", {}), **entry.get("train", {})}}
+    missing = [k for k in ("caches", "fusions", "layers") if k not in merged]
+    if missing:
+        raise GridSpecError(f"{where}: missing {missing} (set them here or at the top level)")
+    folds = merged.get("folds", "all")
+    if folds != "all":
+        folds = tuple(str(f) for f in _as_tuple(folds, "folds", where))
+    seeds = _as_tuple(merged.get("seeds", [0]), "seeds", where)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise GridSpecError(f"{where}: seeds must be integers, got {list(seeds)}")
+    per_fold = merged.get("per_fold", False)
+    if not isinstance(per_fold, bool):
+        raise GridSpecError(f"{where}: per_fold must be true or false, got {per_fold!r}")
+    train = merged["train"]
+    if not isinstance(train, dict):
+        raise GridSpecError(f"{where}: 'train' must be a mapping of TrainConfig fields")
+    return SubGrid(caches=tuple(map(str, _as_tuple(merged["caches"], "caches", where))),
+                   fusions=tuple(map(str, _as_tuple(merged["fusions"], "fusions", where))),
+                   layers=tuple(map(str, _as_tuple(merged["layers"], "layers", where))),
+                   seeds=seeds, folds=folds, per_fold=per_fold, train=dict(train))
+
+
+def parse_grid(data: dict[str, Any], out: str | Path | None = None, source: str = "<dict>") -> GridSpec:
+    """A GridSpec from the YAML's mapping; `out` (the CLI's --out) overrides the spec's `out`."""
+    if not isinstance(data, dict):
+        raise GridSpecError(f"{source}: a grid spec is a YAML mapping, got {type(data).__name__}")
+    allowed = set(_GRID_KEYS) | {"out", "subgrids"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise GridSpecError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(allowed)}")
+    out = out if out is not None else data.get("out")
+    if not out:
+        raise GridSpecError(f"{source}: no 'out' folder (set `out:` in the spec or pass --out)")
+    defaults = {k: v for k, v in data.items() if k in _GRID_KEYS}
+    entries = data.get("subgrids")
+    if entries is None:
+        subgrids = (_subgrid({}, defaults, source),)
+    else:
+        if not isinstance(entries, list) or not entries:
+            raise GridSpecError(f"{source}: 'subgrids' must be a non-empty list of mappings")
+        bad = [i for i, e in enumerate(entries) if not isinstance(e, dict)]
+        if bad:
+            raise GridSpecError(f"{source}: subgrids{bad} are not mappings")
+        subgrids = tuple(_subgrid(e, defaults, f"{source} subgrids[{i}]") for i, e in enumerate(entries))
+    return GridSpec(out=Path(out), subgrids=subgrids, source=source)
+
+
+def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
+    """Read a grid YAML. Relative cache paths and `out` are relative to the working directory
+    (like every other nser command), not to the YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridSpecError(f"no grid spec at {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise GridSpecError(f"{path} is not valid YAML: {exc}") from exc
+    return parse_grid(data, out=out, source=str(path))
+
+
+# --- expansion ----------------------------------------------------------------------------------
+
+def run_key(config: Any, cache_identity: str) -> str:
+    """16 hex digits of sha256 over the full TrainConfig and the cache identity: two runs share a
+    key exactly when they train the same thing on the same stored states."""
+    payload = json.dumps({"config": asdict(config), "cache_identity": cache_identity}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _cache_paths(entries: tuple[str, ...], where: str) -> list[str]:
+    paths: list[str] = []
+    for entry in entries:
+        if glob.has_magic(entry):
+            found = sorted(glob.glob(entry))
+            if not found:
+                raise GridSpecError(f"{where}: cache pattern {entry!r} matches nothing")
+        else:
+            if not Path(entry).exists():
+                raise GridSpecError(f"{where}: no cache at {entry}")
+            found = [entry]
+        paths += [p for p in found if p not in paths]
+    return paths
+
+
+def _stack(selection: Any) -> str:
+    return "+".join(s for s, idx in (("enc", selection.encoder), ("dec", selection.decoder)) if idx)
+
+
+def _train_fields(train: dict[str, Any], where: str) -> dict[str, Any]:
+    from pipeline.train.trainer import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)} - set(_PER_RUN_FIELDS)
+    per_run = set(train) & set(_PER_RUN_FIELDS)
+    if per_run:
+        raise GridSpecError(f"{where}: train.{sorted(per_run)} is set by the grid itself "
+                            "(use the top-level fusions / layers / seeds / folds)")
+    unknown = set(train) - names
+    if unknown:
+        raise GridSpecError(f"{where}: unknown train setting(s) {sorted(unknown)}; known: {sorted(names)}")
+    # One torch thread per run unless asked: each Dask worker runs one run at a time, and the
+    # workers, not torch's thread pool, are how a grid uses the machine's cores.
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {"threads": 1, **{k: _coerce(v, type(defaults[k]), f"{where}: train.{k}") for k, v in train.items()}}
+
+
+def _coerce(value: Any, kind: type, what: str) -> Any:
+    """A train value as its TrainConfig type. YAML reads `1e-4` (no dot) as a string, and a
+    string lr would change the run key and fail only inside the run."""
+    if kind not in (bool, int, float, str):
+        return value  # e.g. an optional field (default None): taken as written
+    try:
+        if kind is bool or isinstance(value, bool):
+            if isinstance(value, bool) and kind is bool:
+                return value
+        elif kind is float:
+            return float(value)
+        elif kind is int and float(value) == int(float(value)):
+            return int(float(value))
+        elif kind is str and isinstance(value, str):
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise GridSpecError(f"{what} must be {kind.__name__}, got {value!r}")
+
+
+def expand(spec: GridSpec) -> list[RunSpec]:
+    """Every run of the grid, in spec order, duplicates (same key) dropped. Raises GridSpecError
+    for anything that would fail for a reason the spec alone decides."""
+    from pipeline.cache.reader import CacheReader
+    from pipeline.train.fusion import FUSIONS, resolve_layers
+    from pipeline.train.trainer import TrainConfig, fold_plan
+
+    readers: dict[str, CacheReader] = {}
+    runs: dict[str, RunSpec] = {}
+    for i, sub in enumerate(spec.subgrids):
+        where = spec.source if len(spec.subgrids) == 1 else f"{spec.source} subgrids[{i}]"
+        unknown = [f for f in sub.fusions if f not in FUSIONS]
+        if unknown:
+            raise GridSpecError(f"{where}: unknown fusion(s) {unknown}; known: {sorted(FUSIONS)}")
+        train = _train_fields(sub.train, where)
+        for path in _cache_paths(sub.caches, where):
+            if path not in readers:
+                try:
+                    readers[path] = CacheReader(path)
+                except NserError as exc:
+                    raise GridSpecError(f"{where}: cannot open cache {path}: {exc}") from exc
+            reader = readers[path]
+            fold_names = _fold_names(reader, sub, where, path, fold_plan)
+            for fusion in sub.fusions:
+                for text in sub.layers:
+                    for label, selection in _selections(reader, fusion, text, where, path, resolve_layers):
+                        for seed in sub.seeds:
+                            for folds in fold_names:
+                                cfg = TrainConfig(fusion=fusion, layers=selection.spec(), seed=int(seed),
+                                                  folds=folds, **train)
+                                key = run_key(cfg, reader.identity_hash)
+                                if key not in runs:
+                                    runs[key] = _run(spec.out, key, path, reader, cfg, label, selection)
+    return list(runs.values())
+
+
+def _fold_names(reader: Any, sub: SubGrid, where: str, path: str, fold_plan: Any) -> list[str]:
+    """The `folds` values of the grid's TrainConfigs for this cache: one entry ("all" or a
+    comma list) normally, one per test fold with `per_fold`."""
+    if sub.folds == "all" and not sub.per_fold:
+        return ["all"]
+    try:
+        available = [p[0] for p in fold_plan(reader)]
+    except NserError as exc:
+        raise GridSpecError(f"{where}: cache {path}: {exc}") from exc
+    wanted = available if sub.folds == "all" else list(sub.folds)
+    missing = [f for f in wanted if f not in available]
+    if missing:
+        raise GridSpecError(f"{where}: fold(s) {missing} are not test folds of cache {path} (it has {available})")
+    return wanted if sub.per_fold else [",".join(wanted)]
+
+
+def _selections(reader: Any, fusion: str, text: str, where: str, path: str,
+                resolve_layers: Any) -> list[tuple[str, Any]]:
+    """(label, LayerSelection) pairs for one layers entry: several for "each:", else one."""
+    from pipeline.layers import LayerSelection
+
+    each = text.startswith(EACH)
+    body = text[len(EACH):] if each else text
+    try:
+        selection = reader.selection(body)
+    except NserError as exc:
+        raise GridSpecError(f"{where}: layers {text!r} on cache {path}: {exc}") from exc
+    if each:
+        if fusion != "single":
+            raise GridSpecError(f"{where}: layers {text!r} with fusion {fusion!r}: 'each:' expands to one "
+                                "single-layer run per layer and goes with fusion 'single' only; put it in "
+                                "a subgrid with `fusions: [single]`")
+        return ([(f"enc:{i}", LayerSelection((i,), ())) for i in selection.encoder]
+                + [(f"dec:{i}", LayerSelection((), (i,))) for i in selection.decoder])
+    try:
+        resolve_layers(fusion, selection, reader.n_encoder_states, reader.n_decoder_states)
+    except NserError as exc:
+        hint = (f"; for one run per layer write layers: ['each:{body}']"
+                if fusion == "single" and len(selection) > 1 else "")
+        raise GridSpecError(f"{where}: fusion {fusion!r} with layers {text!r}: {exc}{hint}") from exc
+    return [(text, selection)]
+
+
+def _run(out: Path, key: str, path: str, reader: Any, cfg: Any, label: str, selection: Any) -> RunSpec:
+    cond = reader.attrs["condition"]
+    snr = cond.get("snr_db")
+    return RunSpec(key=key, run_dir=out / "runs" / key, cache=str(path), cache_identity=reader.identity_hash,
+                   config=cfg, layers=label, selection=selection.spec(), stack=_stack(selection),
+                   n_layers=len(selection), corpus=str(reader.attrs["corpus"]["name"]), condition=str(cond["name"]),
+                   noise_type=cond.get("noise_type"), snr_db=None if snr is None else float(snr),
+                   model=str(reader.model["name"]))

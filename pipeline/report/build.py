@@ -1,0 +1,190 @@
+"""`build_report`: results table -> PNG figures, Markdown tables and a report.md that links them.
+
+Each section is written from whatever runs the table holds and is skipped, with the reason in
+report.md, when it has no data: a grid of fusions alone has no layer-wise curves, a grid on one
+condition no SNR table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.report import aggregate as agg
+from pipeline.report import plots
+
+SECTIONS = ("layerwise", "fusions", "snr", "confusion")
+
+
+@dataclass
+class Report:
+    path: Path  # report.md
+    files: list[Path] = field(default_factory=list)  # every PNG / CSV written
+    written: list[str] = field(default_factory=list)  # sections with data
+    skipped: dict[str, str] = field(default_factory=dict)  # section -> why
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "all"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def build_report(source: str | Path, out_dir: str | Path | None = None) -> Report:
+    """Write the report for a grid folder or results file into `out_dir` (default: `<grid>/report`)."""
+    df, base = agg.load_results(source)
+    out = Path(out_dir) if out_dir is not None else base / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Report(path=out / "report.md")
+    counts = df["status"].value_counts().to_dict()
+    wheres = list(dict.fromkeys(agg.done(df)["where"]))
+    md = ["# NSER grid report", "",
+          f"Source: `{source}`. Runs: {len(df)} ({counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
+          f"{counts.get('pending', 0)} pending). Conditions with results: {', '.join(wheres) or 'none'}.", "",
+          "Scores are in %, mean ± std over every (run, fold) score of a cell (seeds x folds; for one run, "
+          "its cross-validation folds).", ""]
+    for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("snr", _snr),
+                          ("confusion", _confusions)):
+        text, why = section(df, base, out, rep)
+        md += text
+        if why:
+            rep.skipped[name] = why
+            md += [f"_Skipped: {why}._", ""]
+        else:
+            rep.written.append(name)
+    md += _failures(df)
+    rep.path.write_text("\n".join(md).rstrip() + "\n")
+    return rep
+
+
+def _layerwise(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
+    md = ["## Layer-wise performance (paper Fig. 3)", ""]
+    curves = agg.layerwise(df)
+    if not curves:
+        return md, "no finished `single` runs on one layer (grid layers `each:enc:all` / `each:dec:all`)"
+    for where, c in curves.items():
+        png = plots.layerwise_plot(c, where, out / f"layerwise_{_slug(where)}.png")
+        csv = out / f"layerwise_{_slug(where)}.csv"
+        c.to_csv(csv, index=False)
+        rep.files += [png, csv]
+        stacks = list(dict.fromkeys(c["stack"]))
+        header = ["layer"] + [f"{s} {m}" for s in stacks for m in agg.METRICS.values()]
+        rows = []
+        for layer in sorted(c["layer"].unique()):
+            row = [str(layer)]
+            for s in stacks:
+                hit = c[(c["stack"] == s) & (c["layer"] == layer)]
+                for metric in agg.METRICS:
+                    row.append(agg.Score(hit[metric].iloc[0], hit[f"{metric}_std"].iloc[0], 0).fmt()
+                               if len(hit) else "")
+            rows.append(row)
+        md += [f"### {where}", "", f"![layer-wise {where}]({png.name})", "", _md_table(header, rows), ""]
+    return md, None
+
+
+def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
+    md = ["## Fusion comparison (paper Table IV)", ""]
+    order, cells = agg.method_cells(df)
+    if not order:
+        return md, "no finished runs"
+    wheres = list(dict.fromkeys(w for k in order for w in cells[k]))
+    best = {(w, m): max((getattr(cells[k][w], m).mean for k in order if w in cells[k]
+                         and not math.isnan(getattr(cells[k][w], m).mean)), default=math.nan)
+            for w in wheres for m in ("uar", "f1")}
+    header = ["stack", "method"] + [f"{w} {name}" for w in wheres for name in agg.METRICS.values()]
+    rows, flat = [], []
+    for key in order:
+        stack, method = key
+        row = [stack, method]
+        for w in wheres:
+            cell = cells[key].get(w)
+            for m in ("uar", "f1"):
+                if cell is None:
+                    row.append("")
+                    continue
+                score = getattr(cell, m)
+                text = score.fmt() + (f" ({cell.note})" if cell.note and m == "uar" else "")
+                row.append(f"**{text}**" if score.mean == best[(w, m)] else text)
+                flat.append({"stack": stack, "method": method, "where": w, "metric": m, "mean": score.mean,
+                             "std": score.std, "n": score.n, "note": cell.note})
+        rows.append(row)
+    csv = out / "fusion_comparison.csv"
+    pd.DataFrame(flat).to_csv(csv, index=False)
+    rep.files.append(csv)
+    md += [_md_table(header, rows), "",
+           "Bold: the best mean per column. `single, last`: the deepest layer among the single-layer runs; "
+           "`single, best†`: the single layer with the best *test* UAR (an oracle choice, optimistic; the "
+           "`best` fusion chooses its layer on validation). Methods without a `[selection]` use the whole "
+           f"stack(s) named in the first column. Long form: [{csv.name}]({csv.name}).", ""]
+    return md, None
+
+
+def _snr(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
+    md = ["## SNR robustness (paper Table V)", ""]
+    groups = agg.snr_groups(df)
+    if not groups:
+        return md, "no noise type has finished runs at two or more SNRs"
+    for label, runs in groups.items():
+        order, cells = agg.method_cells(runs.assign(where=runs["snr_db"].map(_snr_label)))
+        methods = [f"{s} {m}" for s, m in order]
+        snrs = sorted({w for k in order for w in cells[k]}, key=_snr_sort)
+        header = ["SNR"] + [f"{m} {name}" for m in methods for name in agg.METRICS.values()]
+        rows = []
+        for snr in snrs:
+            row = [snr]
+            for key in order:
+                cell = cells[key].get(snr)
+                row += [cell.uar.fmt(), cell.f1.fmt()] if cell else ["", ""]
+            rows.append(row)
+        curves = {f"{s} {m}": {float(w.split()[0]): c for w, c in cells[(s, m)].items() if w != "clean"}
+                  for s, m in order}
+        png = plots.snr_plot({k: v for k, v in curves.items() if v}, label, out / f"snr_{_slug(label)}.png")
+        csv = out / f"snr_{_slug(label)}.csv"
+        pd.DataFrame([dict(zip(header, r)) for r in rows]).to_csv(csv, index=False)
+        rep.files += [png, csv]
+        md += [f"### {label}", "", f"![SNR {label}]({png.name})", "", _md_table(header, rows), ""]
+    return md, None
+
+
+def _snr_label(snr: float) -> str:
+    return "clean" if pd.isna(snr) else f"{snr:g} dB"
+
+
+def _snr_sort(label: str) -> float:
+    return math.inf if label == "clean" else float(label.split()[0])
+
+
+def _confusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
+    md = ["## Confusion matrices, best run per condition (paper Fig. 5)", ""]
+    best = agg.best_runs(df)
+    if not best:
+        return md, "no finished run with a confusion matrix"
+    rows = []
+    for where, run in best.items():
+        matrix = agg.confusion(run)
+        classes = agg.class_names(run, base, len(matrix))
+        title = f"{where}: {run['fusion']} {run['layers']} (UAR {100 * run['uar']:.1f}%)"
+        png = plots.confusion_plot(matrix, classes, title, out / f"confusion_{_slug(where)}.png")
+        rep.files.append(png)
+        rows.append([where, str(run["fusion"]), str(run["layers"]), f"{100 * run['uar']:.2f}",
+                     str(run.get("run_key") or ""), f"![confusion {where}]({png.name})"])
+    md += [_md_table(["condition", "fusion", "layers", "UAR", "run", "matrix (% of true class, counts)"], rows), ""]
+    return md, None
+
+
+def _failures(df: pd.DataFrame) -> list[str]:
+    bad = df[df["status"] != "done"]
+    if bad.empty:
+        return []
+    rows = [[str(r.get("run_key") or ""), str(r["status"]), r["where"], r["fusion"], r["layers"],
+             str(r.get("error") or "").replace("|", "\\|")[:160]] for _, r in bad.iterrows()]
+    return ["## Unfinished runs", "", "Not in any section above; rerun the grid to retry them.", "",
+            _md_table(["run", "status", "condition", "fusion", "layers", "error"], rows), ""]

@@ -1,0 +1,77 @@
+"""PNG figures for the report. Figures are built with matplotlib's object API on the Agg backend
+(no pyplot state, no display), so reports render on headless machines and inside workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before anything imports pyplot; harmless when already set
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from pipeline.report.aggregate import METRICS, Cell  # noqa: E402
+
+STACK_NAMES = {"enc": "encoder", "dec": "decoder"}
+
+
+def layerwise_plot(curves: pd.DataFrame, title: str, path: Path) -> Path:
+    """UAR and F1 against layer index, one line per stack, shaded ± std (paper Fig. 3)."""
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    for ax, (metric, name) in zip(fig.subplots(1, 2), METRICS.items()):
+        for stack, g in curves.groupby("stack", sort=False):
+            x, y, s = g["layer"].to_numpy(), 100 * g[metric].to_numpy(), 100 * g[f"{metric}_std"].to_numpy()
+            ax.plot(x, y, marker="o", label=STACK_NAMES.get(stack, stack))
+            if np.isfinite(s).any():
+                ax.fill_between(x, y - s, y + s, alpha=0.15)
+        ax.set_xlabel("layer index (0 = embeddings)")
+        ax.set_ylabel(f"{name} (%)")
+        ax.set_xticks(sorted(curves["layer"].unique()))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Layer-wise performance: {title}")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def snr_plot(table: dict[str, dict[float, Cell]], title: str, path: Path) -> Path:
+    """UAR and F1 against SNR, one line per method (paper Table V as curves)."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for method, by_snr in table.items():
+        snrs = sorted(by_snr)
+        for ax, attr in zip(axes, ("uar", "f1")):
+            ax.plot(snrs, [100 * getattr(by_snr[s], attr).mean for s in snrs], marker="o", label=method)
+    for ax, name in zip(axes, METRICS.values()):
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylabel(f"{name} (%)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize="small", loc="best")
+    fig.suptitle(f"Robustness to noise: {title}")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def confusion_plot(matrix: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    """Row-normalized confusion matrix (% of each true class), counts in brackets (paper Fig. 5)."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(100 * matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    k = len(classes)
+    fig = Figure(figsize=(1.1 * k + 2.2, 1.0 * k + 1.6), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{share[i, j]:.0f}%\n({int(matrix[i, j])})", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 60 else "black")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, label="% of true class")
+    ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    return path

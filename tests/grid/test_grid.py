@@ -1,0 +1,197 @@
+"""Grid specs, their expansion, running on Dask (in-process and local worker processes), resuming
+after a SIGKILL, failure recording, and the results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.grid.cli import grid_command
+from pipeline.grid.runner import COLUMNS, DONE, ERROR, run_grid
+from pipeline.grid.spec import GridSpecError, expand, load_grid, parse_grid, run_key
+from tests.grid.fake_cache import make_cache
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"epochs": 1, "hidden": 8, "batch_size": 4, "lr": 0.01}
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("caches")
+    return {"good": make_cache(root / "good.zarr"),
+            "other": make_cache(root / "other.zarr", condition="babble_5dB", snr_db=5.0, seed=1),
+            "two_folds": make_cache(root / "two_folds.zarr", n_folds=2, condition="babble_-5dB", snr_db=-5.0)}
+
+
+def spec(tmp_path, cache, **grid):
+    return parse_grid({"out": str(tmp_path / "out"), "caches": [str(cache)], "train": TINY, **grid})
+
+
+# --- expansion ----------------------------------------------------------------------------------
+
+def test_expansion_counts_each_and_keys(tmp_path, caches):
+    s = parse_grid({"out": str(tmp_path / "out"), "caches": [str(caches["good"])], "seeds": [0, 1], "train": TINY,
+                    "subgrids": [{"fusions": ["single"], "layers": ["each:enc:all", "each:dec:all"]},
+                                 {"fusions": ["mean", "l-adapter"],
+                                  "layers": ["enc:all", "dec:all", "enc:all,dec:all", "enc:0-2"]}]})
+    runs = expand(s)
+    # single: (3 enc + 2 dec layers) x 2 seeds; fusions: 2 x 3 selections x 2 seeds ("enc:0-2" is "enc:all")
+    assert len(runs) == 5 * 2 + 2 * 3 * 2
+    assert len({r.key for r in runs}) == len(runs)
+    single = [r for r in runs if r.config.fusion == "single" and r.config.seed == 0]
+    assert [r.layers for r in single] == ["enc:0", "enc:1", "enc:2", "dec:0", "dec:1"]
+    assert [r.stack for r in single] == ["enc"] * 3 + ["dec"] * 2 and all(r.n_layers == 1 for r in single)
+    both = next(r for r in runs if r.config.fusion == "mean" and r.layers == "enc:all,dec:all")
+    assert both.stack == "enc+dec" and both.n_layers == 5 and both.config.layers == "enc:0,1,2;dec:0,1"
+    r = runs[0]
+    assert r.run_dir == tmp_path / "out" / "runs" / r.key
+    assert (r.config.epochs, r.config.hidden, r.config.threads, r.config.folds) == (1, 8, 1, "all")
+    assert (r.corpus, r.condition, r.noise_type, r.snr_db, r.model) == ("fake", "babble_0dB", "babble", 0.0,
+                                                                         "fake-whisper")
+    # keys depend on the config and the cache identity only: stable, and not on the out folder
+    again = expand(parse_grid({"out": str(tmp_path / "elsewhere"), "caches": [str(caches["good"])],
+                               "seeds": [0, 1], "train": TINY, "fusions": ["mean"], "layers": ["enc:all"]}))
+    assert {x.key for x in again} <= {x.key for x in runs}
+    assert run_key(r.config, r.cache_identity) == r.key
+    assert run_key(r.config, "0" * 16) != r.key
+
+
+def test_train_values_take_their_config_types(tmp_path, caches):
+    """YAML reads 1e-2 (no dot) as a string; the grid must not pass it on, nor key on it."""
+    text = "fusions: [mean]\nlayers: [enc:all]\ntrain: {lr: 1e-2, epochs: 2.0, batch_size: 4}\n"
+    (tmp_path / "g.yaml").write_text(f"out: {tmp_path / 'out'}\ncaches: [{caches['good']}]\n" + text)
+    (run,) = expand(load_grid(tmp_path / "g.yaml"))
+    assert (run.config.lr, run.config.epochs, run.config.batch_size) == (0.01, 2, 4)
+    assert isinstance(run.config.epochs, int)
+
+
+def test_expansion_globs_and_folds(tmp_path, caches):
+    glob = str(caches["good"].parent / "*.zarr")
+    runs = expand(parse_grid({"out": str(tmp_path), "caches": [glob], "fusions": ["mean"], "layers": ["enc:all"]}))
+    assert sorted(r.condition for r in runs) == ["babble_-5dB", "babble_0dB", "babble_5dB"]
+    per_fold = expand(spec(tmp_path, caches["good"], fusions=["mean"], layers=["enc:all"], per_fold=True))
+    assert [r.config.folds for r in per_fold] == ["0", "1", "2"]
+    listed = expand(spec(tmp_path, caches["good"], fusions=["mean"], layers=["enc:all"], folds=["0", "2"]))
+    assert [r.config.folds for r in listed] == ["0,2"]
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"fusions": ["single"], "layers": ["enc:all"]}, r"exactly one layer.*each:enc:all"),
+    ({"fusions": ["mean"], "layers": ["each:enc:all"]}, r"goes with fusion 'single' only"),
+    ({"fusions": ["last"], "layers": ["enc:all,dec:all"]}, r"fusion 'last'.*one stack"),
+    ({"fusions": ["nope"], "layers": ["enc:all"]}, r"unknown fusion.*nope"),
+    ({"fusions": ["mean"], "layers": ["enc:7"]}, r"not in the cache"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "folds": ["9"]}, r"fold\(s\) \['9'\]"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"seed": 3}}, r"set by the grid"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"epoch": 3}}, r"unknown train setting"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"epochs": "many"}}, r"train.epochs must be int"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "caches": ["/nowhere/*.zarr"]}, r"matches nothing"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "caches": ["/nowhere.zarr"]}, r"no cache at"),
+    ({"fusions": ["mean"], "layer": ["enc:all"]}, r"unknown key"),
+    ({"fusions": ["mean"]}, r"missing \['layers'\]"),
+])
+def test_invalid_grids_fail_before_running(tmp_path, caches, grid, message):
+    with pytest.raises(GridSpecError, match=message):
+        expand(parse_grid({"out": str(tmp_path / "out"), "caches": [str(caches["good"])], **grid}))
+    assert not (tmp_path / "out").exists()
+
+
+def test_example_grid_parses():
+    s = load_grid(REPO / "grids" / "emodb_fusions.yaml")
+    assert s.out == Path("runs/grid_emodb") and len(s.subgrids) == 3
+    assert s.subgrids[0].layers == ("each:enc:all", "each:dec:all") and s.subgrids[0].fusions == ("single",)
+    assert all(sub.train["epochs"] == 50 and sub.caches == ("caches/emodb/babble_0dB/bundled_base.zarr",)
+               for sub in s.subgrids)
+
+
+# --- running on Dask ----------------------------------------------------------------------------
+
+def test_grid_on_dask_records_failures_and_resumes(tmp_path, caches):
+    from dask.distributed import Client, LocalCluster
+
+    s = parse_grid({"out": str(tmp_path / "out"), "caches": [str(caches["good"]), str(caches["two_folds"])],
+                    "train": {**TINY, "epochs": 2},
+                    "subgrids": [{"fusions": ["single"], "layers": ["each:enc:all"]},
+                                 {"fusions": ["weighted-sum"], "layers": ["enc:all,dec:all"]}]})
+    runs = expand(s)
+    assert len(runs) == 8
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        first = run_grid(runs, s.out, client=client, progress=False)
+        good = [r for r in runs if r.cache == str(caches["good"])]
+        bad = [r for r in runs if r not in good]
+        t = first.table.set_index("run_key")
+        assert list(first.table.columns) == COLUMNS and len(t) == 8
+        assert (t.loc[[r.key for r in good], "status"] == "done").all()
+        assert (t.loc[[r.key for r in bad], "status"] == "failed").all()
+        for r in bad:
+            assert "at least 3 folds" in (r.run_dir / ERROR).read_text() and not (r.run_dir / DONE).exists()
+            assert "at least 3 folds" in t.loc[r.key, "error"]
+        row = t.loc[good[1].key]  # single on enc:1, the layer with the label in it
+        assert set(json.loads(row["fold_uar"])) == {"0", "1", "2"} and row["corpus"] == "fake"
+        assert json.loads(row["classes"]) == ["a", "b"] and len(json.loads(row["confusion"])) == 2
+        assert row["uar"] > max(t.loc[good[0].key, "uar"], t.loc[good[2].key, "uar"])  # enc:1 beats enc:0/enc:2
+        assert row["code_version"] and row["seconds"] > 0 and row["snr_db"] == 0.0
+        on_disk = pd.read_parquet(s.out / "results.parquet")
+        assert on_disk["run_key"].tolist() == first.table["run_key"].tolist()
+        assert pd.read_csv(s.out / "results.csv")["status"].tolist() == first.table["status"].tolist()
+
+        stamps = {r.key: (r.run_dir / DONE).stat().st_mtime_ns for r in good}
+        second = run_grid(runs, s.out, client=client, progress=False)
+        assert sorted(second.ran) == sorted(r.key for r in bad)  # failed runs are retried, done ones skipped
+        assert sorted(second.skipped) == sorted(r.key for r in good)
+        assert stamps == {r.key: (r.run_dir / DONE).stat().st_mtime_ns for r in good}
+        assert second.failed == first.failed
+
+    from pipeline.report.build import build_report
+    rep = build_report(s.out)
+    assert {"layerwise", "fusions", "confusion"} <= set(rep.written) and "snr" in rep.skipped
+    assert "Unfinished runs" in rep.path.read_text()
+
+
+def _cli(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
+    return subprocess.run([sys.executable, "-m", "pipeline.grid.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_killed_midway_resumes_without_recomputing(tmp_path, caches):
+    grid = tmp_path / "grid.yaml"
+    out = tmp_path / "out"
+    grid.write_text(yaml.safe_dump({"out": str(out), "caches": [str(caches["good"])], "train": TINY,
+                                    "fusions": ["single"], "layers": ["each:enc:all", "each:dec:all"]}))
+    runs = expand(load_grid(grid))
+    killed = _cli([str(grid), "--workers", "1", "--quiet"], {"NSER_FAILPOINT": "grid:run-finished:2"})
+    assert killed.returncode == -9, killed.stderr
+    finished = {r.key: (r.run_dir / DONE).stat().st_mtime_ns for r in runs if (r.run_dir / DONE).exists()}
+    assert 2 <= len(finished) < len(runs)
+
+    resumed = _cli([str(grid), "--workers", "1", "--quiet"], {})
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(runs)} runs: {len(runs)} done ({len(finished)} finished before" in resumed.stderr
+    assert finished == {k: (out / "runs" / k / DONE).stat().st_mtime_ns for k in finished}
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(table["run_key"]) == sorted(r.key for r in runs) and (table["status"] == "done").all()
+    assert sorted(table["layers"]) == sorted(["enc:0", "enc:1", "enc:2", "dec:0", "dec:1"])
+
+
+def test_cli_dry_run_and_spec_errors(tmp_path, caches):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"caches": [str(caches["good"])], "fusions": ["mean", "single"],
+                                    "layers": ["enc:all"]}))
+    res = CliRunner().invoke(grid_command, [str(grid), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1 and "exactly one layer" in res.output and "Traceback" not in res.output
+    grid.write_text(yaml.safe_dump({"caches": [str(caches["good"])], "fusions": ["mean"], "layers": ["enc:all"]}))
+    res = CliRunner().invoke(grid_command, [str(grid), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "todo" in res.output and "mean" in res.output and not (tmp_path / "out").exists()
+    res = CliRunner().invoke(grid_command, [str(grid), "--dry-run"])
+    assert res.exit_code == 1 and "no 'out' folder" in res.output

@@ -1,0 +1,125 @@
+"""nser-report on synthetic results tables: which sections, files and numbers it writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from pipeline.report.aggregate import load_results, method_cells, pooled
+from pipeline.report.build import build_report
+from pipeline.report.cli import report_command
+
+CLASSES = ["neutral", "happy", "sad", "angry"]
+
+
+def _row(rng, condition, snr, fusion, layers, stack, selection, seed=0, status="done"):
+    folds = {f: float(np.clip(rng.normal(0.6, 0.05), 0, 1)) for f in "012"}
+    cm = rng.integers(0, 20, size=(4, 4)) + np.eye(4, dtype=int) * 30
+    return {"run_key": f"k{rng.integers(1 << 40):x}", "status": status, "cache": f"c/{condition}.zarr",
+            "cache_identity": "0" * 16, "corpus": "emodb", "condition": condition,
+            "noise_type": None if snr is None else "babble", "snr_db": snr, "model": "bundled:base",
+            "fusion": fusion, "layers": layers, "n_layers": selection.count(",") + 1, "best_layer": None,
+            "seed": seed, "epochs": 2, "uar": np.mean(list(folds.values())) if status == "done" else np.nan,
+            "uar_std": np.std(list(folds.values())) if status == "done" else np.nan,
+            "macro_f1": np.mean(list(folds.values())) - 0.01 if status == "done" else np.nan,
+            "macro_f1_std": 0.02, "fold_uar": json.dumps(folds) if status == "done" else None,
+            "fold_macro_f1": json.dumps({f: v - 0.01 for f, v in folds.items()}) if status == "done" else None,
+            "confusion": json.dumps(cm.tolist()) if status == "done" else None, "seconds": 1.0,
+            "code_version": "test", "stack": stack, "selection": selection, "folds": "all",
+            "classes": json.dumps(CLASSES) if status == "done" else None, "run_dir": None,
+            "error": None if status == "done" else "NserError: boom"}
+
+
+def synthetic(conditions=(("babble_-5dB", -5.0), ("babble_0dB", 0.0), ("babble_5dB", 5.0), ("clean", None)),
+              layerwise=True, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cond, snr in conditions:
+        if layerwise:
+            rows += [_row(rng, cond, snr, "single", f"{s}:{i}", s, f"{s}:{i}") for s in ("enc", "dec") for i in range(7)]
+        for fusion in ("mean", "weighted-sum", "l-adapter"):
+            for layers, stack, sel in (("enc:all", "enc", "enc:0,1,2,3,4,5,6"), ("dec:all", "dec", "dec:0,1,2,3,4,5,6"),
+                                       ("enc:all,dec:all", "enc+dec", "enc:0,1,2,3,4,5,6;dec:0,1,2,3,4,5,6")):
+                rows += [_row(rng, cond, snr, fusion, layers, stack, sel, seed=s) for s in (0, 1)]
+    rows.append(_row(rng, conditions[0][0], conditions[0][1], "attention", "enc:all", "enc", "enc:0", status="failed"))
+    return pd.DataFrame(rows)
+
+
+def test_full_report_sections_and_files(tmp_path):
+    df = synthetic()
+    df.to_csv(tmp_path / "results.csv", index=False)
+    rep = build_report(tmp_path / "results.csv", tmp_path / "rep")
+    assert rep.written == ["layerwise", "fusions", "snr", "confusion"] and rep.skipped == {}
+    names = {p.name for p in rep.files}
+    for cond in ("babble_-5dB", "babble_0dB", "babble_5dB", "clean"):
+        assert f"layerwise_{cond}.png" in names and f"confusion_{cond}.png" in names
+    assert {"snr_babble.png", "snr_babble.csv", "fusion_comparison.csv"} <= names
+    for p in rep.files:
+        assert p.exists() and p.stat().st_size > 0
+        if p.suffix == ".png":
+            assert p.read_bytes()[:4] == b"\x89PNG"
+    md = rep.path.read_text()
+    for heading in ("## Layer-wise performance (paper Fig. 3)", "## Fusion comparison (paper Table IV)",
+                    "## SNR robustness (paper Table V)", "## Confusion matrices", "## Unfinished runs"):
+        assert heading in md
+    assert "Skipped" not in md and "NserError: boom" in md
+    for link in (part.split(")")[0] for part in md.split("](")[1:]):
+        assert (tmp_path / "rep" / link).exists(), link
+    # Table IV rows: single last/best per stack, then the fusions, encoder rows before decoder rows
+    table = md.split("## Fusion comparison")[1].split("\n\n")[1].splitlines()
+    assert table[0].startswith("| stack | method | babble_-5dB UAR | babble_-5dB F1 |")
+    methods = [line.split(" | ")[:2] for line in table[2:]]
+    assert methods[:5] == [["| enc", "single, last"], ["| enc", "single, best†"], ["| enc", "mean"],
+                           ["| enc", "weighted-sum"], ["| enc", "l-adapter"]]
+    assert ["| enc+dec", "l-adapter"] in methods and "(enc6)" in table[2]
+    # Table V: rows SNR ascending, then the clean reference
+    snr_md = md.split("## SNR robustness")[1].split("## Confusion")[0]
+    rows = [ln.split(" | ")[0] for ln in snr_md.splitlines() if ln.startswith("| ") and not ln.startswith("| SNR")]
+    assert rows == ["| -5 dB", "| 0 dB", "| 5 dB", "| clean"]
+
+
+def test_cell_pools_seeds_and_folds(tmp_path):
+    df = synthetic(conditions=(("babble_0dB", 0.0),), layerwise=False)
+    df.to_csv(tmp_path / "results.csv", index=False)
+    loaded, base = load_results(tmp_path)
+    assert base == tmp_path
+    order, cells = method_cells(loaded)
+    group = loaded[(loaded["fusion"] == "mean") & (loaded["stack"] == "enc")]
+    values = [v for s in group["fold_uar"] for v in json.loads(s).values()]
+    cell = cells[("enc", "mean")]["babble_0dB"]
+    assert cell.uar.n == 6 and cell.uar.mean == pytest.approx(np.mean(values))
+    assert cell.uar.std == pytest.approx(np.std(values))
+    one = pooled(group.iloc[:1], "uar")
+    assert one.mean == pytest.approx(group["uar"].iloc[0]) and one.std == pytest.approx(group["uar_std"].iloc[0])
+
+
+def test_partial_results_skip_sections_with_reasons(tmp_path):
+    df = synthetic(conditions=(("babble_0dB", 0.0),), layerwise=False)
+    df = df.drop(columns=["classes"])  # class names then come from each run's metrics.json
+    best = df.loc[df["uar"].idxmax()]
+    run_dir = tmp_path / "runs" / best["run_key"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"classes": ["N", "H", "S", "A"]}))
+    df.to_parquet(tmp_path / "results.parquet", index=False)
+    res = CliRunner().invoke(report_command, [str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "skipped layerwise, snr" in res.output
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "_Skipped: no finished `single` runs" in md and "_Skipped: no noise type has finished runs" in md
+    assert (tmp_path / "report" / "confusion_babble_0dB.png").exists()
+    from pipeline.report import aggregate
+    loaded, base = load_results(tmp_path)
+    run = aggregate.best_runs(loaded)["babble_0dB"]
+    assert aggregate.class_names(run, base, 4) == ["N", "H", "S", "A"]
+
+
+def test_bad_inputs_are_clear(tmp_path):
+    res = CliRunner().invoke(report_command, [str(tmp_path)])
+    assert res.exit_code == 1 and "neither results.parquet nor results.csv" in res.output
+    pd.DataFrame({"fusion": ["mean"]}).to_csv(tmp_path / "results.csv", index=False)
+    res = CliRunner().invoke(report_command, [str(tmp_path / "results.csv")])
+    assert res.exit_code == 1 and "lack column(s)" in res.output
