@@ -277,7 +277,7 @@ def _run_pending(client: Any, pending: list[RunSpec], rows: dict[str, dict], ran
             rows[key] = run_row(run)
             ran.append(key)
             n_failed += rows[key]["status"] == "failed"
-            bar.set_postfix(failed=n_failed)
+            bar.set_postfix(failed=n_failed, refresh=False)
             bar.update()
             if time.monotonic() - last_write >= write_every_s:
                 write_results(results_frame(list(rows.values())), out)

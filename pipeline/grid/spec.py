@@ -158,9 +158,14 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
 # --- expansion ----------------------------------------------------------------------------------
 
 def run_key(config: Any, cache_identity: str) -> str:
-    """16 hex digits of sha256 over the full TrainConfig and the cache identity: two runs share a
-    key exactly when they train the same thing on the same stored states."""
-    payload = json.dumps({"config": asdict(config), "cache_identity": cache_identity}, sort_keys=True)
+    """16 hex digits of sha256 over the TrainConfig and the cache identity: two runs share a key
+    exactly when they train the same thing on the same stored states. Every field counts except
+    the trainer's NON_RESULT_FIELDS (threads, device, ...), which it resumes across too; so a grid
+    rerun with more threads or on a GPU finds its finished runs."""
+    from pipeline.train.trainer import NON_RESULT_FIELDS
+
+    cfg = {k: v for k, v in asdict(config).items() if k not in NON_RESULT_FIELDS}
+    payload = json.dumps({"config": cfg, "cache_identity": cache_identity}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

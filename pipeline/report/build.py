@@ -136,21 +136,29 @@ def _snr(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str
         order, cells = agg.method_cells(runs.assign(where=runs["snr_db"].map(_snr_label)))
         methods = [f"{s} {m}" for s, m in order]
         snrs = sorted({w for k in order for w in cells[k]}, key=_snr_sort)
-        header = ["SNR"] + [f"{m} {name}" for m in methods for name in agg.METRICS.values()]
-        rows = []
-        for snr in snrs:
-            row = [snr]
-            for key in order:
-                cell = cells[key].get(snr)
-                row += [cell.uar.fmt(), cell.f1.fmt()] if cell else ["", ""]
-            rows.append(row)
+        md += [f"### {label}", ""]
+        long = []
+        for attr, name in (("uar", "UAR"), ("f1", "F1")):
+            rows = []
+            for snr in snrs:
+                row = [snr]
+                for key, method in zip(order, methods):
+                    cell = cells[key].get(snr)
+                    row.append(getattr(cell, attr).fmt() + (f" ({cell.note})" if cell and cell.note else "")
+                               if cell else "")
+                    if cell:
+                        score = getattr(cell, attr)
+                        long.append({"snr": snr, "method": method, "metric": name, "mean": score.mean,
+                                     "std": score.std, "n": score.n, "note": cell.note})
+                rows.append(row)
+            md += [f"{name}:", "", _md_table(["SNR"] + methods, rows), ""]
         curves = {f"{s} {m}": {float(w.split()[0]): c for w, c in cells[(s, m)].items() if w != "clean"}
                   for s, m in order}
         png = plots.snr_plot({k: v for k, v in curves.items() if v}, label, out / f"snr_{_slug(label)}.png")
         csv = out / f"snr_{_slug(label)}.csv"
-        pd.DataFrame([dict(zip(header, r)) for r in rows]).to_csv(csv, index=False)
+        pd.DataFrame(long).to_csv(csv, index=False)
         rep.files += [png, csv]
-        md += [f"### {label}", "", f"![SNR {label}]({png.name})", "", _md_table(header, rows), ""]
+        md += [f"![SNR {label}]({png.name})", ""]
     return md, None
 
 

@@ -39,17 +39,26 @@ def layerwise_plot(curves: pd.DataFrame, title: str, path: Path) -> Path:
 
 def snr_plot(table: dict[str, dict[float, Cell]], title: str, path: Path) -> Path:
     """UAR and F1 against SNR, one line per method (paper Table V as curves)."""
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, 2)
+    # colour = method, line style = stack: a method keeps its colour across stacks
+    names = list(dict.fromkeys(m.split(" ", 1)[-1] for m in table))
+    colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    styles = {"enc": "-", "dec": "--", "enc+dec": ":"}
+    all_snrs: set[float] = set()
     for method, by_snr in table.items():
+        stack, _, name = method.partition(" ")
         snrs = sorted(by_snr)
+        all_snrs.update(snrs)
         for ax, attr in zip(axes, ("uar", "f1")):
-            ax.plot(snrs, [100 * getattr(by_snr[s], attr).mean for s in snrs], marker="o", label=method)
+            ax.plot(snrs, [100 * getattr(by_snr[s], attr).mean for s in snrs], marker="o", label=method,
+                    color=colors.get(name, "k"), linestyle=styles.get(stack, "-."))
     for ax, name in zip(axes, METRICS.values()):
         ax.set_xlabel("SNR (dB)")
         ax.set_ylabel(f"{name} (%)")
+        ax.set_xticks(sorted(all_snrs))
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize="small", loc="best")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize="small")
     fig.suptitle(f"Robustness to noise: {title}")
     fig.savefig(path, dpi=110)
     return path

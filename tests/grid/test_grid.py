@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +63,8 @@ def test_expansion_counts_each_and_keys(tmp_path, caches):
     assert {x.key for x in again} <= {x.key for x in runs}
     assert run_key(r.config, r.cache_identity) == r.key
     assert run_key(r.config, "0" * 16) != r.key
+    assert run_key(replace(r.config, lr=0.02), r.cache_identity) != r.key
+    assert run_key(replace(r.config, threads=4, device="cuda"), r.cache_identity) == r.key  # same results
 
 
 def test_train_values_take_their_config_types(tmp_path, caches):

@@ -79,7 +79,7 @@ def test_full_report_sections_and_files(tmp_path):
     # Table V: rows SNR ascending, then the clean reference
     snr_md = md.split("## SNR robustness")[1].split("## Confusion")[0]
     rows = [ln.split(" | ")[0] for ln in snr_md.splitlines() if ln.startswith("| ") and not ln.startswith("| SNR")]
-    assert rows == ["| -5 dB", "| 0 dB", "| 5 dB", "| clean"]
+    assert rows == ["| -5 dB", "| 0 dB", "| 5 dB", "| clean"] * 2  # a UAR table, then an F1 table
 
 
 def test_cell_pools_seeds_and_folds(tmp_path):
