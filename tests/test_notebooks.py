@@ -89,15 +89,17 @@ def test_layerwise_notebook(fake_cache, tmp_path, kernel_env, monkeypatch):
     paths = write_probe_outputs(probe_report(reader, rows, seed=0, pooling="mean", layers="enc:all,dec:all",
                                              seconds=0.0), tmp_path / "probe")
     grid = tmp_path / "results.csv"
-    grid.write_text("condition,fusion,layers,uar,uar_std\n"
-                    "babble_0dB,single,enc:1,0.5,0.1\nbabble_0dB,single,enc:2,0.9,0.05\n"
-                    "babble_0dB,single,dec:0,0.4,0.1\nbabble_0dB,l-adapter,\"enc:all,dec:all\",0.95,0.02\n")
+    grid.write_text(  # the columns of nser-grid's results.csv that matter here (docs/grid.md)
+        "run_key,status,condition,fusion,layers,stack,uar,uar_std\n"
+        "k1,done,babble_0dB,single,enc:1,enc,0.5,0.1\nk2,done,babble_0dB,single,enc:2,enc,0.9,0.05\n"
+        "k3,done,babble_0dB,single,dec:0,dec,0.4,0.1\nk4,failed,babble_0dB,single,dec:1,dec,,\n"
+        "k5,done,babble_0dB,l-adapter,\"enc:all,dec:all\",enc+dec,0.95,0.02\n")
     monkeypatch.setenv("NSER_PROBE_CSV", str(paths["csv"]))
     monkeypatch.setenv("NSER_RESULTS", str(grid))
     cells = execute("02_layerwise_results.ipynb")
     everything = "\n".join(text(c) for c in cells)
     assert "enc2" in everything
-    assert "3 single-layer runs of 4" in everything  # the fusion row is skipped
+    assert "3 single-layer runs of 5" in everything  # the failed run and the fusion are left out
     assert has_png(cells[-1])
 
     monkeypatch.delenv("NSER_RESULTS")  # the probe alone is enough
