@@ -115,7 +115,7 @@ def _labels(reader: CacheReader) -> np.ndarray:
 
 def _fit_plan(reader: CacheReader) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(test fold, fit indices = train + validation, test indices); disjoint by construction and checked."""
-    from pipeline.train.trainer import fold_plan
+    from pipeline.folds import fold_plan
 
     plan = []
     for test_fold, train_idx, val_idx, test_idx in fold_plan(reader):

@@ -230,7 +230,8 @@ def expand(spec: GridSpec) -> list[RunSpec]:
     for anything that would fail for a reason the spec alone decides."""
     from pipeline.cache.reader import CacheReader
     from pipeline.train.fusion import FUSIONS, resolve_layers
-    from pipeline.train.trainer import TrainConfig, fold_plan
+    from pipeline.folds import fold_plan
+    from pipeline.train.trainer import TrainConfig
 
     readers: dict[str, CacheReader] = {}
     runs: dict[str, RunSpec] = {}

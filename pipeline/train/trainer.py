@@ -28,6 +28,7 @@ from tqdm import tqdm
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import NserError
 from pipeline.failpoints import failpoint
+from pipeline.folds import fold_plan  # noqa: F401  (re-exported: part of the trainer API)
 from pipeline.layers import LayerSelection
 from pipeline.train.checkpoint import RunCheckpoints
 from pipeline.train.dataset import CachedLayerDataset, make_collate
@@ -61,26 +62,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def fold_plan(reader: CacheReader) -> list[tuple[str, list[int], list[int], list[int]]]:
-    """(test fold, train indices, validation indices, test indices) for each fold."""
-    folds = np.array([str(f) for f in reader.table["fold"]])
-    protocol = reader.attrs["corpus"]["protocol"]
-    if protocol == "split":
-        idx = {name: np.flatnonzero(folds == name).tolist() for name in ("train", "dev", "test")}
-        if not idx["train"] or not idx["test"]:
-            raise NserError("a split-protocol cache needs 'train' and 'test' utterances")
-        return [("test", idx["train"], idx["dev"] or idx["train"][-len(idx["train"]) // 10:], idx["test"])]
-    names = sorted(set(folds), key=lambda s: (len(s), s))
-    if len(names) < 3:
-        raise NserError(f"cross-validation needs at least 3 folds (test, validation, train); cache has {names}")
-    plan = []
-    for k, test in enumerate(names):
-        val = names[(k + 1) % len(names)]
-        train = [i for i, f in enumerate(folds) if f not in (test, val)]
-        plan.append((test, train, np.flatnonzero(folds == val).tolist(), np.flatnonzero(folds == test).tolist()))
-    return plan
 
 
 def _evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> tuple[list[int], list[int]]:
