@@ -54,8 +54,10 @@ def test_extract_info_train(tmp_path, emodb_root, noise_root, cache_dir):
     assert other.returncode != 0 and "other settings" in other.stderr and "Traceback" not in other.stderr
 
     run_dir = tmp_path / "run"
+    refused = run("nser-train", "--cache", str(cache), "--epochs", "1", "--out", str(run_dir), "--quiet")
+    assert refused.returncode != 0 and "failed extraction" in refused.stderr and "--allow-missing" in refused.stderr
     res = run("nser-train", "--cache", str(cache), "--layers", "enc:all,dec:all", "--epochs", "2",
-              "--out", str(run_dir), "--quiet")
+              "--out", str(run_dir), "--quiet", "--allow-missing")
     assert res.returncode == 0, res.stderr
     assert "mean ± std" in res.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
