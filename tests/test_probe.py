@@ -15,6 +15,7 @@ from pipeline.cache.reader import CacheReader
 from pipeline.cache.writer import CacheLayout, CacheWriter
 from pipeline.probe import pool_layer, probe_layers
 from pipeline.train.trainer import fold_plan
+from tests.cache.test_cache_roundtrip import attrs as fake_cache_attrs
 
 CLASSES = ["a", "b", "c"]
 N_FOLDS, PER_CELL = 5, 4  # 5 folds x 3 classes x 4 utterances = 60
@@ -26,15 +27,7 @@ def write_fake_cache(path: Path, seed: int = 0) -> Path:
     dimension); every other layer is noise. Small shards, so pooling crosses shard boundaries."""
     rng = np.random.default_rng(seed)
     n_enc, n_dec, d = 4, 3, 16
-    attrs = {
-        "code_version": "test", "identity": {"fake": seed},
-        "corpus": {"name": "fake", "protocol": "cv", "language": "en", "manifest_hash": "m"},
-        "classes": CLASSES,
-        "model": {"name": "fake", "weights_hash": "h", "n_encoder_states": n_enc, "n_decoder_states": n_dec,
-                  "d_model": d, "frame_rate": 50.0},
-        "extraction": {"context": "padded", "token_source": "hypothesis", "dtype": "float16", "max_seconds": 30.0},
-        "condition": {"name": "clean", "noise_type": None, "snr_db": None, "seed": 0},
-    }
+    attrs = fake_cache_attrs(n_enc, n_dec, d, identity={"fake": seed}, classes=CLASSES)
     layout = CacheLayout(encoder_chunk_frames=16, encoder_shard_frames=64, decoder_chunk_tokens=4,
                          decoder_shard_tokens=16)
     with CacheWriter(path, attrs, layout=layout) as w:

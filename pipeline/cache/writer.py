@@ -62,8 +62,7 @@ class CacheWriter:
         table = self.group["utterances"]
         n = self.attrs["n_committed"]
         self.done_ids: set[str] = set(table["utt_id"][:n].tolist()) if n else set()
-        self.n_frames_total = int(table["frame_offset"][n - 1] + table["n_frames"][n - 1]) if n else 0
-        self.n_tokens_total = int(table["token_offset"][n - 1] + table["n_tokens"][n - 1]) if n else 0
+        self.n_frames_total, self.n_tokens_total = _committed_rows(table, n)
         self._rows: list[dict[str, Any]] = []
         self._enc: list[list[np.ndarray]] = [[] for _ in range(self.n_enc)]
         self._dec: list[list[np.ndarray]] = [[] for _ in range(self.n_dec)]
@@ -117,8 +116,7 @@ class CacheWriter:
         """Drop rows written after the last commit (a crash between array writes and commit)."""
         n = self.attrs["n_committed"]
         table = self.group["utterances"]
-        frames = int(table["frame_offset"][n - 1] + table["n_frames"][n - 1]) if n else 0
-        tokens = int(table["token_offset"][n - 1] + table["n_tokens"][n - 1]) if n else 0
+        frames, tokens = _committed_rows(table, n)
         for i in range(self.n_enc):
             self.group[layer_array_name("encoder", i)].resize((frames, self.d))
         for i in range(self.n_dec):
@@ -217,6 +215,14 @@ class CacheWriter:
                 self.commit()
             finally:
                 self.lock.release()
+
+
+def _committed_rows(table: zarr.Group, n: int) -> tuple[int, int]:
+    """Encoder frames and decoder tokens held by the first n utterances of the table."""
+    if not n:
+        return 0, 0
+    return (int(table["frame_offset"][n - 1] + table["n_frames"][n - 1]),
+            int(table["token_offset"][n - 1] + table["n_tokens"][n - 1]))
 
 
 def _identity_diff(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -12,11 +12,12 @@ from pipeline.cache.writer import CacheLayout, CacheWriter
 from pipeline.errors import CacheError
 
 
-def attrs(n_enc=3, n_dec=2, d=8, identity=None):
+def attrs(n_enc=3, n_dec=2, d=8, identity=None, classes=("a", "b")):
+    """Attributes of a fake cache (for tests that build caches with CacheWriter)."""
     return {
         "code_version": "test", "identity": identity or {"k": 1},
         "corpus": {"name": "t", "protocol": "cv", "language": "en", "manifest_hash": "m"},
-        "classes": ["a", "b"],
+        "classes": list(classes),
         "model": {"name": "m", "weights_hash": "h", "n_encoder_states": n_enc, "n_decoder_states": n_dec,
                   "d_model": d, "frame_rate": 50.0},
         "extraction": {"context": "padded", "token_source": "hypothesis", "dtype": "float16", "max_seconds": 30.0},

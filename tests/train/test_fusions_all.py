@@ -13,6 +13,7 @@ from pipeline.errors import LayerSelectionError
 from pipeline.layers import LayerSelection
 from pipeline.train import trainer
 from pipeline.train.fusion import FUSIONS, build_fusion, resolve_layers
+from tests.cache.test_cache_roundtrip import attrs as fake_cache_attrs
 
 D, HIDDEN, N_CLASSES = 12, 6, 3
 MULTI = ["mean", "attention", "scalar-mix", "weighted-sum", "l-adapter"]
@@ -172,15 +173,7 @@ N_ENC, N_DEC, D_CACHE, SIGNAL_LAYER = 3, 2, 8, 1
 def tiny_cache(tmp_path_factory):
     """3 folds x 12 utterances, 2 classes; only encoder layer 1 carries the label (a shift of +-1.5)."""
     path = tmp_path_factory.mktemp("fusions") / "tiny.zarr"
-    attrs = {
-        "code_version": "test", "identity": {"test": "fusions"},
-        "corpus": {"name": "tiny", "protocol": "cv", "language": "en", "manifest_hash": "x"},
-        "classes": ["a", "b"],
-        "model": {"name": "fake", "weights_hash": "x", "n_encoder_states": N_ENC, "n_decoder_states": N_DEC,
-                  "d_model": D_CACHE, "frame_rate": 50.0},
-        "extraction": {"context": "padded", "token_source": "hypothesis", "dtype": "float16", "max_seconds": 30.0},
-        "condition": {"name": "clean", "noise_type": None, "snr_db": None, "seed": 0},
-    }
+    attrs = fake_cache_attrs(N_ENC, N_DEC, D_CACHE, identity={"test": "fusions"})
     layout = CacheLayout(encoder_chunk_frames=16, encoder_shard_frames=64, decoder_chunk_tokens=8,
                          decoder_shard_tokens=32)
     rng = np.random.default_rng(0)
