@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cache.reader import CacheReader
+
 
 def run(*args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name(args[0])
@@ -27,6 +29,13 @@ def test_extract_info_train(tmp_path, emodb_root, noise_root, cache_dir):
                 shutil.copy(src, corpus / "wav" / src.name)
                 rows.append({"path": f"wav/{src.name}", "label": label, "speaker": spk})
     rows.append({"path": "wav/missing.flac", "label": "angry", "speaker": "09"})
+    # Declared classes: "boredom" is left out by this protocol; "angyr" (a typo, its audio is fine)
+    # is a label outside the class map, so a per-file error.
+    (corpus / "classes.yaml").write_text("classes: [neutral, angry]\nexcluded: [boredom]\n")
+    bored, typo = sorted(emodb_root.glob("09*L?.flac"))[0], sorted(emodb_root.glob("09*W?.flac"))[-1]
+    for src, label in ((bored, "boredom"), (typo, "angyr")):
+        shutil.copy(src, corpus / "wav" / src.name)
+        rows.append({"path": f"wav/{src.name}", "label": label, "speaker": "09"})
     with (corpus / "manifest.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "label", "speaker"])
         w.writeheader()
@@ -35,11 +44,16 @@ def test_extract_info_train(tmp_path, emodb_root, noise_root, cache_dir):
     res = run("nser-extract", "--corpus", "csv", "--data-root", str(corpus), "--model", "bundled:tiny.en",
               "--noise", str(noise_root / "park"), "--snr", "5", "--out", str(cache), "--quiet")
     assert res.returncode == 0, res.stderr
-    assert "12 utterances cached (12 new)" in res.stderr and "1 failed" in res.stderr
+    assert "12 utterances cached (12 new)" in res.stderr and "2 failed" in res.stderr
     assert "missing.flac: file not found" in res.stderr
+    assert f"error wav__{typo.stem}: label 'angyr' outside the class map" in res.stderr
+    assert bored.stem not in res.stderr  # excluded by the declared protocol: no error
 
     info = json.loads(run("nser", "cache", "info", str(cache), "--json").stdout)
-    assert info["n_utterances"] == 12 and info["classes"] == {"angry": 6, "neutral": 6}
+    assert info["n_utterances"] == 12 and info["classes"] == {"angry": 6, "neutral": 6} and info["failed"] == 2
+    errors = {e["utt_id"]: e for e in CacheReader(cache).attrs["errors"]}
+    assert errors[f"wav__{typo.stem}"]["label"] == "angyr" and errors[f"wav__{typo.stem}"]["fold"] == "2"
+    assert errors["wav__missing"]["label"] == "angry"
     assert info["folds"] == {"0": 4, "1": 4, "2": 4}
     assert info["encoder_layers"] == 5 and info["decoder_layers"] == 5 and info["dims"] == 384
     assert info["bytes"] > 0 and abs(info["audio_seconds"] - 24.0) < 0.1
@@ -47,7 +61,10 @@ def test_extract_info_train(tmp_path, emodb_root, noise_root, cache_dir):
 
     again = run("nser-extract", "--corpus", "csv", "--data-root", str(corpus), "--model", "bundled:tiny.en",
                 "--noise", str(noise_root / "park"), "--snr", "5", "--out", str(cache), "--quiet")
-    assert "(0 new)" in again.stderr
+    assert again.returncode == 0 and "(0 new)" in again.stderr and "2 failed" in again.stderr
+    strict = run("nser-extract", "--corpus", "csv", "--data-root", str(corpus), "--model", "bundled:tiny.en",
+                 "--noise", str(noise_root / "park"), "--snr", "5", "--out", str(cache), "--quiet", "--strict")
+    assert strict.returncode != 0 and "--strict: 2 file(s) failed" in strict.stderr
 
     other = run("nser-extract", "--corpus", "csv", "--data-root", str(corpus), "--model", "bundled:tiny.en",
                 "--noise", str(noise_root / "park"), "--snr", "10", "--out", str(cache), "--quiet")
@@ -55,7 +72,8 @@ def test_extract_info_train(tmp_path, emodb_root, noise_root, cache_dir):
 
     run_dir = tmp_path / "run"
     refused = run("nser-train", "--cache", str(cache), "--epochs", "1", "--out", str(run_dir), "--quiet")
-    assert refused.returncode != 0 and "failed extraction" in refused.stderr and "--allow-missing" in refused.stderr
+    assert refused.returncode != 0 and "2 utterance(s) of the selected folds failed extraction" in refused.stderr
+    assert "--allow-missing" in refused.stderr
     res = run("nser-train", "--cache", str(cache), "--layers", "enc:all,dec:all", "--epochs", "2",
               "--out", str(run_dir), "--quiet", "--allow-missing")
     assert res.returncode == 0, res.stderr

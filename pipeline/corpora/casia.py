@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.errors import NserError
 from pipeline.noise import NOISE_SUFFIXES
@@ -21,27 +22,33 @@ def _subdirs(folder: Path) -> dict[str, Path]:
 @register_corpus("casia")
 def read_casia(root: Path) -> Corpus:
     cfg = load_corpus_config("casia")
-    emotions: dict[str, str] = cfg["emotions"]
+    class_map = ClassMap.from_config(cfg, "emotions", case_sensitive=False)
     fold_of = {spk: fold for fold, spks in cfg["folds"].items() for spk in spks}
     wanted = {spk.lower(): spk for spk in fold_of}
     base = next((c for c in [root, *sorted(_subdirs(root).values())] if wanted.keys() & _subdirs(c).keys()), None)
     if base is None:
         raise NserError(f"no CASIA speaker folders ({', '.join(fold_of)}) under {root}: "
                         "expected <speaker>/<emotion>/<id>.wav")
-    utts = []
+    utts, rejected = [], []
     for key, spk_dir in sorted(_subdirs(base).items()):
         speaker = wanted.get(key)
         if speaker is None:
             continue
         for emo_key, emo_dir in sorted(_subdirs(spk_dir).items()):
-            label = emotions.get(emo_key)
-            if label is None:
-                continue
+            try:
+                label, outside = class_map.resolve(emo_key), None
+            except LabelOutsideClassMap as exc:
+                label, outside = None, str(exc)
             for path in sorted(emo_dir.iterdir()):
                 if path.suffix.lower() not in NOISE_SUFFIXES or path.name.startswith("._") or not path.is_file():
+                    continue
+                if outside:
+                    rejected.append(Rejection(f"{speaker}_{emo_key}_{path.stem}", path, fold_of[speaker],
+                                              emo_dir.name, outside))
+                if label is None:
                     continue
                 utts.append(Utterance(
                     utt_id=f"{speaker}_{emo_key}_{path.stem}", path=path, speaker=speaker, label=label,
                     fold=fold_of[speaker], language=cfg["language"],
                 ))
-    return Corpus("casia", utts, list(cfg["classes"]), cfg["language"], "cv")
+    return Corpus("casia", utts, list(cfg["classes"]), cfg["language"], "cv", rejected)

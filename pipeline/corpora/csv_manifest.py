@@ -1,14 +1,21 @@
-"""Any corpus described by ``DIR/manifest.csv``: columns path,label,speaker [,fold,transcript,language]."""
+"""Any corpus described by ``DIR/manifest.csv``: columns path,label,speaker [,fold,transcript,language].
+
+With ``DIR/classes.yaml`` (see `read_class_map_file`) the classes and their order are declared,
+raw labels can be mapped and excluded, and a label outside that map is a per-file error. Without
+it, the classes are the labels found, in order of first appearance.
+"""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+from pipeline.corpora.class_map import LabelOutsideClassMap, Rejection, read_class_map_file
 from pipeline.corpora.manifest import Corpus, Utterance, register_corpus, speaker_folds
 from pipeline.errors import NserError
 
 DEFAULT_FOLDS = 5
+CLASS_MAP_FILE = "classes.yaml"
 
 
 @register_corpus("csv")
@@ -21,18 +28,32 @@ def read_csv_manifest(root: Path) -> Corpus:
     missing = {"path", "label", "speaker"} - set(rows[0] if rows else {})
     if missing:
         raise NserError(f"{manifest} lacks column(s) {sorted(missing)}")
+    class_map = read_class_map_file(root / CLASS_MAP_FILE) if (root / CLASS_MAP_FILE).is_file() else None
     folds = speaker_folds((r["speaker"] for r in rows), min(DEFAULT_FOLDS, len({r["speaker"] for r in rows})))
-    utts, classes, languages = [], [], set()
+    utts, rejected, languages = [], [], set()
+    classes: list[str] = list(class_map.classes) if class_map else []
     for r in rows:
         rel = Path(r["path"])
+        utt_id = str(rel.with_suffix("")).replace("/", "__")
+        fold = (r.get("fold") or folds[r["speaker"]]).strip()
+        raw = r["label"].strip()
+        if class_map is None:
+            label = raw
+            if label not in classes:
+                classes.append(label)
+        else:
+            try:
+                label = class_map.resolve(raw)
+            except LabelOutsideClassMap as exc:
+                rejected.append(Rejection(utt_id, root / rel, fold, raw, f"{exc} [{CLASS_MAP_FILE}]"))
+                continue
+            if label is None:
+                continue  # excluded by the user's protocol
         lang = (r.get("language") or "en").strip()
         languages.add(lang)
-        if r["label"] not in classes:
-            classes.append(r["label"])
         utts.append(Utterance(
-            utt_id=str(rel.with_suffix("")).replace("/", "__"), path=root / rel, speaker=r["speaker"],
-            label=r["label"], fold=(r.get("fold") or folds[r["speaker"]]).strip(),
+            utt_id=utt_id, path=root / rel, speaker=r["speaker"], label=label, fold=fold,
             transcript=r.get("transcript") or "", language=lang,
         ))
     language = languages.pop() if len(languages) == 1 else "multi"
-    return Corpus(root.name or "csv", utts, classes, language, "cv")
+    return Corpus(root.name or "csv", utts, classes, language, "cv", rejected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.noise import NOISE_SUFFIXES
 
@@ -14,18 +15,25 @@ _NAME = re.compile(r"^(\d\d)([ab]\d\d)([A-Z])([a-z])$")
 @register_corpus("emodb")
 def read_emodb(root: Path) -> Corpus:
     cfg = load_corpus_config("emodb")
-    letters: dict[str, str] = cfg["emotion_letters"]
+    class_map = ClassMap.from_config(cfg, "emotion_letters")
     fold_of = {spk: fold for fold, spks in cfg["folds"].items() for spk in spks}
-    utts = []
+    utts, rejected = [], []
     for path in sorted(root.rglob("*")):
         m = _NAME.match(path.stem)
         if not m or path.suffix.lower() not in NOISE_SUFFIXES:
             continue
         speaker, text, letter, _version = m.groups()
-        if letter not in letters or speaker not in fold_of:
-            continue  # emotions outside the 4-class map stay out
+        if speaker not in fold_of:
+            continue  # not an EmoDB speaker: a file that only looks like one
+        try:
+            label = class_map.resolve(letter)
+        except LabelOutsideClassMap as exc:
+            rejected.append(Rejection(path.stem, path, fold_of[speaker], letter, str(exc)))
+            continue
+        if label is None:
+            continue  # boredom, disgust, fear: outside the 4-class protocol
         utts.append(Utterance(
-            utt_id=path.stem, path=path, speaker=speaker, label=letters[letter],
+            utt_id=path.stem, path=path, speaker=speaker, label=label,
             fold=fold_of[speaker], transcript=cfg["transcripts"].get(text, ""), language=cfg["language"],
         ))
-    return Corpus("emodb", utts, list(cfg["classes"]), cfg["language"], "cv")
+    return Corpus("emodb", utts, list(cfg["classes"]), cfg["language"], "cv", rejected)

@@ -7,9 +7,9 @@ preparing the ~10k-turn manifest costs O(files) and no audio is decoded.
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
+from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.errors import NserError
 
@@ -58,11 +58,11 @@ def _transcripts(path: Path | None) -> dict[str, str]:
 @register_corpus("iemocap")
 def read_iemocap(root: Path) -> Corpus:
     cfg = load_corpus_config("iemocap")
-    labels: dict[str, str] = cfg["labels"]
+    class_map = ClassMap.from_config(cfg, "labels")
     folds: dict[str, str] = cfg["folds"]
     base = find_release_root(root, list(folds))
     utts: list[Utterance] = []
-    missing: list[str] = []
+    rejected: list[Rejection] = []
     for session, fold in folds.items():
         sdir = base / session
         evaluations = _visible_files(sdir / "dialog" / "EmoEvaluation", ".txt")
@@ -72,18 +72,25 @@ def read_iemocap(root: Path) -> Corpus:
             wavs = _visible_files(sdir / "sentences" / "wav" / dialog, ".wav")
             for line in evaluations[dialog].read_text(encoding="utf-8", errors="replace").splitlines():
                 m = _LABEL_LINE.match(line)
-                if not m or m.group(4) not in labels:
-                    continue  # header/attribute lines, and codes outside the class map
-                utt_id = m.group(3)
+                if not m:
+                    continue  # header and annotator lines
+                utt_id, code = m.group(3), m.group(4)
+                expected_wav = sdir / "sentences" / "wav" / dialog / f"{utt_id}.wav"
+                try:
+                    label = class_map.resolve(code)
+                except LabelOutsideClassMap as exc:
+                    rejected.append(Rejection(utt_id, expected_wav, fold, code, str(exc)))
+                    continue
+                if label is None:
+                    continue  # frustration, surprise, ...: outside the 4-class protocol
                 if utt_id not in wavs:
-                    missing.append(utt_id)
+                    rejected.append(Rejection(utt_id, expected_wav, fold, code,
+                                              f"file not found: {expected_wav} (labelled turn without audio)"))
                     continue
                 utts.append(Utterance(
-                    utt_id=utt_id, path=wavs[utt_id], speaker=speaker_of(utt_id), label=labels[m.group(4)],
+                    utt_id=utt_id, path=wavs[utt_id], speaker=speaker_of(utt_id), label=label,
                     fold=fold, transcript=text.get(utt_id, ""), language=cfg["language"],
                 ))
-    if missing:
-        warnings.warn(f"iemocap: {len(missing)} labelled turn(s) have no wav and are left out "
-                      f"(first: {', '.join(missing[:5])})", stacklevel=2)
     utts.sort(key=lambda u: u.utt_id)
-    return Corpus("iemocap", utts, list(cfg["classes"]), cfg["language"], "cv")
+    rejected.sort(key=lambda r: r.utt_id)
+    return Corpus("iemocap", utts, list(cfg["classes"]), cfg["language"], "cv", rejected)

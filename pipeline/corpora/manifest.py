@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import yaml
 
+from pipeline.corpora.class_map import Rejection
 from pipeline.errors import NserError
 
 
@@ -31,6 +32,9 @@ class Corpus:
     classes: list[str]
     language: str
     protocol: str  # "cv" (leave-one-fold-out) or "split" (train/dev/test)
+    # Entries found but unusable (label outside the class map, no audio file): recorded as
+    # per-file errors by extraction, never dropped silently.
+    rejected: list[Rejection] = field(default_factory=list)
 
     def counts(self, field: str) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -41,7 +45,9 @@ class Corpus:
 
     def summary(self) -> str:
         return (f"{self.name}: {len(self.utterances)} utterances, {len(self.counts('speaker'))} speakers, "
-                f"classes {self.counts('label')}, folds {self.counts('fold')}")
+                f"classes {self.counts('label')}, folds {self.counts('fold')}"
+                + (f"; {len(self.rejected)} rejected (first: {self.rejected[0].utt_id}: {self.rejected[0].reason})"
+                   if self.rejected else ""))
 
 
 CorpusReader = Callable[[Path], Corpus]
@@ -65,7 +71,9 @@ def read_corpus(name: str, data_root: str | Path) -> Corpus:
         raise NserError(f"--data-root {root} is not a folder")
     corpus = CORPORA[name](root)
     if not corpus.utterances:
-        raise NserError(f"{name} reader found no usable utterances under {root}")
+        detail = (f"; {len(corpus.rejected)} rejected, e.g. {corpus.rejected[0].utt_id}: {corpus.rejected[0].reason}"
+                  if corpus.rejected else "")
+        raise NserError(f"{name} reader found no usable utterances under {root}{detail}")
     return corpus
 
 

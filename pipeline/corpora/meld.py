@@ -7,9 +7,9 @@ so preparation is O(files). The mp4 clips are decoded at extraction time by ``lo
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 
+from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.errors import NserError
 
@@ -39,7 +39,7 @@ def _clips(root: Path, dirs: list[str], suffixes: list[str]) -> dict[str, Path]:
 @register_corpus("meld")
 def read_meld(root: Path) -> Corpus:
     cfg = load_corpus_config("meld")
-    emotions: dict[str, str] = cfg["emotions"]
+    class_map = ClassMap.from_config(cfg, "emotions", case_sensitive=False)
     if not any((root / s["csv"]).is_file() for s in cfg["splits"].values()) and (root / RELEASE_DIR).is_dir():
         root = root / RELEASE_DIR
     csvs = {name: root / s["csv"] for name, s in cfg["splits"].items()}
@@ -47,7 +47,7 @@ def read_meld(root: Path) -> Corpus:
         raise NserError(f"no {', '.join(p.name for p in csvs.values())} under {root}: "
                         f"expected the {RELEASE_DIR} layout (label CSVs next to the clip folders)")
     utts: list[Utterance] = []
-    missing: list[str] = []
+    rejected: list[Rejection] = []
     for split, spec in cfg["splits"].items():
         if not csvs[split].is_file():
             continue
@@ -59,21 +59,24 @@ def read_meld(root: Path) -> Corpus:
             if lacking:
                 raise NserError(f"{csvs[split]} lacks column(s) {sorted(lacking)}")
             for row in reader:
-                label = emotions.get(row["Emotion"].strip().lower())
-                if label is None:
-                    continue  # surprise, fear, disgust
                 try:
                     stem = f"dia{int(row['Dialogue_ID'])}_utt{int(row['Utterance_ID'])}"
                 except ValueError as exc:
                     raise NserError(f"{csvs[split]} line {reader.line_num}: bad Dialogue_ID/Utterance_ID") from exc
+                expected = root / spec["dirs"][0] / f"{stem}.mp4"
+                try:
+                    label = class_map.resolve(row["Emotion"])
+                except LabelOutsideClassMap as exc:
+                    rejected.append(Rejection(f"{split}_{stem}", expected, split, row["Emotion"].strip(), str(exc)))
+                    continue
+                if label is None:
+                    continue  # surprise, fear, disgust
                 if stem not in clips:
-                    missing.append(f"{split}/{stem}")
+                    rejected.append(Rejection(f"{split}_{stem}", expected, split, row["Emotion"].strip(),
+                                              f"file not found: no clip {stem} in {', '.join(spec['dirs'])}"))
                     continue
                 utts.append(Utterance(
                     utt_id=f"{split}_{stem}", path=clips[stem], speaker=row["Speaker"].strip(), label=label,
                     fold=split, transcript=" ".join(row["Utterance"].split()), language=cfg["language"],
                 ))
-    if missing:
-        warnings.warn(f"meld: {len(missing)} labelled utterance(s) have no clip and are left out "
-                      f"(first: {', '.join(missing[:5])})", stacklevel=2)
-    return Corpus("meld", utts, list(cfg["classes"]), cfg["language"], "split")
+    return Corpus("meld", utts, list(cfg["classes"]), cfg["language"], "split", rejected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.errors import NserError
 
@@ -19,7 +20,8 @@ _NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 def read_ravdess(root: Path) -> Corpus:
     cfg = load_corpus_config("ravdess")
     fold_of = {actor: fold for fold, actors in cfg["folds"].items() for actor in actors}
-    utts = []
+    class_map = ClassMap.from_config(cfg, "emotions")
+    utts, rejected = [], []
     n_named = 0
     for path in sorted(root.rglob("*.wav")):
         m = _NAME.match(path.stem)
@@ -29,13 +31,19 @@ def read_ravdess(root: Path) -> Corpus:
         modality, channel, emotion, _intensity, statement, _rep, actor = m.groups()
         if modality != cfg["modality"] or channel != cfg["vocal_channel"]:
             continue  # video files' audio and song
-        label = cfg["emotions"].get(emotion)
-        if label is None or actor not in fold_of:
+        if actor not in fold_of:
             continue
+        try:
+            label = class_map.resolve(emotion)
+        except LabelOutsideClassMap as exc:
+            rejected.append(Rejection(path.stem, path, fold_of[actor], emotion, str(exc)))
+            continue
+        if label is None:
+            continue  # calm, fearful, disgust, surprised
         utts.append(Utterance(
             utt_id=path.stem, path=path, speaker=f"Actor_{actor}", label=label, fold=fold_of[actor],
             transcript=cfg["statements"].get(statement, ""), language=cfg["language"],
         ))
     if n_named == 0:
         raise NserError(f"no RAVDESS files (Actor_XX/03-01-EE-II-SS-RR-AA.wav) under {root}")
-    return Corpus("ravdess", utts, list(cfg["classes"]), cfg["language"], "cv")
+    return Corpus("ravdess", utts, list(cfg["classes"]), cfg["language"], "cv", rejected)

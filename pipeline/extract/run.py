@@ -65,6 +65,8 @@ def manifest_hash(corpus: Corpus) -> str:
     h = hashlib.sha256()
     for u in corpus.utterances:
         h.update(json.dumps([u.utt_id, u.label, u.speaker, u.fold, u.transcript, u.start, u.end]).encode())
+    for r in corpus.rejected:  # only hashed when present, so caches of fully valid manifests keep their key
+        h.update(json.dumps(["rejected", r.utt_id, r.label, r.fold]).encode())
     return h.hexdigest()[:16]
 
 
@@ -107,7 +109,8 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
         "extraction": {"context": opts.context, "token_source": opts.token_source, "dtype": "float16",
                        "max_seconds": MAX_SECONDS, "prompt": extractor.prompt},
         "condition": condition,
-        "n_manifest": len(corpus.utterances),  # what a complete cache holds, failures aside
+        # What a complete cache accounts for: cached rows + recorded failures (rejected entries included).
+        "n_manifest": len(corpus.utterances) + len(corpus.rejected),
     }
     # Everything the stored values depend on; the git commit is provenance, not identity.
     attrs["identity"] = {"package_version": __version__, "corpus": attrs["corpus"], "model": attrs["model"],
@@ -120,7 +123,7 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
     batches = [[u for u in b if u.utt_id not in writer.done_ids] for b in blocks]
     batches = [b for b in batches if b]
     n_before = len(writer.done_ids)
-    errors: list[dict[str, str]] = []
+    errors: list[dict[str, str]] = [r.as_error() for r in corpus.rejected]
     audio_seconds = 0.0
     bar = tqdm(total=sum(map(len, batches)), desc=f"extract {corpus.name}/{condition['name']}", unit="utt",
                disable=not progress)

@@ -61,6 +61,11 @@ def test_six_classes_speaker_folds(casia_root):
     u = next(u for u in c.utterances if u.utt_id == "zhaoquanyin_surprise_201")
     assert u.label == "surprise" and u.language == "zh" and u.transcript == ""
     assert load_audio(u.path).source_rate == 16000
+    # files in a folder that is not an emotion of the map: one rejected entry each, with its fold
+    assert sorted((r.utt_id, r.fold, r.label) for r in c.rejected) == [
+        ("ZhaoZuoxiang_unknown_201", "3", "unknown"), ("liuchanhg_unknown_201", "0", "unknown"),
+        ("wangzhe_unknown_201", "1", "unknown"), ("zhaoquanyin_unknown_201", "2", "unknown")]
+    assert all("label 'unknown' outside the class map" in r.reason for r in c.rejected)
 
 
 def test_wrong_root(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,15 +69,15 @@ def iemocap_root(tmp_path_factory) -> Path:
     for n in range(1, 6):
         sdir = root / f"Session{n}"
         _write_dialog(sdir, f"Ses0{n}F_impro01", IMPRO)
-        # Session 1's script dialog has a labelled turn whose wav is missing (left out with a warning).
-        _write_dialog(sdir, f"Ses0{n}M_script01_1", SCRIPT + ([("F002", "neu", "Gone.")] if n == 1 else []),
-                      missing_wav={"F002"})
+        # Session 1's script dialog has a labelled turn whose wav is missing; session 2's a code
+        # outside the class map ("hpy"). Both are rejected entries, not silent omissions.
+        extra = {1: [("F002", "neu", "Gone.")], 2: [("F002", "hpy", "Yay.")]}.get(n, [])
+        _write_dialog(sdir, f"Ses0{n}M_script01_1", SCRIPT + extra, missing_wav={"F002"} if n == 1 else set())
     return root
 
 
 def test_four_classes_folds_speakers(iemocap_root):
-    with pytest.warns(UserWarning, match="1 labelled turn"):
-        c = read_corpus("iemocap", iemocap_root)
+    c = read_corpus("iemocap", iemocap_root)
     print(c.summary())
     assert c.counts("label") == {"angry": 5, "happy": 15, "neutral": 10, "sad": 5}
     assert c.counts("fold") == {str(n): 7 for n in range(1, 6)}
@@ -97,20 +96,23 @@ def test_four_classes_folds_speakers(iemocap_root):
                 ((f"Ses0{n}F_impro01", IMPRO), (f"Ses0{n}M_script01_1", SCRIPT))
                 for s, code, _ in turns if code in {"fru", "xxx", "sur", "fea", "dis"}}
     assert len(excluded) == 25 and not excluded & set(by_id)
-    assert "Ses01M_script01_1_F002" not in by_id  # labelled, but no wav
+    assert "Ses01M_script01_1_F002" not in by_id and "Ses02M_script01_1_F002" not in by_id
+    rejected = {r.utt_id: r for r in c.rejected}
+    assert set(rejected) == {"Ses01M_script01_1_F002", "Ses02M_script01_1_F002"}
+    no_wav, typo = rejected["Ses01M_script01_1_F002"], rejected["Ses02M_script01_1_F002"]
+    assert no_wav.fold == "1" and no_wav.label == "neu" and no_wav.reason.startswith("file not found")
+    assert typo.fold == "2" and typo.label == "hpy" and "label 'hpy' outside the class map" in typo.reason
+    assert typo.path.exists()  # its audio is there: the label is the problem
+    assert "2 rejected" in c.summary()
     u = by_id["Ses04F_impro01_F002"]
     assert u.path == iemocap_root / "Session4/sentences/wav/Ses04F_impro01/Ses04F_impro01_F002.wav"
     assert u.label == "angry" and load_audio(u.path).source_rate == 16000
 
 
 def test_parent_folder_and_idempotent_rescan(iemocap_root):
-    with pytest.warns(UserWarning):
-        a = read_corpus("iemocap", iemocap_root)
-    t0 = time.perf_counter()
-    with pytest.warns(UserWarning):
-        b = read_corpus("iemocap", iemocap_root.parent)  # the folder holding IEMOCAP_full_release
-    assert a.utterances == b.utterances
-    assert time.perf_counter() - t0 < 2.0  # a scan of text files and folder listings only
+    a = read_corpus("iemocap", iemocap_root)
+    b = read_corpus("iemocap", iemocap_root.parent)  # the folder holding IEMOCAP_full_release
+    assert a.utterances == b.utterances and a.rejected == b.rejected
 
 
 def test_wrong_root(tmp_path):

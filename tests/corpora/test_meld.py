@@ -31,7 +31,8 @@ ROWS = {
               (2, 1, "joy", "Joey", "How you doin'?", "none"),
               (3, 0, "neutral", "Monica", "Okay.", "corrupt")],
     "dev": [(0, 0, "joy", "Phoebe", "Smelly cat!", "mp4"),
-            (0, 1, "neutral", "Rachel", "Hi.", "mp4")],
+            (0, 1, "neutral", "Rachel", "Hi.", "mp4"),
+            (2, 0, "Joyful", "Ross", "Yes!", "mp4")],  # an emotion outside the class map
     "test": [(0, 0, "anger", "Ross", "No!", "mp4"),
              (0, 1, "sadness", "Chandler", "Could I BE any sadder?", "wav"),
              (1, 0, "neutral", "Monica", "Right.", "both")],
@@ -91,8 +92,7 @@ def meld_root(tmp_path_factory) -> Path:
 
 
 def test_split_assignment_and_classes(meld_root):
-    with pytest.warns(UserWarning, match=r"1 labelled utterance.*train/dia2_utt1"):
-        c = read_corpus("meld", meld_root)
+    c = read_corpus("meld", meld_root)
     print(c.summary())
     assert c.protocol == "split" and c.classes == ["neutral", "happy", "sad", "angry"]
     assert c.counts("fold") == {"dev": 3, "test": 3, "train": 5}
@@ -109,11 +109,16 @@ def test_split_assignment_and_classes(meld_root):
     assert by_id["test_dia0_utt1"].path.suffix == ".wav"  # pre-extracted audio
     assert by_id["test_dia1_utt0"].path.suffix == ".wav"  # preferred over the mp4 with the same stem
     assert by_id["dev_dia1_utt0"].transcript.startswith("Oh my God")
+    # a labelled clip that is missing, and a label outside the map: rejected entries with their split
+    rejected = {r.utt_id: r for r in c.rejected}
+    assert set(rejected) == {"train_dia2_utt1", "dev_dia2_utt0"}
+    assert rejected["train_dia2_utt1"].reason.startswith("file not found: no clip dia2_utt1")
+    assert rejected["dev_dia2_utt0"].fold == "dev" and rejected["dev_dia2_utt0"].label == "Joyful"
+    assert "label 'Joyful' outside the class map" in rejected["dev_dia2_utt0"].reason
 
 
 def test_mp4_decodes_to_16k_mono(meld_root):
-    with pytest.warns(UserWarning):
-        c = read_corpus("meld", meld_root)
+    c = read_corpus("meld", meld_root)
     u = next(u for u in c.utterances if u.utt_id == "train_dia0_utt0")
     a = load_audio(u.path)
     assert (a.source_rate, a.source_channels) == (48000, 2)
@@ -128,8 +133,7 @@ def test_mp4_decodes_to_16k_mono(meld_root):
 
 
 def test_corrupt_mp4_is_a_per_file_error(meld_root):
-    with pytest.warns(UserWarning):
-        c = read_corpus("meld", meld_root)
+    c = read_corpus("meld", meld_root)
     bad = next(u for u in c.utterances if u.utt_id == "train_dia3_utt0")  # scanning never opens clips
     with pytest.raises(AudioError, match=r"dia3_utt0\.mp4: unreadable or corrupt"):
         load_audio(bad.path)

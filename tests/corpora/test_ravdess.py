@@ -21,7 +21,8 @@ FILES = [("03", "01", "01", "01", "01", "01"),   # neutral (only normal intensit
          ("03", "01", "02", "01", "01", "01"),   # calm: excluded from the 4-class subset
          ("03", "01", "06", "01", "02", "01"),   # fearful: excluded
          ("03", "02", "03", "01", "01", "01"),   # song: excluded
-         ("01", "01", "05", "01", "01", "01")]   # audio-video modality: excluded
+         ("01", "01", "05", "01", "01", "01"),   # audio-video modality: excluded
+         ("03", "01", "09", "01", "01", "01")]   # no such emotion code: a rejected entry
 
 
 def speech(seconds: float = 0.1) -> np.ndarray:
@@ -66,6 +67,9 @@ def test_four_classes_actor_folds(ravdess_root):
     assert not any(uid.split("-")[2] in ("02", "06") for uid in by_id)  # calm, fearful
     assert not any(uid.split("-")[1] == "02" or uid.startswith("01-") for uid in by_id)  # song, video
     assert load_audio(u.path).source_rate == 16000
+    assert len(c.rejected) == 24 and {r.label for r in c.rejected} == {"09"}
+    r = next(r for r in c.rejected if r.utt_id == "03-01-09-01-01-01-13")
+    assert r.fold == "2" and r.path.is_file() and "label '09' outside the class map" in r.reason
 
 
 def test_wrong_root(tmp_path):
