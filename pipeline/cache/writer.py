@@ -193,6 +193,7 @@ class CacheWriter:
 
     def set_errors(self, errors: list[dict[str, str]]) -> None:
         """Per-file failures of this run (retried on every rerun, so older ones are superseded)."""
+        validate_attributes(dict(self.attrs, errors=errors), str(self.path))  # before anything lands
         self.attrs["errors"] = errors
         self.group.attrs[ATTR_KEY] = self.attrs
 

@@ -111,6 +111,9 @@ def test_schema_checks_on_open(tmp_path):
     g.attrs[ATTR_KEY] = dict(meta, model=dict(meta["model"], frame_rate="fast"))
     with pytest.raises(CacheError, match="model/frame_rate"):
         CacheReader(path)
+    g.attrs[ATTR_KEY] = dict(meta, errors=[{"utt_id": "u9", "path": "/x.wav", "label": "a", "error": "corrupt"}])
+    with pytest.raises(CacheError, match="fold"):  # an error record must say which fold it leaves incomplete
+        CacheReader(path)
     g.attrs[ATTR_KEY] = meta
     del g["decoder/layer_01"]
     with pytest.raises(CacheError, match="missing array decoder/layer_01"):
