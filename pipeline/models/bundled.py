@@ -173,6 +173,16 @@ def _is_complete(path: Path) -> bool:
     return (path / PROVENANCE_FILE).is_file() and (path / "model.safetensors").is_file()
 
 
+def _share_like_umask(folder: Path) -> None:
+    """mkdtemp and atomic file writes create private (0700/0600) entries; a model cache is data
+    like any other file, so give it the modes the user's umask gives new files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
 def bundled_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Path of the converted transformers directory for ``name``, converting on first use.
 
@@ -194,6 +204,7 @@ def bundled_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = None
             aux_dir=source.aux_dir,
             source_packages=source.package_versions,
         )
+        _share_like_umask(tmp)
         if final.exists() and not _is_complete(final):
             shutil.rmtree(final)  # left by something other than us; never trusted
         try:

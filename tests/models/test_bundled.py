@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,9 +198,14 @@ def test_cache_dir_layout_and_reuse(converted: dict[str, Path], cache_dir: Path,
         v != "unknown" for v in prov["source_packages"].values()
     )
 
-    start = time.perf_counter()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's private 0700
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o666 & ~umask}
+
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert bundled_model_dir(name, cache_dir=cache_dir) == out
-    assert time.perf_counter() - start < 1.0
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
 
 
 # ----------------------------------------------------------------------------- tokenizer & generation config
