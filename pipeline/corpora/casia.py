@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
+from pipeline.corpora.class_map import ClassMap
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.errors import NserError
 from pipeline.noise import NOISE_SUFFIXES
@@ -35,18 +35,13 @@ def read_casia(root: Path) -> Corpus:
         if speaker is None:
             continue
         for emo_key, emo_dir in sorted(_subdirs(spk_dir).items()):
-            try:
-                label, outside = class_map.resolve(emo_key), None
-            except LabelOutsideClassMap as exc:
-                label, outside = None, str(exc)
             for path in sorted(emo_dir.iterdir()):
                 if path.suffix.lower() not in NOISE_SUFFIXES or path.name.startswith("._") or not path.is_file():
                     continue
-                if outside:
-                    rejected.append(Rejection(f"{speaker}_{emo_key}_{path.stem}", path, fold_of[speaker],
-                                              emo_dir.name, outside))
+                label = class_map.resolve_or_reject(emo_dir.name, rejected, f"{speaker}_{emo_key}_{path.stem}",
+                                                    path, fold_of[speaker])
                 if label is None:
-                    continue
+                    continue  # an excluded or unknown emotion folder
                 utts.append(Utterance(
                     utt_id=f"{speaker}_{emo_key}_{path.stem}", path=path, speaker=speaker, label=label,
                     fold=fold_of[speaker], language=cfg["language"],

@@ -58,6 +58,15 @@ class ClassMap:
             f"label {raw!r} outside the class map (classes {list(self.classes)}; "
             f"mapped {sorted(self.labels)}; excluded {sorted(self.excluded)})")
 
+    def resolve_or_reject(self, raw: str, rejected: list["Rejection"], utt_id: str, path: Path, fold: str,
+                          where: str = "") -> str | None:
+        """`resolve`, except that a label outside the map appends a Rejection and gives None."""
+        try:
+            return self.resolve(raw)
+        except LabelOutsideClassMap as exc:
+            rejected.append(Rejection(utt_id, path, fold, raw.strip(), f"{exc}{where}"))
+            return None
+
 
 def read_class_map_file(path: Path) -> ClassMap:
     """A user's class map for the csv corpus::

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipeline.corpora.class_map import LabelOutsideClassMap, Rejection, read_class_map_file
+from pipeline.corpora.class_map import read_class_map_file
 from pipeline.corpora.manifest import Corpus, Utterance, register_corpus, speaker_folds
 from pipeline.errors import NserError
 
@@ -42,13 +42,9 @@ def read_csv_manifest(root: Path) -> Corpus:
             if label not in classes:
                 classes.append(label)
         else:
-            try:
-                label = class_map.resolve(raw)
-            except LabelOutsideClassMap as exc:
-                rejected.append(Rejection(utt_id, root / rel, fold, raw, f"{exc} [{CLASS_MAP_FILE}]"))
-                continue
+            label = class_map.resolve_or_reject(raw, rejected, utt_id, root / rel, fold, f" [{CLASS_MAP_FILE}]")
             if label is None:
-                continue  # excluded by the user's protocol
+                continue  # excluded by the user's protocol, or rejected
         lang = (r.get("language") or "en").strip()
         languages.add(lang)
         utts.append(Utterance(

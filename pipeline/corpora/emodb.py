@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
+from pipeline.corpora.class_map import ClassMap
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.noise import NOISE_SUFFIXES
 
@@ -25,13 +25,9 @@ def read_emodb(root: Path) -> Corpus:
         speaker, text, letter, _version = m.groups()
         if speaker not in fold_of:
             continue  # not an EmoDB speaker: a file that only looks like one
-        try:
-            label = class_map.resolve(letter)
-        except LabelOutsideClassMap as exc:
-            rejected.append(Rejection(path.stem, path, fold_of[speaker], letter, str(exc)))
-            continue
+        label = class_map.resolve_or_reject(letter, rejected, path.stem, path, fold_of[speaker])
         if label is None:
-            continue  # boredom, disgust, fear: outside the 4-class protocol
+            continue  # boredom, disgust, fear (the protocol), or rejected
         utts.append(Utterance(
             utt_id=path.stem, path=path, speaker=speaker, label=label,
             fold=fold_of[speaker], transcript=cfg["transcripts"].get(text, ""), language=cfg["language"],

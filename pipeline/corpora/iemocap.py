@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
+from pipeline.corpora.class_map import ClassMap, Rejection
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.errors import NserError
 
@@ -76,13 +76,9 @@ def read_iemocap(root: Path) -> Corpus:
                     continue  # header and annotator lines
                 utt_id, code = m.group(3), m.group(4)
                 expected_wav = sdir / "sentences" / "wav" / dialog / f"{utt_id}.wav"
-                try:
-                    label = class_map.resolve(code)
-                except LabelOutsideClassMap as exc:
-                    rejected.append(Rejection(utt_id, expected_wav, fold, code, str(exc)))
-                    continue
+                label = class_map.resolve_or_reject(code, rejected, utt_id, expected_wav, fold)
                 if label is None:
-                    continue  # frustration, surprise, ...: outside the 4-class protocol
+                    continue  # frustration, surprise, ... (the protocol), or rejected
                 if utt_id not in wavs:
                     rejected.append(Rejection(utt_id, expected_wav, fold, code,
                                               f"file not found: {expected_wav} (labelled turn without audio)"))

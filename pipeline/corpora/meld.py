@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
+from pipeline.corpora.class_map import ClassMap, Rejection
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.errors import NserError
 
@@ -64,13 +64,9 @@ def read_meld(root: Path) -> Corpus:
                 except ValueError as exc:
                     raise NserError(f"{csvs[split]} line {reader.line_num}: bad Dialogue_ID/Utterance_ID") from exc
                 expected = root / spec["dirs"][0] / f"{stem}.mp4"
-                try:
-                    label = class_map.resolve(row["Emotion"])
-                except LabelOutsideClassMap as exc:
-                    rejected.append(Rejection(f"{split}_{stem}", expected, split, row["Emotion"].strip(), str(exc)))
-                    continue
+                label = class_map.resolve_or_reject(row["Emotion"], rejected, f"{split}_{stem}", expected, split)
                 if label is None:
-                    continue  # surprise, fear, disgust
+                    continue  # surprise, fear, disgust (the protocol), or rejected
                 if stem not in clips:
                     rejected.append(Rejection(f"{split}_{stem}", expected, split, row["Emotion"].strip(),
                                               f"file not found: no clip {stem} in {', '.join(spec['dirs'])}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.corpora.class_map import ClassMap, LabelOutsideClassMap, Rejection
+from pipeline.corpora.class_map import ClassMap
 from pipeline.corpora.manifest import Corpus, Utterance, load_corpus_config, register_corpus
 from pipeline.errors import NserError
 
@@ -33,13 +33,9 @@ def read_ravdess(root: Path) -> Corpus:
             continue  # video files' audio and song
         if actor not in fold_of:
             continue
-        try:
-            label = class_map.resolve(emotion)
-        except LabelOutsideClassMap as exc:
-            rejected.append(Rejection(path.stem, path, fold_of[actor], emotion, str(exc)))
-            continue
+        label = class_map.resolve_or_reject(emotion, rejected, path.stem, path, fold_of[actor])
         if label is None:
-            continue  # calm, fearful, disgust, surprised
+            continue  # calm, fearful, disgust, surprised (the protocol), or rejected
         utts.append(Utterance(
             utt_id=path.stem, path=path, speaker=f"Actor_{actor}", label=label, fold=fold_of[actor],
             transcript=cfg["statements"].get(statement, ""), language=cfg["language"],
