@@ -147,6 +147,27 @@ def cache_info(path, as_json):
         click.echo(f"{key:>24}: {value}")
 
 
+@cache_group.command("errors", cls=NserCommand)
+@click.argument("path", type=click.Path())
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header (utt_id,fold,label,path,error).")
+def cache_errors(path, as_csv):
+    """Every manifest entry the cache could not hold, with its fold, raw label and reason."""
+    import csv as csv_module
+
+    from pipeline.cache.reader import CacheReader
+
+    errors = CacheReader(path).errors
+    if as_csv:
+        fields = ["utt_id", "fold", "label", "path", "error"]
+        w = csv_module.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(errors)
+        return
+    click.echo(f"{path}: {len(errors)} failed")
+    for e in errors:
+        click.echo(f"  {e['utt_id']}  fold {e['fold']}  label {e['label']}: {e['error']}")
+
+
 @cache_group.command("verify", cls=NserCommand)
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")

@@ -54,6 +54,10 @@ def test_extract_info_train(tmp_path, emodb_root, noise_root, cache_dir):
     errors = {e["utt_id"]: e for e in CacheReader(cache).attrs["errors"]}
     assert errors[f"wav__{typo.stem}"]["label"] == "angyr" and errors[f"wav__{typo.stem}"]["fold"] == "2"
     assert errors["wav__missing"]["label"] == "angry"
+    listed = list(csv.DictReader(run("nser", "cache", "errors", str(cache), "--csv").stdout.splitlines()))
+    assert {(e["utt_id"], e["fold"], e["label"]) for e in listed} == {
+        ("wav__missing", "2", "angry"), (f"wav__{typo.stem}", "2", "angyr")}
+    assert info["complete"] is True
     assert info["folds"] == {"0": 4, "1": 4, "2": 4}
     assert info["encoder_layers"] == 5 and info["decoder_layers"] == 5 and info["dims"] == 384
     assert info["bytes"] > 0 and abs(info["audio_seconds"] - 24.0) < 0.1

@@ -110,6 +110,11 @@ class CacheReader:
             raise CacheError("bytes on disk needs a cache on a local path")
         return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(self.path) for f in fs)
 
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        """The error table: manifest entries not cached (audio that failed, labels outside the map)."""
+        return list(self.attrs.get("errors", []))
+
     def info(self) -> dict[str, Any]:
         """Summary for `nser cache info`."""
         def counts(col: str) -> dict[str, int]:
@@ -140,7 +145,9 @@ class CacheReader:
                                      if self.n and np.isfinite(self.table["realized_snr_db"]).any() else None),
             "hypothesis_loops": int(self.table["hyp_loop"].sum()),
             "hypothesis_capped": int(self.table["hyp_capped"].sum()),
-            "failed": len(self.attrs.get("errors", [])),
+            "failed": len(self.errors),
+            # a finished extraction accounts for every manifest entry: cached or failed
+            "complete": (self.n + len(self.errors) >= self.attrs["n_manifest"]) if "n_manifest" in self.attrs else None,
             "identity_hash": self.identity_hash,
             "code_version": self.attrs["code_version"],
         }

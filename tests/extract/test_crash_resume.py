@@ -67,9 +67,12 @@ def test_killed_anywhere_resumes_to_identical_cache(corpus, tmp_path, cache_dir)
         res = extract(corpus, out, point)
         assert res.returncode == -9, (point, res.stderr[-2000:])
         if (out / "zarr.json").exists():
-            seen.append(CacheReader(out).n)  # a reader only ever sees committed utterances
+            partial = CacheReader(out)
+            seen.append(partial.n)  # a reader only ever sees committed utterances
+            assert partial.info()["complete"] is False
     assert seen == sorted(seen) and seen[-1] < 8
     final = extract(corpus, out)
     assert final.returncode == 0, final.stderr
     assert_same_cache(ref, out)
+    assert CacheReader(out).info()["complete"] is True
     assert not list(out.parent.glob(".crashy.zarr.creating"))
