@@ -58,15 +58,24 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
     c = read_corpus(corpus, data_root)
     if limit:
         c.utterances = c.utterances[:limit]
+        c.rejected = []  # a quick run covers only its first N entries; the rest are not its failures
     click.echo(c.summary(), err=True)
     opts = ExtractionOptions(model=model, noise=noise, noise_type=noise_type, snr_db=snr, seed=seed,
                              context=context, token_source=token_source, batch_size=batch_size,
                              device=device, dtype=dtype, overwrite=overwrite, commit_frames=commit_frames)
     rep = run_extraction(c, out, opts, progress=not quiet)
+    n_rejected = len(c.rejected)
     click.echo(f"{rep.path}: {rep.n_done} utterances cached ({rep.n_new} new) in {rep.seconds:.1f} s; "
-               f"{len(rep.errors)} failed", err=True)
-    for e in rep.errors[:20]:
-        click.echo(f"  error {e['utt_id']}: {e['error']}", err=True)
+               f"{len(rep.errors)} failed ({n_rejected} rejected by the corpus reader, "
+               f"{len(rep.errors) - n_rejected} while reading audio)", err=True)
+    # Both kinds are shown, so many rejections (a whole unknown folder) cannot hide audio failures.
+    for part in (rep.errors[n_rejected:], rep.errors[:n_rejected]):
+        for e in part[:10]:
+            click.echo(f"  error {e['utt_id']}: {e['error']}", err=True)
+        if len(part) > 10:
+            click.echo(f"  ... {len(part) - 10} more", err=True)
+    if len(rep.errors) > 10:
+        click.echo(f"  full list: nser cache errors {rep.path}", err=True)
     if rep.n_done == 0:
         raise click.ClickException("nothing usable was extracted")
     if strict and rep.errors:

@@ -82,6 +82,10 @@ class CacheWriter:
                     f"({_identity_diff(existing['identity'], attrs['identity'])}); "
                     "choose another --out or pass --overwrite")
             self.attrs = existing
+            # What the manifest holds is not identity (the class map's exclusions can change it
+            # without changing any stored value): the current run's count wins, from the next commit.
+            if "n_manifest" in attrs:
+                self.attrs["n_manifest"] = attrs["n_manifest"]
             self._truncate_to_commit()
             return
         # Built beside the target and renamed into place: a crash never leaves a half-made group.

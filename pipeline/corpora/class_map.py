@@ -44,8 +44,15 @@ class ClassMap:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], labels_key: str, case_sensitive: bool = True) -> "ClassMap":
         """From a corpus YAML: ``classes``, ``<labels_key>`` (raw -> class) and ``excluded``."""
-        return cls(tuple(cfg["classes"]), {str(k): str(v) for k, v in cfg[labels_key].items()},
-                   frozenset(str(x) for x in cfg.get("excluded") or ()), case_sensitive)
+        labels, excluded = dict(cfg[labels_key]), list(cfg.get("excluded") or ())
+        # YAML reads an unquoted 01 as the integer 1, which would match no file name: refuse it.
+        not_text = [x for x in [*labels, *labels.values(), *excluded, *cfg["classes"]] if not isinstance(x, str)]
+        if not_text:
+            raise NserError(f"class map {labels_key!r}: {not_text} are not strings; quote them in the YAML")
+        return cls(tuple(cfg["classes"]), labels, frozenset(excluded), case_sensitive)
+
+    def excludes(self, raw: str) -> bool:
+        return self._key(raw) in self._out
 
     def resolve(self, raw: str) -> str | None:
         """The class of `raw`, or None when the protocol excludes it; raises for any other label."""

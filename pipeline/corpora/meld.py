@@ -59,6 +59,8 @@ def read_meld(root: Path) -> Corpus:
             if lacking:
                 raise NserError(f"{csvs[split]} lacks column(s) {sorted(lacking)}")
             for row in reader:
+                if class_map.excludes(row["Emotion"]):
+                    continue  # surprise, fear, disgust: never looked at further
                 try:
                     stem = f"dia{int(row['Dialogue_ID'])}_utt{int(row['Utterance_ID'])}"
                 except ValueError as exc:
@@ -66,7 +68,7 @@ def read_meld(root: Path) -> Corpus:
                 expected = root / spec["dirs"][0] / f"{stem}.mp4"
                 label = class_map.resolve_or_reject(row["Emotion"], rejected, f"{split}_{stem}", expected, split)
                 if label is None:
-                    continue  # surprise, fear, disgust (the protocol), or rejected
+                    continue  # rejected
                 if stem not in clips:
                     rejected.append(Rejection(f"{split}_{stem}", expected, split, row["Emotion"].strip(),
                                               f"file not found: no clip {stem} in {', '.join(spec['dirs'])}"))

@@ -88,6 +88,18 @@ def test_resume_drops_uncommitted_rows_and_continues(tmp_path):
         assert np.array_equal(r.read_states(k, sel)[0], data[k][0][0])
 
 
+def test_reopen_takes_the_current_manifest_count(tmp_path):
+    """n_manifest is not identity: a rerun after the class map excluded an entry updates it."""
+    path = tmp_path / "c.zarr"
+    with CacheWriter(path, dict(attrs(), n_manifest=5), layout=LAYOUT) as w:
+        w.add(row(0), *fake_states(np.random.default_rng(0), 0))
+        w.set_errors([{"utt_id": "u9", "path": "/x.wav", "fold": "0", "label": "c", "error": "outside"}])
+    assert CacheReader(path).info()["complete"] is False  # 1 row + 1 error < 5
+    with CacheWriter(path, dict(attrs(), n_manifest=1), layout=LAYOUT) as w:
+        w.set_errors([])
+    assert CacheReader(path).attrs["n_manifest"] == 1 and CacheReader(path).info()["complete"] is True
+
+
 def test_other_settings_refused(tmp_path):
     path = tmp_path / "c.zarr"
     write(path, 2)

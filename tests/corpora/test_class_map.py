@@ -36,6 +36,11 @@ def test_shipped_maps_load(corpus):
     assert set(m.labels.values()) == set(m.classes) == set(cfg["classes"])  # every class is reachable
 
 
+def test_unquoted_yaml_codes_refused():
+    with pytest.raises(NserError, match=r"\[1\] are not strings; quote them"):
+        ClassMap.from_config({"classes": ["neutral"], "emotions": {1: "neutral"}}, "emotions")
+
+
 def test_class_map_file(tmp_path):
     f = tmp_path / "classes.yaml"
     f.write_text("classes: [neutral, happy]\nlabels: {exc: happy}\nexcluded: [frustrated]\n")
