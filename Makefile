@@ -14,7 +14,7 @@ NOISE_ARGS = $(if $(filter clean,$(SNR)),,--noise $(NOISE) --snr $(SNR))
 DEMO_DIR ?= demo_out
 DEMO_MODEL ?= bundled:base
 DEMO_SNR ?= 0
-DEMO_EPOCHS ?= 6
+DEMO_EPOCHS ?= 12
 
 .PHONY: install test extract extract-all demo clean-demo
 

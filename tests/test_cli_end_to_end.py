@@ -84,6 +84,7 @@ def test_extract_info_train(tmp_path, emodb_root, noise_root, cache_dir):
     assert "mean ± std" in res.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["folds"]) == {"0", "1", "2"} and 0.0 <= metrics["uar"] <= 1.0
+    assert metrics["left_out"] == {"2": 2} and "left out (failed extraction, --allow-missing): fold 2: 2" in res.stdout
 
     bad = run("nser-train", "--cache", str(cache), "--layers", "enc:9", "--out", str(tmp_path / "r2"))
     assert bad.returncode != 0 and "not in the cache" in bad.stderr

@@ -34,7 +34,7 @@ COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition"
            "fusion", "layers", "n_layers", "best_layer", "seed", "epochs", "uar", "uar_std", "macro_f1",
            "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "code_version",
            # beyond the list: what the report and a human debugging a run need
-           "stack", "selection", "folds", "classes", "run_dir", "error"]
+           "stack", "selection", "folds", "classes", "left_out", "run_dir", "error"]
 _FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds"]
 
 
@@ -158,7 +158,8 @@ def run_row(run: RunSpec) -> dict[str, Any]:
                    fold_uar=json.dumps({f: m["uar"] for f, m in folds.items()}),
                    fold_macro_f1=json.dumps({f: m["macro_f1"] for f, m in folds.items()}),
                    confusion=json.dumps(metrics["confusion"]), seconds=metrics.get("seconds"),
-                   code_version=config.get("code_version"), classes=json.dumps(metrics.get("classes")))
+                   code_version=config.get("code_version"), classes=json.dumps(metrics.get("classes")),
+                   left_out=json.dumps(metrics.get("left_out", {})))
     else:
         error = _error_line(run_dir)
         row.update(status="failed" if error else "pending", error=error)

@@ -266,12 +266,22 @@ def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: Tr
     log.close()
     metrics = {**summarize_folds(per_fold), "folds": per_fold, "classes": classes,
                "layers": layer_names, "fusion": cfg.fusion, **extra, "epochs": cfg.epochs, "seed": cfg.seed,
-               "cache_identity": reader.identity_hash, "seconds": time.perf_counter() - t_run}
+               "cache_identity": reader.identity_hash, "seconds": time.perf_counter() - t_run,
+               # entries of the manifest that are not in these numbers (--allow-missing), per fold
+               "left_out": _left_out(reader, {p[0] for p in plan} | {str(f) for f in reader.table["fold"]})}
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out / "metrics.json")
     ckpt.clear()
     return metrics
+
+
+def _left_out(reader: CacheReader, folds: set[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for e in reader.errors:
+        if str(e.get("fold")) in folds:
+            counts[str(e["fold"])] = counts.get(str(e["fold"]), 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) -> None:
@@ -296,6 +306,9 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
         lines.append(f"| {fold} | {m['n']} | {m['best_epoch']} | {m['uar']:.4f} | {m['macro_f1']:.4f} |")
     lines.append(f"| mean ± std | | | {metrics['uar']:.4f} ± {metrics['uar_std']:.4f} | "
                  f"{metrics['macro_f1']:.4f} ± {metrics['macro_f1_std']:.4f} |")
+    if metrics.get("left_out"):
+        lines.append("\nleft out (failed extraction, --allow-missing): "
+                     + ", ".join(f"fold {f}: {n}" for f, n in metrics["left_out"].items()))
     if "best_layer" in metrics:
         lines.append(f"\nbest layer by mean validation UAR: {metrics['best_layer']} "
                      f"({metrics['layer_val_uar'][metrics['best_layer']]:.4f})")

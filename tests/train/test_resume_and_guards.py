@@ -76,11 +76,13 @@ def test_guards(signal_cache, tmp_path):
         train_on_cache(signal_cache, tmp_path / "a", TrainConfig(expect_model="openai/whisper-small"))
     g = zarr.open_group(str(signal_cache), mode="r+")
     meta = dict(g.attrs[ATTR_KEY])
-    g.attrs[ATTR_KEY] = dict(meta, errors=[{"utt_id": "u99", "fold": "1", "error": "x.wav: file not found"}])
+    g.attrs[ATTR_KEY] = dict(meta, errors=[{"utt_id": "u99", "path": "x.wav", "fold": "1", "label": "a",
+                                                "error": "x.wav: file not found"}])
     with pytest.raises(NserError, match="1 utterance.*failed extraction.*--allow-missing"):
         train_on_cache(signal_cache, tmp_path / "b", cfg, progress=False)
     cfg.allow_missing = True
-    assert train_on_cache(signal_cache, tmp_path / "c", cfg, progress=False)["folds"]
+    metrics = train_on_cache(signal_cache, tmp_path / "c", cfg, progress=False)
+    assert metrics["folds"] and metrics["left_out"] == {"1": 1}
     g.attrs[ATTR_KEY] = dict(meta, n_manifest=40)
     with pytest.raises(NserError, match=r"incomplete \(36 of 40"):
         train_on_cache(signal_cache, tmp_path / "d", TrainConfig(layers="enc:1", epochs=1, hidden=8), progress=False)
