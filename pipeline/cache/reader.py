@@ -115,6 +115,22 @@ class CacheReader:
         """The error table: manifest entries not cached (audio that failed, labels outside the map)."""
         return list(self.attrs.get("errors", []))
 
+    def errors_by_fold(self, folds: set[str]) -> dict[str, int]:
+        """How many error-table entries each of `folds` has (folds without any are left out)."""
+        counts: dict[str, int] = {}
+        for e in self.errors:
+            if str(e["fold"]) in folds:
+                counts[str(e["fold"])] = counts.get(str(e["fold"]), 0) + 1
+        return dict(sorted(counts.items()))
+
+    @property
+    def complete(self) -> bool | None:
+        """Whether extraction accounted for every manifest entry (cached or failed); None for
+        caches written before `n_manifest` was recorded."""
+        if "n_manifest" not in self.attrs:
+            return None
+        return self.n + len(self.errors) >= self.attrs["n_manifest"]
+
     def info(self) -> dict[str, Any]:
         """Summary for `nser cache info`."""
         def counts(col: str) -> dict[str, int]:
@@ -146,8 +162,7 @@ class CacheReader:
             "hypothesis_loops": int(self.table["hyp_loop"].sum()),
             "hypothesis_capped": int(self.table["hyp_capped"].sum()),
             "failed": len(self.errors),
-            # a finished extraction accounts for every manifest entry: cached or failed
-            "complete": (self.n + len(self.errors) >= self.attrs["n_manifest"]) if "n_manifest" in self.attrs else None,
+            "complete": self.complete,
             "identity_hash": self.identity_hash,
             "code_version": self.attrs["code_version"],
         }

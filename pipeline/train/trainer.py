@@ -187,15 +187,14 @@ def check_cache_for_training(reader: CacheReader, cfg: TrainConfig, folds: set[s
         raise NserError(f"cache {reader.where} was extracted with {reader.model['name']}, not {cfg.expect_model}")
     if cfg.allow_missing:
         return
-    failed = [e for e in reader.attrs.get("errors", []) if str(e.get("fold")) in folds]
+    failed = [e for e in reader.errors if str(e["fold"]) in folds]
     if failed:
         raise NserError(f"{len(failed)} utterance(s) of the selected folds failed extraction "
                         f"(e.g. {failed[0]['utt_id']}: {failed[0]['error']}); fix them and rerun nser-extract, "
                         "or pass --allow-missing to train without them")
-    expected = reader.attrs.get("n_manifest")
-    if expected is not None and reader.n + len(reader.attrs.get("errors", [])) < expected:
-        raise NserError(f"cache {reader.where} is incomplete ({reader.n} of {expected} utterances): rerun the "
-                        "same nser-extract command to finish it, or pass --allow-missing")
+    if reader.complete is False:
+        raise NserError(f"cache {reader.where} is incomplete ({reader.n} of {reader.attrs['n_manifest']} "
+                        "utterances): rerun the same nser-extract command to finish it, or pass --allow-missing")
 
 
 def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: TrainConfig,
@@ -219,7 +218,8 @@ def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: Tr
         plan = [p for p in plan if p[0] in wanted]
         if not plan:
             raise NserError(f"--folds {cfg.folds} matches none of the cache's folds")
-    check_cache_for_training(reader, cfg, {p[0] for p in plan} | {str(f) for f in reader.table["fold"]})
+    used_folds = {p[0] for p in plan} | {str(f) for f in reader.table["fold"]}
+    check_cache_for_training(reader, cfg, used_folds)
     run_info = {"config": asdict(cfg), "seed": cfg.seed, "code_version": code_version(),
                 "cache": {"path": str(reader.path), "identity_hash": reader.identity_hash,
                           "identity": reader.attrs["identity"], "n_utterances": reader.n},
@@ -268,20 +268,12 @@ def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: Tr
                "layers": layer_names, "fusion": cfg.fusion, **extra, "epochs": cfg.epochs, "seed": cfg.seed,
                "cache_identity": reader.identity_hash, "seconds": time.perf_counter() - t_run,
                # entries of the manifest that are not in these numbers (--allow-missing), per fold
-               "left_out": _left_out(reader, {p[0] for p in plan} | {str(f) for f in reader.table["fold"]})}
+               "left_out": reader.errors_by_fold(used_folds)}
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out / "metrics.json")
     ckpt.clear()
     return metrics
-
-
-def _left_out(reader: CacheReader, folds: set[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for e in reader.errors:
-        if str(e.get("fold")) in folds:
-            counts[str(e["fold"])] = counts.get(str(e["fold"]), 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) -> None:
