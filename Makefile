@@ -1,22 +1,25 @@
-# nser-pipeline front doors. Variables: DATASET, DATA_ROOT, SNR, NOISE, MODEL, OUT, EPOCHS.
+# nser-pipeline front doors; `make help` lists the targets and variables with their defaults.
 PYTHON ?= python3
 DATASET ?= emodb
 MODEL ?= openai/whisper-small
 SNR ?= clean
 NOISE ?=
+NOISE_PRESET ?=
+DEMAND_ROOT ?= data/DEMAND
+NOISE_PRESETS ?= human park traffic
 DATA_ROOT ?= data/$(DATASET)
 CACHE_ROOT ?= caches
 MODEL_TAG = $(subst /,_,$(subst :,_,$(MODEL)))
-CONDITION = $(if $(filter clean,$(SNR)),clean,$(notdir $(NOISE))_$(SNR)dB)
+CONDITION = $(if $(filter clean,$(SNR)),clean,$(if $(NOISE_PRESET),$(NOISE_PRESET),$(notdir $(patsubst %/,%,$(NOISE))))_$(SNR)dB)
 OUT ?= $(CACHE_ROOT)/$(DATASET)/$(CONDITION)/$(MODEL_TAG).zarr
-NOISE_ARGS = $(if $(filter clean,$(SNR)),,--noise $(NOISE) --snr $(SNR))
+NOISE_ARGS = $(if $(filter clean,$(SNR)),,--noise $(NOISE) --snr $(SNR)$(if $(NOISE_PRESET), --noise-preset $(NOISE_PRESET)))
 
 DEMO_DIR ?= demo_out
 DEMO_MODEL ?= bundled:base
 DEMO_SNR ?= 0
 DEMO_EPOCHS ?= 12
 
-.PHONY: install test extract extract-all demo clean-demo
+.PHONY: help install test extract extract-all demo clean-demo
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -25,11 +28,37 @@ install:
 test:
 	$(PYTHON) -m pytest -q
 
+help:
+	@echo "Targets:"
+	@echo "  install       pip install the CPU torch and this package with its extras"
+	@echo "  test          the test suite (python -m pytest -q)"
+	@echo "  extract       one cache per condition: SNR=clean, or SNR=<dB> with NOISE=<folder|file>"
+	@echo "                [NOISE_PRESET=human|park|traffic]; SNR=<dB> without NOISE extracts the paper's"
+	@echo "                three DEMAND conditions (NOISE_PRESETS) at that SNR from DEMAND_ROOT"
+	@echo "  extract-all   clean + NOISES x SNRS (DEMAND_ROOT presets, or NOISE_ROOT subfolders)"
+	@echo "  demo          synthetic espeak-ng corpus -> bundled Whisper base -> layer adapter"
+	@echo "Variables (default):"
+	@echo "  DATASET=$(DATASET)  DATA_ROOT=$(DATA_ROOT)  MODEL=$(MODEL)"
+	@echo "  SNR=$(SNR)  NOISE=$(NOISE)  NOISE_PRESET=$(NOISE_PRESET)  DEMAND_ROOT=$(DEMAND_ROOT)"
+	@echo "  NOISE_PRESETS=$(NOISE_PRESETS)  SNRS=$(SNRS)  NOISE_ROOT=$(NOISE_ROOT)"
+	@echo "  CACHE_ROOT=$(CACHE_ROOT)  OUT=$(OUT)"
+	@echo "  DEMO_DIR=$(DEMO_DIR)  DEMO_MODEL=$(DEMO_MODEL)  DEMO_SNR=$(DEMO_SNR)  DEMO_EPOCHS=$(DEMO_EPOCHS)"
+
+## make extract DATASET=iemocap SNR=-5                       (DEMAND human, park, traffic at -5 dB)
 ## make extract DATASET=emodb DATA_ROOT=/path NOISE=/path/to/babble SNR=-5 MODEL=openai/whisper-small
+## make extract DATASET=emodb SNR=clean
 extract:
-	@if [ "$(SNR)" != clean ] && [ -z "$(NOISE)" ]; then echo "SNR=$(SNR) needs NOISE=<folder of noise recordings>"; exit 2; fi
+	@test -d "$(DATA_ROOT)" || { echo "DATA_ROOT=$(DATA_ROOT) does not exist: set DATA_ROOT=<the $(DATASET) folder> (layouts: docs/corpora.md)"; exit 2; }
+ifeq ($(SNR),clean)
+	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) --out $(OUT)
+	nser cache info $(OUT)
+else ifneq ($(NOISE),)
 	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) $(NOISE_ARGS) --out $(OUT)
 	nser cache info $(OUT)
+else
+	@test -d "$(DEMAND_ROOT)" || { echo "SNR=$(SNR) without NOISE uses the paper's DEMAND conditions ($(NOISE_PRESETS)), but DEMAND_ROOT=$(DEMAND_ROOT) does not exist: set DEMAND_ROOT=<folder holding OMEETING, NPARK, STRAFFIC>, or NOISE=<folder of noise recordings>"; exit 2; }
+	$(foreach p,$(NOISE_PRESETS),nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) --noise $(DEMAND_ROOT) --noise-preset $(p) --snr $(SNR) --out $(CACHE_ROOT)/$(DATASET)/$(p)_$(SNR)dB/$(MODEL_TAG).zarr && nser cache info $(CACHE_ROOT)/$(DATASET)/$(p)_$(SNR)dB/$(MODEL_TAG).zarr &&) true
+endif
 
 ## The paper's grid: NOISES x SNRS + clean, each cache at the path `make extract` uses
 ## ($(CACHE_ROOT)/$(DATASET)/<noise>_<snr>dB/$(MODEL_TAG).zarr and .../clean/...).

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from pipeline import __version__
 from pipeline.errors import NserError
 
 
@@ -132,6 +133,7 @@ def train_command(cache, out, fusion, layers, epochs, batch_size, lr, seed, fold
 
 
 @click.group()
+@click.version_option(__version__, prog_name="nser", message="%(prog)s %(version)s")
 def main():
     """nser-pipeline: Whisper layer caches and layer-adapter training for noisy speech emotion recognition."""
 
