@@ -200,6 +200,24 @@ def cache_verify(path, as_json):
         sys.exit(1)
 
 
+@cache_group.command("export", cls=NserCommand)
+@click.argument("path", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["hdf5", "npy"]), required=True,
+              help="hdf5: one file, /<layer>/<utt_id> datasets + /utterances table; "
+                   "npy: <layer>/<utt_id>.npy files + index.csv.")
+@click.option("--layers", default="enc:all,dec:all", show_default=True, help="Layers to export, e.g. enc:4,dec:all.")
+@click.option("--out", required=True, type=click.Path(), help="Output file (hdf5) or folder (npy).")
+@click.option("--pool", type=click.Choice(["none", "mean"]), default="none", show_default=True,
+              help="mean: one vector per utterance and layer (mean over frames or tokens).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export at --out.")
+def cache_export(path, fmt, layers, out, pool, overwrite):
+    """Write selected layers per utterance, with the utterance table, for other tools (layouts: docs/cache.md)."""
+    from pipeline.cache.export import export_cache
+
+    result = export_cache(path, out, fmt=fmt, layers=layers, pool=pool, overwrite=overwrite)
+    click.echo(f"{result}: {fmt} export of {layers} ({'mean-pooled' if pool == 'mean' else 'per frame/token'})")
+
+
 @main.command("demo-corpus", cls=NserCommand)
 @click.argument("out", type=click.Path())
 @click.option("--voices", default=6, show_default=True)
