@@ -2,8 +2,11 @@
 
 Why: ``make demo`` has to run the whole pipeline (noise mixing, Whisper features, training,
 results) on a fresh machine that has no speech-emotion data and cannot download any. espeak-ng is
-one apt package, fast on a CPU, and deterministic, so the corpus can be rebuilt bit-for-bit from
-a seed. Emotions are rendered only as prosody (speaking rate, pitch level, pitch range, vocal
+fast on a CPU and deterministic, so the corpus can be rebuilt bit-for-bit from a seed, and it
+comes from PyPI with this package: the ``espeakng-loader`` wheel (an install requirement) ships
+libespeak-ng with its voice data, so no system espeak-ng (apt, brew) is needed. The library is
+driven through its C API by ``espeak_worker.py``, one process per utterance (why: see there).
+Emotions are rendered only as prosody (speaking rate, pitch level, pitch range, vocal
 effort, pauses) on emotionally neutral sentences, with seeded per-utterance jitter so that the
 classes overlap. The corpus proves that the pipeline runs end to end; it says nothing about how
 well real emotional speech can be recognised.
@@ -12,11 +15,13 @@ well real emotional speech can be recognised.
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import math
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from dataclasses import asdict, dataclass
@@ -33,6 +38,7 @@ from pipeline.errors import NserError
 __all__ = [
     "CORPUS_VERSION",
     "EMOTIONS",
+    "Espeak",
     "EspeakNotFoundError",
     "MANIFEST_COLUMNS",
     "SENTENCES",
@@ -48,9 +54,9 @@ MANIFEST_COLUMNS = ("path", "label", "speaker", "fold", "transcript", "language"
 EMOTIONS = ("neutral", "happy", "sad", "angry")
 
 # espeak-ng voice + variant per speaker, alternating male / female so that `index % n_folds` gives
-# every fold both. Checked on espeak-ng 1.51: "en-gb+<variant>" silently ignores the variant, so
-# British voices are named "en" or a regional "en-gb-..." voice; unknown variants also fall back
-# silently, hence the explicit list instead of a generated one.
+# every fold both. Checked on espeak-ng 1.51 and 1.52: "en-gb+<variant>" silently ignores the
+# variant, so British voices are named "en" or a regional "en-gb-..." voice; unknown variants also
+# fall back silently, hence the explicit list instead of a generated one.
 VOICES = (
     "en-us+m3",
     "en+f2",
@@ -105,6 +111,7 @@ PEAK_DBFS = -3.0
 TRIM_THRESHOLD = 0.01  # of the peak (-40 dB): below this at the ends counts as silence
 PAD_SECONDS = 0.1  # silence kept before and after the speech, identical for every utterance
 ESPEAK_TIMEOUT_S = 60
+ESPEAK_WORKER = Path(__file__).with_name("espeak_worker.py")
 
 README_TEXT = """\
 Synthetic emotional-speech demo corpus
@@ -130,18 +137,45 @@ Built with: {espeak_version}
 
 
 class EspeakNotFoundError(NserError, RuntimeError):
-    """The espeak-ng binary is not on PATH, so the demo corpus cannot be synthesized."""
+    """The espeak-ng engine (the espeakng-loader wheel) is missing: nothing can be synthesized."""
 
 
-def find_espeak() -> str:
-    """Return the espeak-ng executable, or raise with the command that installs it."""
-    binary = shutil.which("espeak-ng")
-    if binary is None:
-        raise EspeakNotFoundError(
-            "espeak-ng is not installed: apt-get install espeak-ng (Debian/Ubuntu) "
-            "or brew install espeak-ng"
-        )
-    return binary
+@dataclass(frozen=True)
+class Espeak:
+    """Where the espeak-ng engine is: the libespeak-ng shared library and its voice data."""
+
+    library: str
+    data_dir: str  # the espeak-ng-data folder; "" = the library's compiled-in default
+    source: str  # where the library comes from, for the corpus' records
+
+
+INSTALL_HINT = (
+    "pip install espeakng-loader (an install requirement of nser-pipeline: a wheel with "
+    "libespeak-ng and its voice data; no system espeak-ng is needed)"
+)
+
+
+def find_espeak() -> Espeak:
+    """The libespeak-ng shipped in the espeakng-loader wheel, or raise with the install command.
+
+    The espeak-ng program on PATH is deliberately not used: the wheel is always installed with
+    this package, and one engine everywhere keeps the demo corpus the same on every machine.
+    """
+    try:
+        import espeakng_loader
+    except ImportError:
+        raise EspeakNotFoundError(f"the espeak-ng engine is missing: {INSTALL_HINT}") from None
+    library = espeakng_loader.get_library_path()
+    try:
+        data_dir = espeakng_loader.get_data_path()
+    except RuntimeError as exc:  # the wheel's espeak-ng-data folder is gone
+        raise EspeakNotFoundError(f"espeak-ng voice data missing ({exc}): reinstall with "
+                                  f"{INSTALL_HINT}") from None
+    if not Path(library).is_file():
+        raise EspeakNotFoundError(f"espeakng-loader has no libespeak-ng at {library} (no wheel "
+                                  f"for this platform?): {INSTALL_HINT}")
+    version = importlib.metadata.version("espeakng-loader")
+    return Espeak(library, data_dir, f"espeakng-loader {version}")
 
 
 def build_demo_corpus(
@@ -159,8 +193,9 @@ def build_demo_corpus(
     ``i % n_folds`` so cross-validation is speaker-independent. A corpus already built with the
     same parameters is returned untouched unless ``overwrite``; otherwise the corpus is built in
     a temporary sibling folder and moved into place at the end, so an interrupted build never
-    looks complete. Raises ``EspeakNotFoundError`` if it has to synthesize and espeak-ng is
-    missing, and ``FileExistsError`` rather than replace a folder that is not a demo corpus.
+    looks complete. Raises ``EspeakNotFoundError`` if it has to synthesize and the espeak-ng
+    engine (the espeakng-loader wheel) is missing, and ``FileExistsError`` rather than replace a
+    folder that is not a demo corpus.
     """
     out_dir = Path(out_dir)
     _check_params(n_voices, n_sentences, n_folds)
@@ -263,9 +298,8 @@ def _jittered(base: Prosody, rng: np.random.Generator) -> Prosody:
     )
 
 
-def _build_into(root: Path, espeak: str, params: dict) -> None:
+def _build_into(root: Path, espeak: Espeak, params: dict) -> None:
     n_folds, seed = params["n_folds"], params["seed"]
-    scratch = root / "_espeak.wav"
     rows: list[dict] = []
     seconds: dict[str, float] = {e: 0.0 for e in EMOTIONS}
     for v, voice in enumerate(VOICES[: params["n_voices"]]):
@@ -276,13 +310,12 @@ def _build_into(root: Path, espeak: str, params: dict) -> None:
                 # Seeded per utterance, not per build order: a bigger corpus contains the smaller.
                 rng = np.random.default_rng([seed, v, e, s])
                 prosody = _jittered(EMOTION_PROSODY[emotion], rng)
-                audio = _synthesize(espeak, voice, sentence, prosody, scratch)
+                audio = _synthesize(espeak, voice, sentence, prosody)
                 rel = Path("audio") / speaker / f"{speaker}_{emotion}_{s:02d}.wav"
                 sf.write(str(root / rel), audio, SAMPLE_RATE, subtype="PCM_16")
                 seconds[emotion] += len(audio) / SAMPLE_RATE
                 rows.append({"path": rel.as_posix(), "label": emotion, "speaker": speaker,
                              "fold": v % n_folds, "transcript": sentence, "language": LANGUAGE})
-    scratch.unlink(missing_ok=True)
 
     with open(root / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
@@ -305,20 +338,32 @@ def _build_into(root: Path, espeak: str, params: dict) -> None:
     (root / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _synthesize(espeak: str, voice: str, text: str, prosody: Prosody, scratch: Path) -> np.ndarray:
-    """One utterance as 16 kHz mono float32: silence trimmed to a fixed pad, peak at -3 dBFS."""
+def _run_worker(espeak: Espeak, args: list[str], what: str, stdin: bytes = b"") -> bytes:
+    """Run espeak_worker.py in a fresh interpreter (-I -S: no site imports, fast start)."""
+    cmd = [sys.executable, "-I", "-S", str(ESPEAK_WORKER), espeak.library, espeak.data_dir, *args]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=ESPEAK_TIMEOUT_S)
+    if proc.returncode != 0:
+        message = proc.stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+        raise RuntimeError(f"espeak-ng ({espeak.source}) failed {what}: {message}")
+    return proc.stdout
+
+
+def _synthesize(espeak: Espeak, voice: str, text: str, prosody: Prosody) -> np.ndarray:
+    """One utterance as 16 kHz mono float32: silence trimmed to a fixed pad, peak at -3 dBFS.
+
+    The engine renders ``espeak-ng -v VOICE -g WORD_GAP -m SSML`` at its native 22050 Hz; with
+    the same library and voice data the samples equal that program's ``-w`` output bit for bit.
+    """
     ssml = (
         f'<speak><prosody rate="{prosody.rate:.0f}%" pitch="{prosody.pitch:+.0f}%" '
         f'range="{prosody.range:+.0f}%" volume="{prosody.volume:+.0f}%">'
         f"{escape(text)}</prosody></speak>"
     )
-    cmd = [espeak, "-v", voice, "-m", "-g", str(round(prosody.word_gap)), "-w", str(scratch), ssml]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ESPEAK_TIMEOUT_S)
-    if proc.returncode != 0 or not scratch.is_file():
-        raise RuntimeError(f"espeak-ng failed for voice {voice!r} (exit {proc.returncode}): "
-                           f"{proc.stderr.strip() or proc.stdout.strip()}")
-    data, rate = sf.read(str(scratch), dtype="float64", always_2d=True)
-    mono = data.mean(axis=1)
+    out = _run_worker(espeak, ["synth", voice, str(round(prosody.word_gap))],
+                      f"for voice {voice!r}", stdin=ssml.encode("utf-8"))
+    rate = int.from_bytes(out[:4], "little")
+    # 16-bit PCM scaled like soundfile reads it, so results match the earlier wav-file route.
+    mono = np.frombuffer(out[4:], dtype="<i2").astype(np.float64) / 32768.0
     if rate != SAMPLE_RATE:
         g = math.gcd(int(rate), SAMPLE_RATE)
         mono = resample_poly(mono, SAMPLE_RATE // g, int(rate) // g)
@@ -331,10 +376,10 @@ def _synthesize(espeak: str, voice: str, text: str, prosody: Prosody, scratch: P
     return (speech * (10.0 ** (PEAK_DBFS / 20.0) / peak)).astype(np.float32)
 
 
-def _espeak_version(espeak: str) -> str:
-    proc = subprocess.run([espeak, "--version"], capture_output=True, text=True,
-                          timeout=ESPEAK_TIMEOUT_S)
-    return proc.stdout.strip().split("  Data at")[0] or "espeak-ng (version unknown)"
+def _espeak_version(espeak: Espeak) -> str:
+    """E.g. "eSpeak NG 1.52.0 (libespeak-ng from espeakng-loader 0.2.4)", for corpus.json."""
+    version = _run_worker(espeak, ["info"], "to report its version").decode().split("\n")[0]
+    return f"eSpeak NG {version or '(version unknown)'} (libespeak-ng from {espeak.source})"
 
 
 BABBLE_TALKERS = 8
@@ -360,24 +405,22 @@ def build_babble_noise(out_dir: Path, *, seed: int = 0, n_talkers: int = BABBLE_
     rng = np.random.default_rng(seed + 7919)
     n = int(seconds * SAMPLE_RATE)
     mix = np.zeros(n)
-    with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp) / "u.wav"
-        for talker in range(n_talkers):
-            voice = VOICES[talker % len(VOICES)]
-            track = np.zeros(n)
-            pos = int(rng.uniform(0, 1.0) * SAMPLE_RATE)
-            while pos < n:
-                text = SENTENCES[int(rng.integers(len(SENTENCES)))]
-                jitter = Prosody(rate=100 + rng.uniform(-10, 10), pitch=rng.uniform(-20, 20), range=0,
-                                 volume=0, word_gap=0)
-                speech = _synthesize(espeak, voice, text, jitter, scratch).astype(np.float64)
-                end = min(n, pos + len(speech))
-                track[pos:end] += speech[: end - pos] * rng.uniform(0.5, 1.0)
-                pos = end + int(rng.uniform(0.05, 0.6) * SAMPLE_RATE)
-            mix += track
-        brown = np.cumsum(rng.normal(size=n))
-        brown -= np.convolve(brown, np.ones(1601) / 1601, mode="same")  # remove drift
-        mix += 0.05 * np.std(mix) * brown / (np.std(brown) + 1e-12)
+    for talker in range(n_talkers):
+        voice = VOICES[talker % len(VOICES)]
+        track = np.zeros(n)
+        pos = int(rng.uniform(0, 1.0) * SAMPLE_RATE)
+        while pos < n:
+            text = SENTENCES[int(rng.integers(len(SENTENCES)))]
+            jitter = Prosody(rate=100 + rng.uniform(-10, 10), pitch=rng.uniform(-20, 20), range=0,
+                             volume=0, word_gap=0)
+            speech = _synthesize(espeak, voice, text, jitter).astype(np.float64)
+            end = min(n, pos + len(speech))
+            track[pos:end] += speech[: end - pos] * rng.uniform(0.5, 1.0)
+            pos = end + int(rng.uniform(0.05, 0.6) * SAMPLE_RATE)
+        mix += track
+    brown = np.cumsum(rng.normal(size=n))
+    brown -= np.convolve(brown, np.ones(1601) / 1601, mode="same")  # remove drift
+    mix += 0.05 * np.std(mix) * brown / (np.std(brown) + 1e-12)
     mix *= 10.0 ** (PEAK_DBFS / 20.0) / np.max(np.abs(mix))
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / "babble.wav.partial"
