@@ -55,7 +55,8 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 
 # What from_pretrained reads as weights from a local folder (single file or sharded index).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def load_whisper(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedWhisper:
