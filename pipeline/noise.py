@@ -63,22 +63,15 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np
     return (speech.astype(np.float64) + scaled).astype(np.float32), float(realized)
 
 
-# (resolved path, size, mtime_ns, inode) -> sha256 of the bytes: a process extracting several
-# conditions from one noise folder reads each recording once.
-_DIGESTS: dict[tuple[str, int, int, int], str] = {}
-
-
 def file_digest(path: Path, block: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, read in blocks (DEMAND channels are tens of MB)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(block):
-                h.update(chunk)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
+    """sha256 of a file's bytes, read in blocks (a DEMAND channel is ~30 MB). Not cached by
+    (size, mtime): a rewrite within the clock's resolution would then go unseen, and hashing a
+    noise folder once per extraction run takes well under a second."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class NoiseBank:
