@@ -22,6 +22,17 @@ class NserCommand(click.Command):
             raise click.ClickException(str(exc)) from exc
 
 
+def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Refused at parsing (NaN, inf, beyond the documented range), not at the first file."""
+    if value is None:
+        return None
+    from pipeline.noise import check_snr
+    try:
+        return check_snr(value)
+    except NserError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
 @click.command("extract", cls=NserCommand)
 @click.option("--corpus", required=True,
               help="Corpus reader: emodb, iemocap, meld, casia, ravdess, csv (layouts: docs/corpora.md).")
@@ -30,22 +41,23 @@ class NserCommand(click.Command):
               help="Hugging Face id, local model dir, or bundled:tiny.en / bundled:base.")
 @click.option("--out", required=True, type=click.Path(), help="Cache path (a .zarr folder).")
 @click.option("--noise", type=click.Path(exists=True), help="Folder of noise recordings, or one recording.")
-@click.option("--snr", type=float, help="SNR in dB for --noise.")
+@click.option("--snr", type=float, callback=_snr_option, help="SNR in dB for --noise, -50 to 50.")
 @click.option("--noise-type", help="Name of the noise recorded in the cache (default: folder name).")
 @click.option("--noise-preset", help="DEMAND environment by paper name (human, park, traffic); "
               "--noise is then the DEMAND root. Only channel ch01 is used.")
-@click.option("--seed", default=0, show_default=True, help="Seed for noise file/offset choice.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for noise file/offset choice.")
 @click.option("--context", type=click.Choice(["padded", "trimmed"]), default="padded", show_default=True)
 @click.option("--tokens", "token_source", type=click.Choice(["hypothesis", "transcript"]), default="hypothesis",
               show_default=True, help="Decoder input: Whisper's greedy hypothesis or the ground-truth text.")
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="Compute dtype (auto: fp16 on GPU, fp32 on CPU); storage is fp16.")
-@click.option("--limit", type=int, help="Only the first N utterances of the manifest (quick runs).")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N utterances of the manifest (quick runs).")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file failed (default: only if none worked).")
-@click.option("--commit-frames", type=int, hidden=True, help="Encoder frames buffered per commit (tests).")
+@click.option("--commit-frames", type=click.IntRange(min=1), hidden=True,
+              help="Encoder frames buffered per commit (tests).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
                     batch_size, device, dtype, limit, overwrite, strict, commit_frames, quiet):
@@ -57,7 +69,7 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
     noise, preset_type = resolve_noise(noise, noise_preset)
     noise_type = noise_type or preset_type
     c = read_corpus(corpus, data_root)
-    if limit:
+    if limit is not None:
         c.utterances = c.utterances[:limit]
         c.rejected = []  # a quick run covers only its first N entries; the rest are not its failures
     click.echo(c.summary(), err=True)
@@ -68,7 +80,7 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
     n_rejected = len(c.rejected)
     click.echo(f"{rep.path}: {rep.n_done} utterances cached ({rep.n_new} new) in {rep.seconds:.1f} s; "
                f"{len(rep.errors)} failed ({n_rejected} rejected by the corpus reader, "
-               f"{len(rep.errors) - n_rejected} while reading audio)", err=True)
+               f"{len(rep.errors) - n_rejected} during extraction)", err=True)
     # Both kinds are shown, so many rejections (a whole unknown folder) cannot hide audio failures.
     for part in (rep.errors[n_rejected:], rep.errors[:n_rejected]):
         for e in part[:10]:

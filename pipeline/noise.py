@@ -11,6 +11,7 @@ reproducible and independent of processing order; noise shorter than the utteran
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,20 @@ from pipeline.audio import load_audio
 from pipeline.errors import AudioError, NserError
 
 NOISE_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".caf"}
+# Target SNRs accepted. Beyond +-50 dB a mix is clean speech or pure noise for any recognizer, so a
+# value out there is a typo (500 for 5.00); far beyond, the noise gain overflows (1e9 dB) or is
+# zero (inf), and NaN makes every mixed sample, and so every cached state, NaN.
+SNR_RANGE_DB = (-50.0, 50.0)
+
+
+def check_snr(snr_db: object) -> float:
+    """`snr_db` as a float, or NserError for a non-number, a non-finite value or one outside SNR_RANGE_DB."""
+    lo, hi = SNR_RANGE_DB
+    if isinstance(snr_db, bool) or not isinstance(snr_db, (int, float, np.integer, np.floating)):
+        raise NserError(f"SNR must be a number of dB, not {snr_db!r}")
+    if not math.isfinite(snr_db) or not lo <= snr_db <= hi:
+        raise NserError(f"SNR {snr_db} dB is outside {lo:g}..{hi:g} dB (docs/extraction.md)")
+    return float(snr_db)
 
 
 @dataclass
@@ -48,6 +63,17 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np
     return (speech.astype(np.float64) + scaled).astype(np.float32), float(realized)
 
 
+def file_digest(path: Path, block: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in blocks (a DEMAND channel is ~30 MB). Not cached by
+    (size, mtime): a rewrite within the clock's resolution would then go unseen, and hashing a
+    noise folder once per extraction run takes well under a second."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class NoiseBank:
     """A folder of noise recordings, or one recording (any rate or channel count); the file and the
     offset are chosen per utterance by hash."""
@@ -72,10 +98,14 @@ class NoiseBank:
         return [str(p.relative_to(self.folder)) for p in self.files]
 
     def fingerprint(self) -> str:
-        """Identity of the noise material (names and sizes), for the cache attributes."""
+        """Identity of the noise material (names and content), for the cache attributes.
+
+        Why content: names and sizes let a resumed run accept other recordings saved under the same
+        names (a re-export, another channel of the same length), and half the cache would hold
+        another noise."""
         h = hashlib.sha256()
         for p in self.files:
-            h.update(f"{p.relative_to(self.folder)}:{p.stat().st_size};".encode())
+            h.update(f"{p.relative_to(self.folder)}:{file_digest(p)};".encode())
         return h.hexdigest()[:16]
 
     def _noise(self, path: Path) -> np.ndarray:

@@ -32,3 +32,23 @@ def test_short_noise_loops():
     noise = np.random.default_rng(0).standard_normal(1000)
     mixed, realized = mix_at_snr(speech, np.tile(noise, 16), 5.0)
     assert abs(realized - 5.0) < 1e-6 and mixed.shape == speech.shape
+
+
+def test_fingerprint_follows_content_not_size(tmp_path, noise_root):
+    """Same names and sizes, other audio: another fingerprint (it used to hash names and sizes only)."""
+    import soundfile as sf
+    x, rate = sf.read(sorted((noise_root / "park").glob("*.flac"))[0], frames=5 * 16000, dtype="float32")
+    sf.write(tmp_path / "n.wav", x, rate, subtype="PCM_16")
+    before, size = NoiseBank(tmp_path).fingerprint(), (tmp_path / "n.wav").stat().st_size
+    sf.write(tmp_path / "n.wav", x[::-1], rate, subtype="PCM_16")
+    assert (tmp_path / "n.wav").stat().st_size == size
+    assert NoiseBank(tmp_path).fingerprint() != before
+
+
+@pytest.mark.parametrize("snr", [float("nan"), float("inf"), 1e9, -50.01, "5", True])
+def test_check_snr_refuses(snr):
+    from pipeline.errors import NserError
+    from pipeline.noise import check_snr
+    with pytest.raises(NserError, match="SNR"):
+        check_snr(snr)
+    assert check_snr(-50) == -50.0 and check_snr(np.float32(7.5)) == 7.5

