@@ -129,13 +129,13 @@ class CacheReader:
         if stack is None:
             whose = f"table rows {missing[0].lo}-{missing[-1].hi - 1}"
         else:
-            ids = self.utterances_in(stack, missing)
+            ids = self._utterances_in(stack, missing)
             whose = f"{len(ids)} utterance(s): {', '.join(ids[:10])}" + (" ..." if len(ids) > 10 else "")
         raise CacheError(f"{self.where}: {name} lacks {len(files)} stored file(s) ({shown}) holding {whose}; "
                          "zarr would read them as zeros. The cache is damaged or partly copied: copy it "
                          f"again or re-extract (nser cache verify {self.where} lists everything affected)")
 
-    def utterances_in(self, stack: str, objects: list[StoredObject]) -> list[str]:
+    def _utterances_in(self, stack: str, objects: list[StoredObject]) -> list[str]:
         """Ids of the utterances whose rows in `stack` overlap any of these objects' rows."""
         off, cnt = ("frame_offset", "n_frames") if stack == "encoder" else ("token_offset", "n_tokens")
         lo, hi = self.table[off], self.table[off] + self.table[cnt]

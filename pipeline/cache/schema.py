@@ -42,11 +42,12 @@ def layer_array_name(stack: str, i: int) -> str:
 def validate_attributes(attrs: dict[str, Any], where: str) -> None:
     # NaN/Inf would be written as bare NaN/Infinity tokens: not JSON, and meaningless as settings.
     try:
-        json.dumps(attrs, allow_nan=False)
+        # numpy scalars as their Python value (a float32 NaN is found too); the schema judges types.
+        json.dumps(attrs, allow_nan=False, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
     except ValueError:
         raise CacheError(f"{where}: cache attributes hold a non-finite number (NaN or Inf) at "
                          f"{_non_finite_at(attrs)}; every setting stored in a cache must be finite "
-                         "(check --snr and the other numeric options)") from None
+                         "(check --snr and the other numeric options; re-extract a cache that holds one)") from None
     try:
         jsonschema.validate(attrs, load_schema()["attributes"])
     except jsonschema.ValidationError as exc:
@@ -56,12 +57,12 @@ def validate_attributes(attrs: dict[str, Any], where: str) -> None:
 
 def _non_finite_at(value: Any, path: str = "") -> str:
     """Where the first NaN/Inf sits in nested attributes, as a/b/0 (for the error message)."""
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
     for key, sub in items:
         found = _non_finite_at(sub, f"{path}/{key}")
         if found:
             return found
-    if isinstance(value, float) and not np.isfinite(value):
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
         return path.lstrip("/") or "(root)"
     return ""
 

@@ -144,6 +144,17 @@ def test_non_finite_attributes_refused(tmp_path, where, value):
     assert not (tmp_path / "c.zarr").exists()
 
 
+def test_cache_holding_nan_attributes_refused_on_open(tmp_path):
+    """A cache written before the check (`--snr nan` put a bare NaN into zarr.json)."""
+    path = tmp_path / "c.zarr"
+    write(path, 3)
+    meta = path / "zarr.json"
+    meta.write_text(meta.read_text().replace('"snr_db": null', '"snr_db": NaN'))
+    with pytest.raises(CacheError, match="non-finite number.*condition/snr_db.*re-extract"):
+        CacheReader(path)
+    assert verify_cli(path).returncode == 1
+
+
 def test_non_finite_states_refused_naming_the_utterance(tmp_path):
     path = tmp_path / "c.zarr"
     rng = np.random.default_rng(0)
