@@ -84,15 +84,22 @@ class CacheWriter:
         self.commit_frames = commit_frames or layout.encoder_shard_frames
 
     def _open_or_create(self, attrs: dict[str, Any], layout: CacheLayout, overwrite: bool) -> None:
+        # A replaced cache is renamed aside before it is deleted: a crash mid-delete must leave
+        # either the old cache or none, never a folder that is neither (and that --overwrite,
+        # rightly, would then refuse to delete). Leftovers of such a crash are ours to remove.
+        trash = self.path.with_name(f".{self.path.name}.replaced")
+        if trash.exists():
+            shutil.rmtree(trash)
         found = _what_is_at(self.path)
         if found == "cache" and overwrite:
             readers = ReadersLock(self.path)
             readers.exclude()  # refused while anything reads the cache
             try:
-                shutil.rmtree(self.path)
+                os.replace(self.path, trash)
                 self._create(attrs, layout)
             finally:
                 readers.release()
+            shutil.rmtree(trash)
             return
         if found in ("absent", "empty"):
             self._create(attrs, layout)  # an empty folder is replaced by the new cache (rename onto it)

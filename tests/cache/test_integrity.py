@@ -330,6 +330,29 @@ def test_overwrite_refused_while_a_reader_holds_the_cache(tmp_path):
     CacheWriter(path, attrs(), layout=LAYOUT, overwrite=True).close()
 
 
+def test_overwrite_killed_mid_delete_leaves_a_cache_or_none(tmp_path, monkeypatch):
+    """The old cache is renamed aside before deletion, so a crash while deleting it leaves no
+    half-deleted folder at --out; the rerun finishes the job and cleans up."""
+    path = tmp_path / "c.zarr"
+    write(path, 5)
+    real_rmtree = shutil.rmtree
+
+    def killed(p, *a, **k):
+        if not str(p).endswith(".c.zarr.replaced"):
+            return real_rmtree(p, *a, **k)
+        (p / "zarr.json").unlink()  # the delete got this far
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        CacheWriter(path, attrs(identity={"k": 2}), layout=LAYOUT, overwrite=True)
+    monkeypatch.undo()
+    assert CacheReader(path).n == 0  # the new, empty cache is already in place
+    with CacheWriter(path, attrs(identity={"k": 2}), layout=LAYOUT, overwrite=True) as w:
+        w.add(row(0), *fake_states(np.random.default_rng(0), 0))
+    assert CacheReader(path).n == 1 and not list(tmp_path.glob(".c.zarr.replaced"))
+
+
 def test_overwrite_refused_while_another_process_reads(tmp_path):
     path = tmp_path / "c.zarr"
     write(path, 5)
