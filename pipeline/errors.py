@@ -15,3 +15,8 @@ class CacheError(NserError):
 
 class LayerSelectionError(NserError):
     """A layer selection string is malformed or asks for layers the cache lacks."""
+
+
+class NonFiniteStatesError(CacheError):
+    """Hidden states of one utterance hold NaN or Inf (after the cast to float16): refused, so the
+    caller can record that utterance as failed and go on with the others."""

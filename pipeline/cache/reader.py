@@ -1,4 +1,11 @@
-"""CacheReader: opens a cache (path or any zarr store), validates it, reads selected layers lazily."""
+"""CacheReader: opens a cache (path or any zarr store), validates it, reads selected layers lazily.
+
+A reader on a local path holds the cache's readers lock (shared) until `close()`, the end of a
+`with` block, garbage collection or process exit, so that `nser-extract --overwrite` cannot replace
+the data under it; appending writers do not take that lock and are never blocked by readers.
+Before the first read of an array, the stored objects holding its committed rows are checked to
+exist: zarr would read an absent shard as zeros.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ import numpy as np
 import zarr
 from zarr.abc.store import Store
 
+from pipeline.cache.chunks import StoredObject, missing_objects
+from pipeline.cache.lock import ReadersLock
 from pipeline.cache.schema import layer_array_name, table_columns, validate_group
 from pipeline.errors import CacheError
 from pipeline.layers import LayerSelection, parse_layers
@@ -18,13 +27,24 @@ from pipeline.layers import LayerSelection, parse_layers
 class CacheReader:
     def __init__(self, source: str | Path | Store):
         self.where = str(source) if not isinstance(source, Store) else repr(source)
+        self._lock: ReadersLock | None = None
+        self._closed = False
         if isinstance(source, (str, Path)):
             if not Path(source).exists():
                 raise CacheError(f"no cache at {source}")
             self.path: Path | None = Path(source)
             store: Any = str(source)
+            self._lock = ReadersLock(self.path)
+            self._lock.share()  # before opening: an overwrite must not start between the two
         else:
             self.path, store = None, source
+        try:
+            self._open(store)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, store: Any) -> None:
         try:
             self.group = zarr.open_group(store=store, mode="r")
         except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -32,11 +52,31 @@ class CacheReader:
         self.attrs = validate_group(self.group, self.where)
         self.n = int(self.attrs["n_committed"])
         utt = self.group["utterances"]
+        if self.attrs.get("all_chunks_written"):  # older caches left all-default table chunks unstored
+            for col in table_columns():
+                self._require_stored(utt[col], self.n, f"utterances/{col}", None)
         self.table: dict[str, np.ndarray] = {col: utt[col][: self.n] for col in table_columns()}
         for col, kind in table_columns().items():
             if kind == "str":
                 self.table[col] = self.table[col].astype(object)
         self._arrays: dict[str, zarr.Array] = {}
+
+    def close(self) -> None:
+        """Release the readers lock (idempotent); the reader must not be used afterwards."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._closed = True
+
+    def __enter__(self) -> "CacheReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
 
     # --- identity -------------------------------------------------------------------------
     @property
@@ -68,10 +108,41 @@ class CacheReader:
 
     # --- data -----------------------------------------------------------------------------
     def array(self, stack: str, i: int) -> zarr.Array:
-        name = layer_array_name(stack, i)
+        return self._checked(layer_array_name(stack, i), stack)
+
+    def _checked(self, name: str, stack: str) -> zarr.Array:
+        """The array, once its committed rows' stored objects are known to exist (checked once)."""
+        if self._closed:
+            raise CacheError(f"{self.where}: this CacheReader was closed; open the cache again to read it")
         if name not in self._arrays:
-            self._arrays[name] = self.group[name]
+            arr = self.group[name]
+            self._require_stored(arr, self._committed_rows(stack), name, stack)
+            self._arrays[name] = arr
         return self._arrays[name]
+
+    def _require_stored(self, arr: zarr.Array, rows: int, name: str, stack: str | None) -> None:
+        missing = missing_objects(arr, rows)
+        if not missing:
+            return
+        files = [str(self.path / m.key) if self.path is not None else m.key for m in missing]
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        if stack is None:
+            whose = f"table rows {missing[0].lo}-{missing[-1].hi - 1}"
+        else:
+            ids = self._utterances_in(stack, missing)
+            whose = f"{len(ids)} utterance(s): {', '.join(ids[:10])}" + (" ..." if len(ids) > 10 else "")
+        raise CacheError(f"{self.where}: {name} lacks {len(files)} stored file(s) ({shown}) holding {whose}; "
+                         "zarr would read them as zeros. The cache is damaged or partly copied: copy it "
+                         f"again or re-extract (nser cache verify {self.where} lists everything affected)")
+
+    def _utterances_in(self, stack: str, objects: list[StoredObject]) -> list[str]:
+        """Ids of the utterances whose rows in `stack` overlap any of these objects' rows."""
+        off, cnt = ("frame_offset", "n_frames") if stack == "encoder" else ("token_offset", "n_tokens")
+        lo, hi = self.table[off], self.table[off] + self.table[cnt]
+        hit = np.zeros(self.n, dtype=bool)
+        for o in objects:
+            hit |= (lo < o.hi) & (hi > o.lo)
+        return [str(u) for u in self.table["utt_id"][hit]]
 
     def utterance_rows(self, stack: str, index: int) -> tuple[int, int]:
         if stack == "encoder":
@@ -92,7 +163,7 @@ class CacheReader:
 
     def tokens(self, index: int) -> np.ndarray:
         lo, hi = self.utterance_rows("decoder", index)
-        return self.group["decoder/tokens"][lo:hi]
+        return self._checked("decoder/tokens", "decoder")[lo:hi]
 
     def dask_layer(self, stack: str, i: int):
         """A layer as a lazy dask array (for notebooks and large reductions), one dask chunk per shard:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,31 @@ def layer_array_name(stack: str, i: int) -> str:
 
 
 def validate_attributes(attrs: dict[str, Any], where: str) -> None:
+    # NaN/Inf would be written as bare NaN/Infinity tokens: not JSON, and meaningless as settings.
+    try:
+        # numpy scalars as their Python value (a float32 NaN is found too); the schema judges types.
+        json.dumps(attrs, allow_nan=False, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
+    except ValueError:
+        raise CacheError(f"{where}: cache attributes hold a non-finite number (NaN or Inf) at "
+                         f"{_non_finite_at(attrs)}; every setting stored in a cache must be finite "
+                         "(check --snr and the other numeric options; re-extract a cache that holds one)") from None
     try:
         jsonschema.validate(attrs, load_schema()["attributes"])
     except jsonschema.ValidationError as exc:
         path = "/".join(map(str, exc.absolute_path)) or "(root)"
         raise CacheError(f"{where}: cache attributes break cache_schema.yaml at {path}: {exc.message}") from None
+
+
+def _non_finite_at(value: Any, path: str = "") -> str:
+    """Where the first NaN/Inf sits in nested attributes, as a/b/0 (for the error message)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, sub in items:
+        found = _non_finite_at(sub, f"{path}/{key}")
+        if found:
+            return found
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return path.lstrip("/") or "(root)"
+    return ""
 
 
 def validate_group(group: zarr.Group, where: str) -> dict[str, Any]:

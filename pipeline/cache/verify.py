@@ -1,4 +1,5 @@
-"""`nser cache verify`: schema, table/array consistency, and every chunk's CRC32C, mapped to utterances."""
+"""`nser cache verify`: schema, table/array consistency, every stored object's presence, every chunk's
+CRC32C and every value's finiteness, mapped to utterances."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.cache.chunks import missing_objects
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.schema import layer_array_name, table_columns
 from pipeline.errors import CacheError
@@ -36,13 +38,14 @@ def verify_cache(path: str) -> VerifyReport:
         reader = CacheReader(path)
     except CacheError as exc:
         return VerifyReport(str(path), 0, [f"schema: {exc}"])
-    rep = VerifyReport(str(path), reader.n)
-    _check_table(reader, rep)
-    arrays = [("encoder", i) for i in range(reader.n_encoder_states)] + \
-             [("decoder", i) for i in range(reader.n_decoder_states)]
-    for stack, i in arrays:
-        _check_array(reader, reader.array(stack, i), layer_array_name(stack, i), stack, rep)
-    _check_array(reader, reader.group["decoder/tokens"], "decoder/tokens", "decoder", rep)
+    with reader:
+        rep = VerifyReport(str(path), reader.n)
+        _check_table(reader, rep)
+        arrays = [layer_array_name("encoder", i) for i in range(reader.n_encoder_states)] + \
+                 [layer_array_name("decoder", i) for i in range(reader.n_decoder_states)] + ["decoder/tokens"]
+        for name in arrays:
+            # The raw array, not reader.array(): that refuses a missing shard, this reports it.
+            _check_array(reader, reader.group[name], name, name.split("/")[0], rep)
     return rep
 
 
@@ -68,36 +71,53 @@ def _check_table(reader: CacheReader, rep: VerifyReport) -> None:
     for col in table_columns():
         if len(t[col]) != n:
             rep.problems.append(f"table: column {col} has {len(t[col])} rows, {n} committed")
+    # realized_snr_db is NaN for clean audio by design; Inf is never a measured SNR.
+    for col, bad in (("duration", ~np.isfinite(t["duration"])), ("truncated_s", ~np.isfinite(t["truncated_s"])),
+                     ("realized_snr_db", np.isinf(t["realized_snr_db"]))):
+        for k in np.flatnonzero(bad):
+            rep.affected.setdefault(ids[k], []).append(f"table column {col} is {t[col][k]}")
+        if bad.any():
+            rep.problems.append(f"table: {int(bad.sum())} utterances with a non-finite {col}")
 
 
 def _check_array(reader: CacheReader, arr: zarr.Array, name: str, stack: str, rep: VerifyReport) -> None:
-    """Read every inner chunk covering committed rows; a checksum or decode failure marks its rows."""
+    """Read every inner chunk covering committed rows; an absent stored object, a checksum or
+    decode failure, or a non-finite value marks its rows."""
     t = reader.table
     off, cnt = ("frame_offset", "n_frames") if stack == "encoder" else ("token_offset", "n_tokens")
     rows = int(t[off][-1] + t[cnt][-1]) if reader.n else 0
     chunk = arr.chunks[0]
-    shard = arr.shards[0] if arr.shards else chunk
-    bad_ranges = []
-    for s0 in range(0, rows, shard):
-        if not _shard_exists(reader, arr, s0 // shard):
-            bad_ranges.append((s0, min(rows, s0 + shard), "shard file missing"))
+    missing = missing_objects(arr, rows)
+    bad_ranges = [(m.lo, m.hi, f"stored file missing ({m.key}), would read as zeros") for m in missing]
+    absent = [(m.lo, m.hi) for m in missing]
+    for c0 in range(0, rows, chunk):
+        if any(lo <= c0 < hi for lo, hi in absent):
             continue
-        for c0 in range(s0, min(rows, s0 + shard), chunk):
-            c1 = min(rows, c0 + chunk)
-            rep.chunks_checked += 1
-            try:
-                arr[c0:c1]
-            except Exception as exc:  # zarr raises ValueError for checksum mismatches, others for decoding
-                bad_ranges.append((c0, c1, f"{type(exc).__name__}: {str(exc)[:80]}"))
-    for lo, hi, why in bad_ranges:
+        c1 = min(rows, c0 + chunk)
+        rep.chunks_checked += 1
+        try:
+            values = arr[c0:c1]
+        except Exception as exc:  # zarr raises ValueError for checksum mismatches, others for decoding
+            bad_ranges.append((c0, c1, f"{type(exc).__name__}: {str(exc)[:80]}"))
+            continue
+        if values.dtype.kind == "f":
+            finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+            for r in np.flatnonzero(~finite):
+                bad_ranges.append((c0 + int(r), c0 + int(r) + 1, "non-finite values (NaN or Inf)"))
+    for lo, hi, why in _merged(bad_ranges):
         rep.problems.append(f"{name}: rows {lo}-{hi}: {why}")
         hit = np.flatnonzero((t[off] < hi) & (t[off] + t[cnt] > lo))
         for k in hit:
-            rep.affected.setdefault(str(t["utt_id"][k]), []).append(f"{name} rows {lo}-{hi}")
+            rep.affected.setdefault(str(t["utt_id"][k]), []).append(f"{name} rows {lo}-{hi}: {why}")
 
 
-def _shard_exists(reader: CacheReader, arr: zarr.Array, index: int) -> bool:
-    if reader.path is None:
-        return True
-    key = "/".join([arr.path, "c", str(index)] + (["0"] if arr.ndim == 2 else []))
-    return (reader.path / key).is_file()
+def _merged(ranges: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Adjacent row ranges with the same reason as one (a NaN-filled utterance is one problem, not
+    one per row)."""
+    out: list[tuple[int, int, str]] = []
+    for lo, hi, why in sorted(ranges):
+        if out and out[-1][2] == why and out[-1][1] == lo:
+            out[-1] = (out[-1][0], hi, why)
+        else:
+            out.append((lo, hi, why))
+    return out

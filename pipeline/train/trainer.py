@@ -199,7 +199,14 @@ def check_cache_for_training(reader: CacheReader, cfg: TrainConfig, folds: set[s
 
 def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: TrainConfig,
                    progress: bool = True) -> dict[str, Any]:
-    reader = cache if isinstance(cache, CacheReader) else CacheReader(cache)
+    if isinstance(cache, CacheReader):
+        return _train_on_reader(cache, out_dir, cfg, progress)
+    # Held open (the cache's shared readers lock) until training ends: --overwrite is refused meanwhile.
+    with CacheReader(cache) as reader:
+        return _train_on_reader(reader, out_dir, cfg, progress)
+
+
+def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig, progress: bool) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
