@@ -368,6 +368,21 @@ def _committed_rows(table: zarr.Group, n: int) -> tuple[int, int]:
             int(table["token_offset"][n - 1] + table["n_tokens"][n - 1]))
 
 
+_ABSENT = "(absent)"
+
+
 def _identity_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:4]) or "same keys"
+    """The leaf settings that differ, as dotted keys (`condition.noise_fingerprint: 'a' -> 'b'`):
+    a whole nested dict would bury the one value that changed."""
+    diffs: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{key}.{k}" if key else str(k))
+        elif a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+
+    walk(old, new, "")
+    shown = ", ".join(diffs[:4])
+    return (shown + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")) or "same keys"

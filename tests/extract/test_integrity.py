@@ -194,12 +194,12 @@ def test_resume_refuses_other_noise_content_and_compute_dtype(tmp_path, corpus_r
 
     write_noise(noise, noise_root, sign=-1.0)  # other audio, same names and sizes
     assert {p.name: p.stat().st_size for p in noise.iterdir()} == sizes
-    with pytest.raises(CacheError, match=r"other settings.*noise_fingerprint"):
+    with pytest.raises(CacheError, match=r"other settings \(condition\.noise_fingerprint: '[0-9a-f]+' -> '[0-9a-f]+'\)"):
         run_extraction(corpus, out, opts, progress=False)
 
     write_noise(noise, noise_root)  # the original recordings again: accepted
     assert run_extraction(corpus, out, opts, progress=False).n_new == 0
 
-    with pytest.raises(CacheError, match=r"other settings.*'compute_dtype': 'float32'.*'compute_dtype': 'bfloat16'"):
+    with pytest.raises(CacheError, match=r"other settings \(extraction\.compute_dtype: 'float32' -> 'bfloat16'\)"):
         run_extraction(corpus, out, ExtractionOptions(model=MODEL, noise=str(noise), snr_db=5.0, batch_size=2,
                                                       dtype="bfloat16", **FAST), progress=False)
