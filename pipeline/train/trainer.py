@@ -54,7 +54,6 @@ class TrainConfig:
     allow_missing: bool = False  # train even if utterances of the selected folds failed extraction
     expect_model: str | None = None  # refuse a cache made with another model
 
-
     def check(self) -> None:
         """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
         data is read, batch size 0 or a NaN lr fails deep in torch, and a negative seed in numpy.
@@ -107,7 +106,7 @@ def _evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> tuple[
             logits = model([x.to(device) for x in batch["layers"]], batch["lengths"])
             if not bool(torch.isfinite(logits).all()):
                 raise NonFiniteError(f"the model's outputs are not finite on the {loader.dataset.part}: its "
-                                     "weights diverged; lower --lr")
+                                     "weights diverged; lower the learning rate (--lr)")
             y_pred += logits.argmax(dim=1).tolist()
             y_true += batch["labels"].tolist()
     return y_true, y_pred
@@ -163,7 +162,7 @@ def _train_fold(reader: CacheReader, selection: LayerSelection, class_ids: dict[
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"].to(cfg.device))
             if not bool(torch.isfinite(loss)):  # before the step: a NaN step would poison every weight
                 raise NonFiniteError(f"{desc}, epoch {epoch}: the training loss is {loss.item()}, the model "
-                                     f"diverged; lower --lr (now {cfg.lr})")
+                                     f"diverged; lower the learning rate (--lr, now {cfg.lr})")
             opt.zero_grad()
             loss.backward()
             opt.step()

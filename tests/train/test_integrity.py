@@ -71,7 +71,7 @@ def test_non_finite_state_in_a_test_fold_is_caught_when_scoring(fresh_cache, tmp
 
 def test_diverging_lr_stops_with_fold_and_epoch(cache, tmp_path):
     """A huge (finite, accepted) lr drives the weights to NaN within the first epoch."""
-    with pytest.raises(NonFiniteError, match=r"fold 0, epoch 1: the training loss is nan.*lower --lr \(now 1e\+20\)"):
+    with pytest.raises(NonFiniteError, match=r"fold 0, epoch 1: the training loss is nan.*\(--lr, now 1e\+20\)"):
         train_on_cache(cache, tmp_path / "run", tiny(lr=1e20), progress=False)
     assert not (tmp_path / "run" / "metrics.json").exists()
 
