@@ -112,6 +112,15 @@ class FusionChoice(click.Choice):
         """click.Choice.__init__ assigns the (empty) choices; the registry is the source."""
 
 
+def _positive_finite(ctx, param, value: float) -> float:
+    """click.FloatRange lets nan and inf through; a learning rate must be neither."""
+    import math
+
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {value}")
+    return value
+
+
 @click.command("train", cls=NserCommand)
 @click.option("--cache", "cache", required=True, type=click.Path(exists=True), help="Cache made by nser-extract.")
 @click.option("--out", required=True, type=click.Path(), help="Run dir for config, log and metrics.")
@@ -121,25 +130,27 @@ class FusionChoice(click.Choice):
                    "before one shared head; l-adapter: the paper's adapter per layer (docs/fusions.md).")
 @click.option("--layers", default="enc:all,dec:all", show_default=True,
               help="e.g. enc:all,dec:all | dec:0-4 | enc:10,12 | enc:last")
-@click.option("--epochs", default=50, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, callback=_positive_finite)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--folds", default="all", show_default=True, help="Test folds to run (comma-separated).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", default=0, help="torch CPU threads (0: default).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: default).")
 @click.option("--model", "expect_model", help="Refuse a cache extracted with another model.")
 @click.option("--allow-missing", is_flag=True, help="Train even if some utterances failed extraction.")
 @click.option("--quiet", is_flag=True)
 def train_command(cache, out, fusion, layers, epochs, batch_size, lr, seed, folds, device, threads,
                   expect_model, allow_missing, quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
+    from pipeline.folds import echo_coverage_warnings
     from pipeline.train.trainer import TrainConfig, format_metrics_table, train_on_cache
 
     cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       folds=folds, device=device, threads=threads, expect_model=expect_model,
                       allow_missing=allow_missing)
-    metrics = train_on_cache(cache, out, cfg, progress=not quiet)
+    with echo_coverage_warnings(lambda line: click.echo(line, err=True)):  # when they happen, not hours later
+        metrics = train_on_cache(cache, out, cfg, progress=not quiet)
     click.echo(format_metrics_table(metrics))
     click.echo(f"metrics: {Path(out) / 'metrics.json'}")
 

@@ -37,6 +37,10 @@ class LayerSelection:
         return ";".join(parts)
 
 
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
 def parse_layers(text: str, n_encoder_states: int, n_decoder_states: int) -> LayerSelection:
     """Parse a selection against the stored state counts (L+1 per stack)."""
     limits = {"encoder": n_encoder_states, "decoder": n_decoder_states}
@@ -45,10 +49,10 @@ def parse_layers(text: str, n_encoder_states: int, n_decoder_states: int) -> Lay
     for raw in text.replace(";", ",").replace(" ", "").split(","):
         if not raw:
             continue
-        m = re.fullmatch(r"(?:(enc|encoder|dec|decoder):)?(all|last|-?\d+(?:-\d+)?)", raw)
+        m = re.fullmatch(r"(?:(enc|encoder|dec|decoder):)?(all|last|(-?\d{1,9})(?:-(-?\d{1,9}))?)", raw)
         if m is None:
             raise LayerSelectionError(
-                f"bad layer selection item {raw!r} in {text!r}; "
+                f"bad layer selection item {_short(raw)!r} in {_short(text)!r}; "
                 "use e.g. 'enc:all,dec:all', 'dec:0-4', 'enc:10,12', 'enc:last'"
             )
         if m.group(1):
@@ -56,23 +60,25 @@ def parse_layers(text: str, n_encoder_states: int, n_decoder_states: int) -> Lay
         if stack is None:
             raise LayerSelectionError(f"layer item {raw!r} needs a stack prefix 'enc:' or 'dec:'")
         limit = limits[stack]
-        item = m.group(2)
-        if item == "all":
+        if m.group(2) == "all":
             idx = list(range(limit))
-        elif item == "last":
+        elif m.group(2) == "last":
             idx = [limit - 1]
-        elif "-" in item[1:]:
-            lo, hi = (int(x) for x in item.split("-"))
+        else:
+            # Bounds first, then the list: 'enc:0-5000000' must not build five million indices to refuse.
+            lo = int(m.group(3))
+            hi = lo if m.group(4) is None else int(m.group(4))
+            if lo < 0 or hi < 0:
+                raise LayerSelectionError(f"negative layer index in {raw!r}: indices count from 0 (the embeddings) "
+                                          f"to {limit - 1}; the last state is '{stack[:3]}:last'")
             if lo > hi:
                 raise LayerSelectionError(f"empty layer range {raw!r}")
+            if hi >= limit:
+                shown = f"{lo}-{hi}" if hi > lo else f"{hi}"
+                raise LayerSelectionError(
+                    f"{stack} layer(s) {shown} not in the cache: it stores {stack} states 0..{limit - 1}"
+                )
             idx = list(range(lo, hi + 1))
-        else:
-            idx = [int(item)]
-        bad = [i for i in idx if not 0 <= i < limit]
-        if bad:
-            raise LayerSelectionError(
-                f"{stack} layer(s) {bad} not in the cache: it stores {stack} states 0..{limit - 1}"
-            )
         for i in idx:
             if i not in chosen[stack]:
                 chosen[stack].append(i)

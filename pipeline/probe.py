@@ -72,9 +72,19 @@ def pool_layer(reader: CacheReader, stack: str, index: int, pooling: str = "mean
     s_sorted, e_sorted = starts[order], ends[order]
     sums = np.zeros((n, d))
     squares = np.zeros((n, d)) if pooling == "mean+std" else None
+    poisoned = np.zeros(n, dtype=bool)
     for lo in range(0, total, block_rows):
         hi = min(lo + block_rows, total)
         x = np.asarray(arr[lo:hi], dtype=np.float64)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            # A NaN/Inf would spread through the running sum to every later utterance of the block:
+            # zero its rows, and make only the utterances they belong to NaN (see _check_finite).
+            rows = lo + np.flatnonzero(bad)
+            k = np.searchsorted(s_sorted, rows, side="right") - 1
+            owned = (k >= 0) & (e_sorted[np.maximum(k, 0)] > rows)
+            poisoned[order[k[owned]]] = True
+            x[bad] = 0.0
         first = int(np.searchsorted(e_sorted, lo, side="right"))
         last = int(np.searchsorted(s_sorted, hi, side="left"))
         if first >= last:
@@ -87,10 +97,23 @@ def pool_layer(reader: CacheReader, stack: str, index: int, pooling: str = "mean
             squares[who] += _segment_sums(x * x, s, e)
     count = np.maximum(ends - starts, 1)[:, None]
     mean = sums / count
+    mean[poisoned] = np.nan
     if squares is None:
         return mean.astype(np.float32)
     std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     return np.concatenate([mean, std], axis=1).astype(np.float32)
+
+
+def _check_finite(reader: CacheReader, features: np.ndarray, name: str) -> None:
+    """A NaN/Inf state makes its utterance's pooled features non-finite; scikit-learn would fail on
+    them with a bare ValueError, so name the layer and the utterances instead."""
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        ids = [str(u) for u in reader.table["utt_id"][bad]]
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        raise NserError(f"the cache holds non-finite (NaN/Inf) states in layer {name} of utterance(s) {shown}; "
+                        "re-extract the cache (if fp16 computation overflowed: nser-extract --dtype float32), "
+                        "or leave that layer out with --layers")
 
 
 def make_probe(seed: int):
@@ -114,11 +137,14 @@ def _labels(reader: CacheReader) -> np.ndarray:
 
 
 def _fit_plan(reader: CacheReader) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(test fold, fit indices = train + validation, test indices); disjoint by construction and checked."""
-    from pipeline.folds import fold_plan
+    """(test fold, fit indices = train + validation, test indices); disjoint by construction and checked.
+    A fit part with one class is refused (the trainer's rule); parts missing classes warn."""
+    from pipeline.folds import check_class_coverage, fold_plan
 
+    folds = fold_plan(reader)
+    check_class_coverage(reader, folds, fit_on_validation=True)
     plan = []
-    for test_fold, train_idx, val_idx, test_idx in fold_plan(reader):
+    for test_fold, train_idx, val_idx, test_idx in folds:
         fit_idx = np.union1d(np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64))
         test = np.asarray(test_idx, dtype=np.int64)
         if np.intersect1d(fit_idx, test).size:
@@ -147,6 +173,7 @@ def probe_layers(reader: CacheReader, selection: LayerSelection | str, seed: int
         name = f"{stack[:3]}{i}"
         bar.set_postfix_str(name)
         x = pool_layer(reader, stack, i, pooling, block_rows)
+        _check_finite(reader, x, name)
         per_fold = {}
         for test_fold, fit_idx, test_idx in plan:
             model = make_probe(seed).fit(x[fit_idx], y[fit_idx])
@@ -235,16 +262,19 @@ def write_probe_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str
 @click.option("--out", type=click.Path(file_okay=False), help="Write probe.csv, probe.json and probe.png here.")
 @click.option("--pooling", type=click.Choice(POOLINGS), default="mean", show_default=True,
               help="Utterance features: mean of the states, or mean and std concatenated.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print probe.json's object instead of the table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def probe_command(cache, layers, out, pooling, seed, as_json, quiet):
     """Linear probe per layer (pooled states, logistic regression) on the training folds: a fast layer scan."""
+    from pipeline.folds import echo_coverage_warnings
+
     try:
         t0 = time.perf_counter()
         reader = CacheReader(cache)
         selection = reader.selection(layers)
-        rows = probe_layers(reader, selection, seed, pooling=pooling, progress=not quiet)
+        with echo_coverage_warnings(lambda line: click.echo(line, err=True)):
+            rows = probe_layers(reader, selection, seed, pooling=pooling, progress=not quiet)
         report = probe_report(reader, rows, seed=seed, pooling=pooling, layers=selection.spec(),
                               seconds=time.perf_counter() - t0)
         paths = write_probe_outputs(report, out) if out else {}

@@ -24,7 +24,25 @@ def test_parse(text, enc, dec):
     ("enc:x", "bad layer selection"),
     ("enc:4-2", "empty layer range"),
     ("", "selects no layer"),
+    ("enc:-3-5", "negative layer index in 'enc:-3-5'"),
+    ("enc:-1", "negative layer index.*'enc:last'"),
+    ("dec:2--1", "negative layer index"),
+    ("enc:0-5000000", r"encoder layer\(s\) 0-5000000 not in the cache: it stores encoder states 0..6"),
+    ("dec:9", r"decoder layer\(s\) 9 not in the cache"),
+    ("enc:" + "9" * 5000, "bad layer selection item 'enc:999"),
 ])
 def test_errors(text, msg):
     with pytest.raises(LayerSelectionError, match=msg):
         parse_layers(text, 7, 7)
+
+
+def test_range_bounds_are_checked_before_the_range_is_built():
+    """'enc:0-500000000' used to build a 500M-element list before refusing it."""
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(LayerSelectionError, match="0-500000000 not in the cache"):
+        parse_layers("enc:0-500000000", 7, 7)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated to refuse a range"

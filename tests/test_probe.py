@@ -161,3 +161,34 @@ def test_probe_on_real_cache(small_cache):
     for r in rows:
         assert 0.0 <= r["uar"] <= 1.0 and 0.0 <= r["macro_f1"] <= 1.0
         assert set(r["folds"]) == {"0", "1", "2"}
+
+
+# --- refusals (docs/reliability.md) ---------------------------------------------------------------
+
+def test_non_finite_state_is_named_not_fitted(tmp_path):
+    """A NaN state made sklearn fail with a bare ValueError; the probe names the layer and utterance."""
+    from pipeline.errors import NserError
+    from tests.grid.fake_cache import make_cache, poison
+
+    cache = make_cache(tmp_path / "c.zarr")
+    poison(cache, "u7", "decoder", 1, float("inf"))
+    reader = CacheReader(cache)
+    assert len(probe_layers(reader, "dec:0", seed=0)) == 1  # other layers are fine
+    with pytest.raises(NserError, match=r"non-finite \(NaN/Inf\) states in layer dec1 of utterance\(s\) u7;"):
+        probe_layers(reader, "dec:all", seed=0)
+
+
+def test_one_class_and_bad_settings_are_refused(tmp_path, fake_cache):
+    from click.testing import CliRunner
+
+    from pipeline.probe import probe_command
+    from tests.grid.fake_cache import make_cache
+
+    one = make_cache(tmp_path / "one.zarr", labels="a")
+    res = CliRunner().invoke(probe_command, ["--cache", str(one), "--quiet"])
+    assert res.exit_code == 1 and "training+validation part holds only class(es) ['a'] of ['a', 'b']" in res.output
+    for args, message in ((["--seed", "-1"], "'--seed': -1 is not in the range"),
+                          (["--layers", "enc:-3-5"], "negative layer index in 'enc:-3-5'"),
+                          (["--layers", "enc:0-5000000"], "encoder layer(s) 0-5000000 not in the cache")):
+        res = CliRunner().invoke(probe_command, ["--cache", str(fake_cache), "--quiet", *args])
+        assert res.exit_code in (1, 2) and message in res.output and "Traceback" not in res.output, res.output

@@ -17,28 +17,39 @@ from pipeline.errors import NserError
 @click.command("grid")
 @click.argument("grid_file", metavar="GRID.yaml", type=click.Path(dir_okay=False))
 @click.option("--scheduler", metavar="ADDRESS",
-              help="Dask scheduler to use (e.g. tcp://host:8786); default: a local cluster of worker processes.")
+              help="Dask scheduler to use (e.g. tls://host:8786); default: a local cluster of worker processes. "
+                   "Dask runs pickled code on its workers: only use a cluster you trust (docs/grid.md).")
+@click.option("--tls-ca-file", type=click.Path(exists=True, dir_okay=False),
+              help="tls:// scheduler: the CA certificate its certificate must chain to.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+              help="tls:// scheduler: this client's certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
+              help="tls:// scheduler: this client's private key, unless it is in --tls-cert's file.")
 @click.option("--workers", type=click.IntRange(min=1), help="Local cluster workers (default: 1-2, one per core).")
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (overrides the spec's `out`).")
 @click.option("--dry-run", is_flag=True, help="List the runs (and which are finished) without running anything.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def grid_command(grid_file, scheduler, workers, out, dry_run, quiet):
+def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, dry_run, quiet):
     """Run an ablation grid (fusions x layers x caches x seeds) and aggregate its results.
 
     Finished runs (a done.json in their run dir) are skipped, so rerunning the same command
     resumes an interrupted grid and retries failed runs. Exits with status 1 if any run failed."""
     try:
-        _grid(grid_file, scheduler, workers, out, dry_run, quiet)
+        _grid(grid_file, scheduler, (tls_ca_file, tls_cert, tls_key), workers, out, dry_run, quiet)
     except NserError as exc:  # a user's mistake: its message, no traceback
         raise click.ClickException(str(exc)) from exc
 
 
-def _grid(grid_file, scheduler, workers, out, dry_run, quiet) -> None:
-    from pipeline.grid.runner import is_done, run_grid
+def _grid(grid_file, scheduler, tls, workers, out, dry_run, quiet) -> None:
+    from pipeline.grid.runner import is_done, run_grid, scheduler_security, scheduler_warning
     from pipeline.grid.spec import expand, load_grid
 
     if scheduler and workers:
         raise click.UsageError("--workers sizes the local cluster; with --scheduler the cluster has its own workers")
+    if any(tls) and not scheduler:
+        raise click.UsageError("--tls-ca-file/--tls-cert/--tls-key go with a tls:// --scheduler; the local "
+                               "cluster listens on 127.0.0.1 only")
+    security = scheduler_security(scheduler, *tls) if scheduler else None  # settings checked before the spec
     spec = load_grid(grid_file, out=out)
     runs = expand(spec)
     n_done = sum(is_done(r) for r in runs)
@@ -47,7 +58,11 @@ def _grid(grid_file, scheduler, workers, out, dry_run, quiet) -> None:
         for r in runs:
             click.echo(("done    " if is_done(r) else "todo    ") + r.describe())
         return
-    outcome = run_grid(runs, spec.out, scheduler=scheduler, n_workers=workers, progress=not quiet)
+    warning = scheduler_warning(scheduler) if scheduler else None
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    outcome = run_grid(runs, spec.out, scheduler=scheduler, n_workers=workers, security=security,
+                       progress=not quiet)
     click.echo(outcome.summary(), err=True)
     failed = outcome.table[outcome.table["status"] == "failed"]
     for _, row in failed.head(20).iterrows():

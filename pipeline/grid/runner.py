@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import socket
@@ -34,7 +35,7 @@ COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition"
            "fusion", "layers", "n_layers", "best_layer", "seed", "epochs", "uar", "uar_std", "macro_f1",
            "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "code_version",
            # beyond the issue's list: what the report and a human debugging a run need
-           "stack", "selection", "folds", "classes", "left_out", "run_dir", "error"]
+           "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error"]
 _FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds"]
 
 
@@ -159,7 +160,9 @@ def run_row(run: RunSpec) -> dict[str, Any]:
                    fold_macro_f1=json.dumps({f: m["macro_f1"] for f, m in folds.items()}),
                    confusion=json.dumps(metrics["confusion"]), seconds=metrics.get("seconds"),
                    code_version=config.get("code_version"), classes=json.dumps(metrics.get("classes")),
-                   left_out=json.dumps(metrics.get("left_out", {})))
+                   left_out=json.dumps(metrics.get("left_out", {})),
+                   # the trainer's data warnings (a fold part missing classes): a worker's stderr is not seen
+                   warnings=json.dumps(metrics.get("warnings", []), ensure_ascii=False))
     else:
         error = _error_line(run_dir)
         row.update(status="failed" if error else "pending", error=error)
@@ -197,15 +200,93 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+def _split_address(address: str) -> tuple[str, str | None]:
+    """(protocol, host) of a Dask address; no scheme means tcp, as in Dask. Host is None for
+    addresses without one (inproc://)."""
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        protocol, location = parse_address(address)
+        if protocol == "inproc":
+            return protocol, None
+        return protocol, str(parse_host_port(location)[0])
+    except ValueError as exc:
+        raise NserError(f"--scheduler {address!r} is not a Dask address ({exc}); e.g. tcp://host:8786 or "
+                        "tls://host:8786") from exc
+
+
+def _is_loopback(host: str | None) -> bool:
+    """By the address as written: names other than localhost are not resolved (what a name resolves
+    to can change), so they count as remote."""
+    if host is None:
+        return True
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def scheduler_warning(address: str) -> str | None:
+    """What to tell the user before connecting to `address`, or None (loopback, or tls://, where both
+    sides prove who they are with certificates of the CA the user named)."""
+    protocol, host = _split_address(address)
+    if _is_loopback(host) or protocol in ("tls", "wss"):
+        return None
+    return (f"{address} is not on this machine and {protocol}:// is neither encrypted nor authenticated. Dask "
+            "sends pickled code to the scheduler, and its workers run it; results come back pickled and are "
+            "unpickled here. Whoever runs or can reach that scheduler can run code on its workers and on this "
+            "machine: only connect to a cluster you trust, on a network you trust, or use a tls:// address "
+            "with --tls-ca-file/--tls-cert/--tls-key (docs/grid.md)")
+
+
+def scheduler_security(address: str, tls_ca_file: str | None = None, tls_cert: str | None = None,
+                       tls_key: str | None = None) -> Any:
+    """The `security` for Client(address): a distributed Security from the TLS files for a tls://
+    address (mutual TLS: the CA the scheduler's certificate must chain to, this client's certificate
+    and key), None otherwise, in which case Dask's own config applies (distributed.comm.tls.*)."""
+    import dask.config
+
+    protocol, _ = _split_address(address)
+    given = {"--tls-ca-file": tls_ca_file, "--tls-cert": tls_cert, "--tls-key": tls_key}
+    if protocol != "tls":
+        if any(given.values()):
+            raise NserError(f"{', '.join(k for k, v in given.items() if v)} secure(s) a tls:// scheduler; "
+                            f"{address} uses {protocol}://")
+        return None
+    if not any(given.values()):
+        if dask.config.get("distributed.comm.tls.ca-file", None):
+            return None  # the user's Dask config holds the TLS settings
+        raise NserError(f"{address} needs TLS settings: pass --tls-ca-file and --tls-cert (and --tls-key unless "
+                        "the key is in the certificate file), or set distributed.comm.tls.ca-file, "
+                        ".client.cert and .client.key in the Dask config")
+    missing = [k for k in ("--tls-ca-file", "--tls-cert") if not given[k]]
+    if missing:
+        raise NserError(f"{address}: TLS also needs {' and '.join(missing)} (the CA that signed the scheduler's "
+                        "certificate, and this client's certificate)")
+    from distributed.security import Security
+
+    return Security(tls_ca_file=tls_ca_file, tls_client_cert=tls_cert, tls_client_key=tls_key,
+                    require_encryption=True)
+
+
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, n_workers: int | None = None) -> Iterator[Any]:
-    """A client to a running scheduler (`scheduler` address) or to a local cluster of worker
-    processes with one thread each. Distributed starts local workers with OMP/MKL/OpenBLAS
-    threads set to 1 (distributed.nanny.pre-spawn-environ); execute_run sets torch's count."""
+def dask_client(scheduler: str | None = None, n_workers: int | None = None, security: Any = None) -> Iterator[Any]:
+    """A client to a running scheduler (`scheduler` address, with `security` for tls://, see
+    scheduler_security) or to a local cluster of worker processes with one thread each, listening
+    on 127.0.0.1 only. Distributed starts local workers with OMP/MKL/OpenBLAS threads set to 1
+    (distributed.nanny.pre-spawn-environ); execute_run sets torch's count."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
-        with Client(scheduler) as client:
+        kwargs = {"security": security} if security is not None else {}
+        try:
+            client = Client(scheduler, **kwargs)
+        except OSError as exc:  # includes timeouts: a refusal with the reason, not a traceback
+            raise NserError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from exc
+        with client:
             yield client
         return
     with LocalCluster(n_workers=n_workers or default_workers(), threads_per_worker=1, processes=True,
@@ -233,8 +314,9 @@ class GridOutcome:
 
 
 def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, scheduler: str | None = None,
-             n_workers: int | None = None, progress: bool = True, write_every_s: float = 5.0) -> GridOutcome:
-    """Run every unfinished run on Dask (the given client, else `scheduler`, else a local cluster)
+             n_workers: int | None = None, security: Any = None, progress: bool = True,
+             write_every_s: float = 5.0) -> GridOutcome:
+    """Run every unfinished run on Dask (the given client, else `scheduler` with `security`, else a local cluster)
     and write `<out>/results.{csv,parquet}`: during the grid at most every `write_every_s` seconds,
     and at the end (also when interrupted)."""
     out = Path(out)
@@ -249,7 +331,7 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
         try:
             if pending:
                 with (contextlib.nullcontext(client) if client is not None
-                      else dask_client(scheduler, n_workers)) as c:
+                      else dask_client(scheduler, n_workers, security)) as c:
                     _run_pending(c, pending, rows, ran, out, progress, write_every_s)
         finally:
             table = results_frame(list(rows.values()))

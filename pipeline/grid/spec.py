@@ -241,6 +241,11 @@ def expand(spec: GridSpec) -> list[RunSpec]:
         if unknown:
             raise GridSpecError(f"{where}: unknown fusion(s) {unknown}; known: {sorted(FUSIONS)}")
         train = _train_fields(sub.train, where)
+        for seed in sub.seeds:  # epochs 0, batch_size 0, lr <= 0, ... fail here, not in every run
+            try:
+                TrainConfig(seed=int(seed), **train).check()
+            except NserError as exc:
+                raise GridSpecError(f"{where}: {exc}") from exc
         for path in _cache_paths(sub.caches, where):
             if path not in readers:
                 try:

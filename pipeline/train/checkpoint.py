@@ -4,11 +4,19 @@ A checkpoint holds everything the next epoch depends on: model and optimizer sta
 validation state so far, the RNG states of dropout and of the shuffling generator, and the log
 entries written so far. Files are replaced atomically. A finished fold's best model is kept as a
 `.done` file until the run's metrics are written; then the checkpoints folder is removed.
+
+A file is named by a hash of its full key (fold and layer) and records that key: fold names that
+differ only outside ASCII (speaker folds 张三, 李四) must not share a file, or a later fold would
+resume from a model trained on its own test speakers. Files hold plain values only (tensors,
+dicts, lists, numbers, strings) and are read with `weights_only=True`, so a crafted `.pt` in a
+run dir cannot run code when the run resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -16,35 +24,63 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import NserError
+
+_READABLE_CHARS = 40  # of the key, in the file name; the hash after it is what tells keys apart
+
+
+class CheckpointError(NserError):
+    """A checkpoint file cannot be used for this run (another key, not plain data, unreadable)."""
+
 
 class RunCheckpoints:
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir) / "checkpoints"
 
-    def _path(self, key: str, kind: str) -> Path:
-        return self.dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.{kind}.pt"
+    def path(self, key: str, kind: str) -> Path:
+        """`<readable ASCII prefix>-<16 hex of sha256(key)>.<kind>.pt`: distinct keys, distinct files."""
+        readable = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:_READABLE_CHARS]
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+        return self.dir / f"{readable}-{digest}.{kind}.pt"
 
-    def _save(self, path: Path, state: dict[str, Any]) -> None:
+    def _save(self, path: Path, key: str, state: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
+        torch.save({**state, "key": key}, tmp)
         os.replace(tmp, path)
 
-    def _load(self, path: Path) -> dict[str, Any] | None:
-        return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    def _load(self, path: Path, key: str) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        way_out = f"delete {self.dir} to train this run from its start"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # weights_only refuses any global other than torch's plain types: not a file nser-train wrote.
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            what = f" (it asks for {found.group(1)})" if found else ""
+            raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain values{what}, "
+                                  f"so nser-train did not write it; refused without running it: {way_out}") from exc
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); {way_out}") from exc
+        recorded = state.get("key") if isinstance(state, dict) else None
+        if recorded != key:
+            raise CheckpointError(f"checkpoint {path} belongs to {recorded!r}, not to {key!r}; resuming from it "
+                                  f"would reuse another fold's model: {way_out}")
+        return state
 
     def save_epoch(self, key: str, state: dict[str, Any]) -> None:
-        self._save(self._path(key, "epoch"), state)
+        self._save(self.path(key, "epoch"), key, state)
 
     def load_epoch(self, key: str) -> dict[str, Any] | None:
-        return self._load(self._path(key, "epoch"))
+        return self._load(self.path(key, "epoch"), key)
 
     def save_done(self, key: str, state: dict[str, Any]) -> None:
-        self._save(self._path(key, "done"), state)
-        self._path(key, "epoch").unlink(missing_ok=True)
+        self._save(self.path(key, "done"), key, state)
+        self.path(key, "epoch").unlink(missing_ok=True)
 
     def load_done(self, key: str) -> dict[str, Any] | None:
-        return self._load(self._path(key, "done"))
+        return self._load(self.path(key, "done"), key)
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

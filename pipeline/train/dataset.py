@@ -9,34 +9,57 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.cache.reader import CacheReader
+from pipeline.errors import NserError
 from pipeline.layers import LayerSelection
 
 
+class NonFiniteError(NserError):
+    """Training met a NaN or Inf: in the cached states, the loss or the model's outputs."""
+
+
 class CachedLayerDataset(Dataset):
-    """Items are (states per selected layer, label id); only the selected layers' arrays are read."""
+    """Items are (states per selected layer, label id, cache index); only the selected layers' arrays
+    are read. `part` says which part of which fold this is, for error messages."""
 
     def __init__(self, reader: CacheReader, indices: Sequence[int], selection: LayerSelection,
-                 class_ids: dict[str, int]):
+                 class_ids: dict[str, int], part: str = ""):
         self.reader = reader
         self.indices = list(indices)
         self.selection = selection
         self.labels = [class_ids[str(reader.table["label"][i])] for i in self.indices]
+        self.part = part
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[list[np.ndarray], int]:
-        return self.reader.read_states(self.indices[k], self.selection), self.labels[k]
+    def __getitem__(self, k: int) -> tuple[list[np.ndarray], int, int]:
+        return self.reader.read_states(self.indices[k], self.selection), self.labels[k], self.indices[k]
+
+    def check_finite(self, batch: dict) -> None:
+        """Refuse a batch with a NaN/Inf state, naming the layer and utterances: one isfinite per
+        layer tensor, a per-utterance look only when that fails. Padding is zeros, never the cause."""
+        for name, x in zip(self.selection.names, batch["layers"]):
+            if bool(torch.isfinite(x).all()):
+                continue
+            bad = (~torch.isfinite(x)).flatten(1).any(dim=1)
+            ids = [str(self.reader.table["utt_id"][int(i)]) for i in batch["index"][bad]]
+            shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            raise NonFiniteError(
+                f"the cache holds non-finite (NaN/Inf) states in layer {name} of utterance(s) {shown}"
+                f"{f' ({self.part})' if self.part else ''}; training on them would only yield a meaningless "
+                "UAR. Re-extract the cache (if fp16 computation overflowed: nser-extract --dtype float32), "
+                "or leave that layer out with --layers")
 
 
 def make_collate(n_encoder: int):
     """Pads each layer to the batch's longest sequence; encoder and decoder have their own lengths."""
-    def collate(items: list[tuple[list[np.ndarray], int]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    def collate(items: list[tuple[list[np.ndarray], int, int]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         n_layers = len(items[0][0])
         layers, lengths = [], []
         for j in range(n_layers):
             seqs = [torch.from_numpy(np.asarray(it[0][j], dtype=np.float32)) for it in items]
             layers.append(torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True))
             lengths.append(torch.tensor([s.shape[0] for s in seqs]))
-        return {"layers": layers, "lengths": lengths, "labels": torch.tensor([it[1] for it in items])}
+        return {"layers": layers, "lengths": lengths, "labels": torch.tensor([it[1] for it in items]),
+                "index": torch.tensor([it[2] for it in items])}
     return collate

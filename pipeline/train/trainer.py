@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
 import time
@@ -28,11 +29,11 @@ from tqdm import tqdm
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import NserError
 from pipeline.failpoints import failpoint
-from pipeline.folds import fold_plan  # noqa: F401  (re-exported: part of the trainer API)
+from pipeline.folds import check_class_coverage, fold_plan, select_folds
 from pipeline.layers import LayerSelection
 from pipeline.train.checkpoint import RunCheckpoints
-from pipeline.train.dataset import CachedLayerDataset, make_collate
-from pipeline.train.fusion import build_fusion, resolve_layers
+from pipeline.train.dataset import CachedLayerDataset, NonFiniteError, make_collate
+from pipeline.train.fusion import FUSIONS, build_fusion, resolve_layers
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.version import code_version
 
@@ -53,6 +54,36 @@ class TrainConfig:
     allow_missing: bool = False  # train even if utterances of the selected folds failed extraction
     expect_model: str | None = None  # refuse a cache made with another model
 
+    def check(self) -> None:
+        """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
+        data is read, batch size 0 or a NaN lr fails deep in torch, and a negative seed in numpy.
+        nser-train, the API and grid specs all come through here."""
+        def whole(value: Any, lo: int, hi: int | None = None) -> bool:
+            return (isinstance(value, int) and not isinstance(value, bool) and value >= lo
+                    and (hi is None or value <= hi))
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        problems = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
+            ("epochs", self.epochs, whole(self.epochs, 1), "a whole number >= 1"),
+            ("batch_size", self.batch_size, whole(self.batch_size, 1), "a whole number >= 1"),
+            ("lr", self.lr, number(self.lr) and self.lr > 0, "a finite number > 0"),
+            ("dropout", self.dropout, number(self.dropout) and 0 <= self.dropout < 1, "in [0, 1)"),
+            ("hidden", self.hidden, whole(self.hidden, 1), "a whole number >= 1"),
+            ("seed", self.seed, whole(self.seed, 0, 2**32 - 1), "a whole number in 0..2**32-1"),
+            ("threads", self.threads, whole(self.threads, 0), "a whole number >= 0 (0: torch's default)"),
+            ("fusion", self.fusion, self.fusion in FUSIONS, f"one of {', '.join(sorted(FUSIONS))}"),
+            ("folds", self.folds, isinstance(self.folds, str) and bool(self.folds.strip(" ,")),
+             "'all' or comma-separated fold names"),
+        ) if not ok]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+class ConfigError(NserError):
+    """A TrainConfig value no run can use."""
+
 
 # Settings that do not change results: a rerun with other values still resumes the same run.
 NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model")
@@ -65,20 +96,26 @@ def seed_everything(seed: int) -> None:
 
 
 def _evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> tuple[list[int], list[int]]:
+    """Labels and predictions; a NaN state or output is an error, not a prediction (argmax of NaN
+    logits is some class, which would score)."""
     model.eval()
     y_true, y_pred = [], []
     with torch.no_grad():
         for batch in loader:
+            loader.dataset.check_finite(batch)
             logits = model([x.to(device) for x in batch["layers"]], batch["lengths"])
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteError(f"the model's outputs are not finite on the {loader.dataset.part}: its "
+                                     "weights diverged; lower the learning rate (--lr)")
             y_pred += logits.argmax(dim=1).tolist()
             y_true += batch["labels"].tolist()
     return y_true, y_pred
 
 
 def _loader(reader: CacheReader, indices: list[int], selection: LayerSelection, class_ids: dict[str, int],
-            cfg: TrainConfig, generator: torch.Generator | None = None) -> DataLoader:
+            cfg: TrainConfig, part: str, generator: torch.Generator | None = None) -> DataLoader:
     """Shuffled (reproducibly) exactly when a generator is given: the training part."""
-    return DataLoader(CachedLayerDataset(reader, indices, selection, class_ids), batch_size=cfg.batch_size,
+    return DataLoader(CachedLayerDataset(reader, indices, selection, class_ids, part), batch_size=cfg.batch_size,
                       shuffle=generator is not None, generator=generator,
                       collate_fn=make_collate(len(selection.encoder)))
 
@@ -100,8 +137,9 @@ def _train_fold(reader: CacheReader, selection: LayerSelection, class_ids: dict[
         return model, done["best_val"], done["best_epoch"]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = _loader(reader, train_idx, selection, class_ids, cfg, generator=gen)
-    val_loader = _loader(reader, val_idx, selection, class_ids, cfg)
+    desc = " ".join(f"{k} {v}" for k, v in tag.items())
+    train_loader = _loader(reader, train_idx, selection, class_ids, cfg, f"training part of {desc}", generator=gen)
+    val_loader = _loader(reader, val_idx, selection, class_ids, cfg, f"validation part of {desc}")
     best: tuple[float, int, dict | None] = (-1.0, -1, None)
     first = 1
     state = ckpt.load_epoch(key)
@@ -113,15 +151,18 @@ def _train_fold(reader: CacheReader, selection: LayerSelection, class_ids: dict[
         gen.set_state(state["shuffle_rng"])
         log.restore(key, state["entries"])
         first = state["epoch"] + 1
-    desc = " ".join(f"{k} {v}" for k, v in tag.items())
     for epoch in tqdm(range(first, cfg.epochs + 1), desc=desc, disable=not progress, initial=first - 1,
                       total=cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         losses = []
         for batch in train_loader:
+            train_loader.dataset.check_finite(batch)
             logits = model([x.to(cfg.device) for x in batch["layers"]], batch["lengths"])
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"].to(cfg.device))
+            if not bool(torch.isfinite(loss)):  # before the step: a NaN step would poison every weight
+                raise NonFiniteError(f"{desc}, epoch {epoch}: the training loss is {loss.item()}, the model "
+                                     f"diverged; lower the learning rate (--lr, now {cfg.lr})")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -171,10 +212,10 @@ class RunLog:
 
 
 def _test_fold(model: torch.nn.Module, reader: CacheReader, selection: LayerSelection, class_ids: dict[str, int],
-               cfg: TrainConfig, test_idx: list[int], best_val: float, best_epoch: int, n_train: int,
+               cfg: TrainConfig, test_fold: str, test_idx: list[int], best_val: float, best_epoch: int, n_train: int,
                n_val: int) -> dict[str, Any]:
-    test = classification_metrics(*_evaluate(model, _loader(reader, test_idx, selection, class_ids, cfg),
-                                             cfg.device), len(class_ids))
+    loader = _loader(reader, test_idx, selection, class_ids, cfg, f"test fold {test_fold}")
+    test = classification_metrics(*_evaluate(model, loader, cfg.device), len(class_ids))
     test.update(best_epoch=best_epoch, val_uar=best_val, n_train=n_train, n_val=n_val)
     if hasattr(model, "layer_weights"):
         test["layer_weights"] = dict(zip(selection.names, model.layer_weights().detach().tolist()))
@@ -199,6 +240,7 @@ def check_cache_for_training(reader: CacheReader, cfg: TrainConfig, folds: set[s
 
 def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: TrainConfig,
                    progress: bool = True) -> dict[str, Any]:
+    cfg.check()
     if isinstance(cache, CacheReader):
         return _train_on_reader(cache, out_dir, cfg, progress)
     # Held open (the cache's shared readers lock) until training ends: --overwrite is refused meanwhile.
@@ -219,14 +261,10 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
     present = set(map(str, reader.table["label"]))
     if present - set(classes):
         raise NserError(f"cache labels {sorted(present - set(classes))} are not in its class list {classes}")
-    plan = fold_plan(reader)
-    if cfg.folds != "all":
-        wanted = set(cfg.folds.split(","))
-        plan = [p for p in plan if p[0] in wanted]
-        if not plan:
-            raise NserError(f"--folds {cfg.folds} matches none of the cache's folds")
+    plan = select_folds(fold_plan(reader), cfg.folds)
     used_folds = {p[0] for p in plan} | {str(f) for f in reader.table["fold"]}
     check_cache_for_training(reader, cfg, used_folds)
+    data_warnings = check_class_coverage(reader, plan)  # also issued as ClassCoverageWarning
     run_info = {"config": asdict(cfg), "seed": cfg.seed, "code_version": code_version(),
                 "cache": {"path": str(reader.path), "identity_hash": reader.identity_hash,
                           "identity": reader.attrs["identity"], "n_utterances": reader.n},
@@ -268,14 +306,15 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
         else:
             model, best_val, best_epoch = _train_fold(reader, selection, class_ids, cfg, train_idx, val_idx,
                                                       log, {"fold": test_fold}, progress, ckpt)
-        per_fold[test_fold] = _test_fold(model, reader, selection, class_ids, cfg, test_idx, best_val,
+        per_fold[test_fold] = _test_fold(model, reader, selection, class_ids, cfg, test_fold, test_idx, best_val,
                                          best_epoch, len(train_idx), len(val_idx))
     log.close()
     metrics = {**summarize_folds(per_fold), "folds": per_fold, "classes": classes,
                "layers": layer_names, "fusion": cfg.fusion, **extra, "epochs": cfg.epochs, "seed": cfg.seed,
                "cache_identity": reader.identity_hash, "seconds": time.perf_counter() - t_run,
                # entries of the manifest that are not in these numbers (--allow-missing), per fold
-               "left_out": reader.errors_by_fold(used_folds)}
+               "left_out": reader.errors_by_fold(used_folds),
+               "warnings": data_warnings}
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out / "metrics.json")
@@ -305,6 +344,8 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
         lines.append(f"| {fold} | {m['n']} | {m['best_epoch']} | {m['uar']:.4f} | {m['macro_f1']:.4f} |")
     lines.append(f"| mean ± std | | | {metrics['uar']:.4f} ± {metrics['uar_std']:.4f} | "
                  f"{metrics['macro_f1']:.4f} ± {metrics['macro_f1_std']:.4f} |")
+    for w in metrics.get("warnings", []):
+        lines.append(f"\nwarning: {w}")
     if metrics.get("left_out"):
         lines.append("\nleft out (failed extraction, --allow-missing): "
                      + ", ".join(f"fold {f}: {n}" for f, n in metrics["left_out"].items()))

@@ -96,6 +96,15 @@ def test_expansion_globs_and_folds(tmp_path, caches):
     ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"seed": 3}}, r"set by the grid"),
     ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"epoch": 3}}, r"unknown train setting"),
     ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"epochs": "many"}}, r"train.epochs must be int"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"epochs": 0}}, r"epochs must be a whole.*got 0"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"epochs": -1}}, r"epochs must be a whole number >= 1"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"batch_size": 0}}, r"batch_size must be a whole"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"lr": 0}}, r"lr must be a finite number > 0, got 0.0"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "train": {"lr": float("nan")}}, r"lr must be a finite.*got nan"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "seeds": [-1]}, r"seed must be a whole number in 0\.\.2\*\*32-1"),
+    ({"fusions": ["mean"], "layers": ["enc:-3-5"]}, r"negative layer index in 'enc:-3-5'"),
+    ({"fusions": ["mean"], "layers": ["enc:0-5000000"]}, r"encoder layer\(s\) 0-5000000 not in the cache"),
+    ({"fusions": ["mean"], "layers": ["enc:all"], "folds": ["0", "x"]}, r"fold\(s\) \['x'\] are not test folds"),
     ({"fusions": ["mean"], "layers": ["enc:all"], "caches": ["/nowhere/*.zarr"]}, r"matches nothing"),
     ({"fusions": ["mean"], "layers": ["enc:all"], "caches": ["/nowhere.zarr"]}, r"no cache at"),
     ({"fusions": ["mean"], "layer": ["enc:all"]}, r"unknown key"),
@@ -198,3 +207,108 @@ def test_cli_dry_run_and_spec_errors(tmp_path, caches):
     assert "todo" in res.output and "mean" in res.output and not (tmp_path / "out").exists()
     res = CliRunner().invoke(grid_command, [str(grid), "--dry-run"])
     assert res.exit_code == 1 and "no 'out' folder" in res.output
+
+
+# --- remote schedulers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address, remote", [
+    ("tcp://10.1.2.3:8786", True),
+    ("10.1.2.3:8786", True),  # no scheme: tcp, as in Dask
+    ("tcp://scheduler.example.org:8786", True),  # names are not resolved: remote unless localhost
+    ("tcp://[2001:db8::1]:8786", True),
+    ("tcp://127.0.0.1:8786", False),
+    ("127.0.0.5:8786", False),
+    ("tcp://localhost:8786", False),
+    ("tcp://[::1]:8786", False),
+    ("tls://10.1.2.3:8786", False),  # both sides authenticated by the CA the user named
+    ("inproc://10.1.2.3/1/2", False),
+])
+def test_remote_plain_scheduler_gets_a_warning(address, remote):
+    from pipeline.grid.runner import scheduler_warning
+
+    warning = scheduler_warning(address)
+    if remote:
+        assert "pickled code" in warning and "only connect to a cluster you trust" in warning and "tls://" in warning
+    else:
+        assert warning is None
+
+
+@pytest.fixture
+def tls_files(tmp_path) -> dict[str, str]:
+    files = {}
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
+        files[name] = str(tmp_path / name)
+    return files
+
+
+def test_tls_security_from_options(tls_files, monkeypatch):
+    import dask.config
+    from distributed.security import Security
+
+    from pipeline.errors import NserError
+    from pipeline.grid.runner import scheduler_security
+
+    sec = scheduler_security("tls://10.1.2.3:8786", tls_files["ca.pem"], tls_files["client.pem"],
+                             tls_files["client.key"])
+    assert isinstance(sec, Security) and sec.require_encryption
+    assert (sec.tls_ca_file, sec.tls_client_cert, sec.tls_client_key) == (
+        tls_files["ca.pem"], tls_files["client.pem"], tls_files["client.key"])
+    assert scheduler_security("tcp://127.0.0.1:8786") is None
+    with pytest.raises(NserError, match="--tls-ca-file secure.*a tls:// scheduler; tcp://10.1.2.3:8786 uses tcp://"):
+        scheduler_security("tcp://10.1.2.3:8786", tls_files["ca.pem"])
+    with pytest.raises(NserError, match="also needs --tls-cert"):
+        scheduler_security("tls://10.1.2.3:8786", tls_files["ca.pem"])
+    with dask.config.set({"distributed.comm.tls.ca-file": None}):
+        with pytest.raises(NserError, match="needs TLS settings: pass --tls-ca-file and --tls-cert"):
+            scheduler_security("tls://10.1.2.3:8786")
+    with dask.config.set({"distributed.comm.tls.ca-file": tls_files["ca.pem"]}):
+        assert scheduler_security("tls://10.1.2.3:8786") is None  # Dask's own config applies
+    with pytest.raises(NserError, match="not a Dask address"):
+        scheduler_security("tcp://host-without-port")
+
+
+class _NoCluster:
+    """Stands in for dask.distributed.Client: records how the grid connects, then fails like an
+    unreachable scheduler, so that nothing is sent anywhere."""
+
+    calls: list[tuple[tuple, dict]] = []
+
+    def __init__(self, *args, **kwargs):
+        type(self).calls.append((args, kwargs))
+        raise OSError("Timed out trying to connect")
+
+
+def test_cli_passes_tls_security_and_warns_on_plain_remote(tmp_path, caches, tls_files, monkeypatch):
+    import dask.distributed
+    from distributed.security import Security
+
+    monkeypatch.setattr(dask.distributed, "Client", _NoCluster)
+    _NoCluster.calls = []
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "caches": [str(caches["good"])], "train": TINY,
+                                    "fusions": ["mean"], "layers": ["enc:all"]}))
+
+    res = CliRunner().invoke(grid_command, [str(grid), "--quiet", "--scheduler", "tls://10.1.2.3:8786",
+                                            "--tls-ca-file", tls_files["ca.pem"], "--tls-cert", tls_files["client.pem"],
+                                            "--tls-key", tls_files["client.key"]])
+    assert res.exit_code == 1 and "cannot connect to the Dask scheduler at tls://10.1.2.3:8786" in res.output
+    assert "warning" not in res.output and "Traceback" not in res.output
+    (args, kwargs), = _NoCluster.calls
+    assert args == ("tls://10.1.2.3:8786",) and isinstance(kwargs["security"], Security)
+    assert kwargs["security"].tls_client_cert == tls_files["client.pem"] and kwargs["security"].require_encryption
+
+    _NoCluster.calls = []
+    res = CliRunner().invoke(grid_command, [str(grid), "--quiet", "--scheduler", "tcp://10.1.2.3:8786"])
+    assert res.exit_code == 1 and "warning: tcp://10.1.2.3:8786 is not on this machine" in res.output
+    assert _NoCluster.calls == [(("tcp://10.1.2.3:8786",), {})]
+
+    _NoCluster.calls = []
+    res = CliRunner().invoke(grid_command, [str(grid), "--quiet", "--scheduler", "tcp://127.0.0.1:8786"])
+    assert res.exit_code == 1 and "warning" not in res.output and len(_NoCluster.calls) == 1
+
+    res = CliRunner().invoke(grid_command, [str(grid), "--tls-ca-file", tls_files["ca.pem"]])
+    assert res.exit_code == 2 and "go with a tls:// --scheduler" in res.output
+    res = CliRunner().invoke(grid_command, [str(grid), "--scheduler", "tcp://10.1.2.3:8786", "--tls-cert",
+                                            tls_files["client.pem"]])
+    assert res.exit_code == 1 and "secure(s) a tls:// scheduler" in res.output and len(_NoCluster.calls) == 1
