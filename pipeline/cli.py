@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
+from pipeline.cli_common import storage_options_option
 from pipeline.errors import NserError
 
 
@@ -122,7 +123,8 @@ def _positive_finite(ctx, param, value: float) -> float:
 
 
 @click.command("train", cls=NserCommand)
-@click.option("--cache", "cache", required=True, type=click.Path(exists=True), help="Cache made by nser-extract.")
+@click.option("--cache", "cache", required=True, help="Cache made by nser-extract: a path, or a URL (read-only).")
+@storage_options_option
 @click.option("--out", required=True, type=click.Path(), help="Run dir for config, log and metrics.")
 @click.option("--fusion", type=FusionChoice(), default="l-adapter", show_default=True,
               help="single: one layer; last: a stack's last state; best: the single layer with the best "
@@ -140,17 +142,20 @@ def _positive_finite(ctx, param, value: float) -> float:
 @click.option("--model", "expect_model", help="Refuse a cache extracted with another model.")
 @click.option("--allow-missing", is_flag=True, help="Train even if some utterances failed extraction.")
 @click.option("--quiet", is_flag=True)
-def train_command(cache, out, fusion, layers, epochs, batch_size, lr, seed, folds, device, threads,
+def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, seed, folds, device, threads,
                   expect_model, allow_missing, quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
+    from pipeline.cache.reader import CacheReader
     from pipeline.folds import echo_coverage_warnings
     from pipeline.train.trainer import TrainConfig, format_metrics_table, train_on_cache
 
     cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       folds=folds, device=device, threads=threads, expect_model=expect_model,
                       allow_missing=allow_missing)
-    with echo_coverage_warnings(lambda line: click.echo(line, err=True)):  # when they happen, not hours later
-        metrics = train_on_cache(cache, out, cfg, progress=not quiet)
+    cfg.check()  # before the cache is opened: a bad setting is named even if the cache is also wrong
+    with CacheReader(cache, storage_options) as reader, \
+            echo_coverage_warnings(lambda line: click.echo(line, err=True)):  # when they happen, not hours later
+        metrics = train_on_cache(reader, out, cfg, progress=not quiet)
     click.echo(format_metrics_table(metrics))
     click.echo(f"metrics: {Path(out) / 'metrics.json'}")
 
@@ -169,11 +174,13 @@ def cache_group():
 @cache_group.command("info", cls=NserCommand)
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def cache_info(path, as_json):
-    """Summary of a cache: utterances, classes, folds, layers, bytes per audio second."""
+@storage_options_option
+def cache_info(path, as_json, storage_options):
+    """Summary of a cache (a path or a URL): utterances, classes, folds, layers, bytes per audio second."""
     from pipeline.cache.reader import CacheReader
 
-    info = CacheReader(path).info()
+    with CacheReader(path, storage_options) as reader:
+        info = reader.info()
     if as_json:
         click.echo(json.dumps(info))
         return
@@ -184,13 +191,15 @@ def cache_info(path, as_json):
 @cache_group.command("errors", cls=NserCommand)
 @click.argument("path", type=click.Path())
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header (utt_id,fold,label,path,error).")
-def cache_errors(path, as_csv):
+@storage_options_option
+def cache_errors(path, as_csv, storage_options):
     """Every manifest entry the cache could not hold, with its fold, raw label and reason."""
     import csv as csv_module
 
     from pipeline.cache.reader import CacheReader
 
-    errors = CacheReader(path).errors
+    with CacheReader(path, storage_options) as reader:
+        errors = reader.errors
     if as_csv:
         fields = ["utt_id", "fold", "label", "path", "error"]
         w = csv_module.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
@@ -205,11 +214,12 @@ def cache_errors(path, as_csv):
 @cache_group.command("verify", cls=NserCommand)
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def cache_verify(path, as_json):
+@storage_options_option
+def cache_verify(path, as_json, storage_options):
     """Check schema, table/array consistency and every chunk's checksum; name affected utterances."""
     from pipeline.cache.verify import verify_cache
 
-    rep = verify_cache(path)
+    rep = verify_cache(path, storage_options)
     if as_json:
         click.echo(json.dumps(rep.as_dict()))
     else:
@@ -233,11 +243,14 @@ def cache_verify(path, as_json):
 @click.option("--pool", type=click.Choice(["none", "mean"]), default="none", show_default=True,
               help="mean: one vector per utterance and layer (mean over frames or tokens).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export at --out.")
-def cache_export(path, fmt, layers, out, pool, overwrite):
+@storage_options_option
+def cache_export(path, fmt, layers, out, pool, overwrite, storage_options):
     """Write selected layers per utterance, with the utterance table, for other tools (layouts: docs/cache.md)."""
     from pipeline.cache.export import export_cache
+    from pipeline.cache.reader import CacheReader
 
-    result = export_cache(path, out, fmt=fmt, layers=layers, pool=pool, overwrite=overwrite)
+    with CacheReader(path, storage_options) as reader:
+        result = export_cache(reader, out, fmt=fmt, layers=layers, pool=pool, overwrite=overwrite)
     click.echo(f"{result}: {fmt} export of {layers} ({'mean-pooled' if pool == 'mean' else 'per frame/token'})")
 
 

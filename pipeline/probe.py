@@ -25,6 +25,7 @@ import click
 import numpy as np
 
 from pipeline.cache.reader import CacheReader
+from pipeline.cli_common import storage_options_option
 from pipeline.errors import NserError
 from pipeline.layers import LayerSelection
 
@@ -257,7 +258,8 @@ def write_probe_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str
 
 
 @click.command("probe")
-@click.option("--cache", "cache", required=True, type=click.Path(exists=True), help="Cache made by nser-extract.")
+@click.option("--cache", "cache", required=True, help="Cache made by nser-extract: a path, or a URL (read-only).")
+@storage_options_option
 @click.option("--layers", default="enc:all,dec:all", show_default=True, help="Layers to probe, e.g. enc:all,dec:0-4.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write probe.csv, probe.json and probe.png here.")
 @click.option("--pooling", type=click.Choice(POOLINGS), default="mean", show_default=True,
@@ -265,13 +267,13 @@ def write_probe_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print probe.json's object instead of the table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def probe_command(cache, layers, out, pooling, seed, as_json, quiet):
+def probe_command(cache, storage_options, layers, out, pooling, seed, as_json, quiet):
     """Linear probe per layer (pooled states, logistic regression) on the training folds: a fast layer scan."""
     from pipeline.folds import echo_coverage_warnings
 
     try:
         t0 = time.perf_counter()
-        reader = CacheReader(cache)
+        reader = CacheReader(cache, storage_options)
         selection = reader.selection(layers)
         with echo_coverage_warnings(lambda line: click.echo(line, err=True)):
             rows = probe_layers(reader, selection, seed, pooling=pooling, progress=not quiet)

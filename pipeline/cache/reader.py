@@ -24,12 +24,24 @@ from pipeline.errors import CacheError
 from pipeline.layers import LayerSelection, parse_layers
 
 
+def is_url(source: object) -> bool:
+    """An fsspec URL (`s3://`, `gs://`, `https://`, ...) rather than a local path."""
+    return isinstance(source, str) and "://" in source and not source.startswith("file://")
+
+
 class CacheReader:
-    def __init__(self, source: str | Path | Store):
+    def __init__(self, source: str | Path | Store, storage_options: dict[str, Any] | None = None):
+        """`source`: a local path, an fsspec URL of an existing cache (read-only; `storage_options`
+        go to fsspec, e.g. credentials or `{"anon": true}`), or any zarr store."""
         self.where = str(source) if not isinstance(source, Store) else repr(source)
         self._lock: ReadersLock | None = None
         self._closed = False
-        if isinstance(source, (str, Path)):
+        if storage_options and not is_url(source):
+            raise CacheError(f"--storage-options apply to URLs (s3://, https://, ...), not to {self.where}")
+        if is_url(source):
+            # No readers lock: locks need a local file system, and nothing here writes remote caches.
+            self.path, store = None, _url_store(str(source), storage_options or {})
+        elif isinstance(source, (str, Path)):
             if not Path(source).exists():
                 raise CacheError(f"no cache at {source}")
             self.path: Path | None = Path(source)
@@ -60,6 +72,11 @@ class CacheReader:
             if kind == "str":
                 self.table[col] = self.table[col].astype(object)
         self._arrays: dict[str, zarr.Array] = {}
+
+    @property
+    def location(self) -> str:
+        """Where the cache is, as a user would type it (a local path or a URL), for run records."""
+        return str(self.path) if self.path is not None else self.where
 
     def close(self) -> None:
         """Release the readers lock (idempotent); the reader must not be used afterwards."""
@@ -237,3 +254,14 @@ class CacheReader:
             "identity_hash": self.identity_hash,
             "code_version": self.attrs["code_version"],
         }
+
+
+def _url_store(url: str, storage_options: dict[str, Any]) -> Store:
+    try:
+        from zarr.storage import FsspecStore
+        return FsspecStore.from_url(url, storage_options=storage_options, read_only=True)
+    except ImportError as exc:
+        raise CacheError(f"reading {url} needs fsspec and the protocol's package (https: aiohttp, s3: s3fs, "
+                         f"gs: gcsfs): pip install 'nser-pipeline[remote]' ({exc})") from exc
+    except (ValueError, TypeError) as exc:
+        raise CacheError(f"cannot open {url}: {exc}") from exc

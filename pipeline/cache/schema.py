@@ -102,10 +102,18 @@ def validate_group(group: zarr.Group, where: str) -> dict[str, Any]:
 
 
 def _array_shapes(group: zarr.Group) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Shape and dtype of every array the contract names, opened by name: remote stores (plain
+    HTTP) cannot list folders, and a listing would also read arrays nobody asked for."""
+    model = dict(group.attrs[ATTR_KEY])["model"]
+    names = [layer_array_name(stack, i) for stack, count in
+             (("encoder", model["n_encoder_states"]), ("decoder", model["n_decoder_states"])) for i in range(count)]
+    names += [f"utterances/{col}" for col in table_columns()]
     out = {}
-    for sub in ("encoder", "decoder", "utterances"):
-        if sub not in group:
+    for name in names:
+        try:
+            arr = group[name]
+        except KeyError:
             continue
-        for name, arr in group[sub].arrays():
-            out[f"{sub}/{name}"] = (arr.shape, arr.dtype)
+        if isinstance(arr, zarr.Array):
+            out[name] = (arr.shape, arr.dtype)
     return out

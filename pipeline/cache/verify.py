@@ -33,9 +33,9 @@ class VerifyReport:
                 "affected_utterances": self.affected}
 
 
-def verify_cache(path: str) -> VerifyReport:
+def verify_cache(path: str, storage_options: dict[str, Any] | None = None) -> VerifyReport:
     try:
-        reader = CacheReader(path)
+        reader = CacheReader(path, storage_options)
     except CacheError as exc:
         return VerifyReport(str(path), 0, [f"schema: {exc}"])
     with reader:

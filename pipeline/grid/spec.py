@@ -170,9 +170,13 @@ def run_key(config: Any, cache_identity: str) -> str:
 
 
 def _cache_paths(entries: tuple[str, ...], where: str) -> list[str]:
+    from pipeline.cache.reader import is_url
+
     paths: list[str] = []
     for entry in entries:
-        if glob.has_magic(entry):
+        if is_url(entry):  # opened (and refused if absent) at expansion like any cache
+            found = [entry]
+        elif glob.has_magic(entry):
             found = sorted(glob.glob(entry))
             if not found:
                 raise GridSpecError(f"{where}: cache pattern {entry!r} matches nothing")

@@ -266,7 +266,7 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
     check_cache_for_training(reader, cfg, used_folds)
     data_warnings = check_class_coverage(reader, plan)  # also issued as ClassCoverageWarning
     run_info = {"config": asdict(cfg), "seed": cfg.seed, "code_version": code_version(),
-                "cache": {"path": str(reader.path), "identity_hash": reader.identity_hash,
+                "cache": {"path": reader.location, "identity_hash": reader.identity_hash,
                           "identity": reader.attrs["identity"], "n_utterances": reader.n},
                 "layers": layer_names, "classes": classes, "torch": torch.__version__}
     ckpt = RunCheckpoints(out)
