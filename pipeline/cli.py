@@ -254,6 +254,32 @@ def cache_export(path, fmt, layers, out, pool, overwrite, storage_options):
     click.echo(f"{result}: {fmt} export of {layers} ({'mean-pooled' if pool == 'mean' else 'per frame/token'})")
 
 
+@cache_group.command("asr-metrics", cls=NserCommand)
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (with every utterance's score).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write per-utterance scores here.")
+@storage_options_option
+def cache_asr_metrics(path, as_json, csv_path, storage_options):
+    """WER (CER for Chinese) of the stored Whisper hypotheses against the transcripts, Whisper-normalised."""
+    import csv as csv_module
+
+    from pipeline.asr_metrics import asr_metrics
+
+    m = asr_metrics(path, storage_options)
+    if csv_path:
+        with open(csv_path, "w", newline="") as fh:
+            w = csv_module.writer(fh)
+            w.writerow(["utt_id", "errors", "units", "rate", "reference", "hypothesis"])
+            for u in m.per_utterance:
+                w.writerow([u.utt_id, u.errors, u.units, u.rate, u.reference, u.hypothesis])
+    if as_json:
+        click.echo(json.dumps(m.to_dict()))
+        return
+    click.echo(f"{m.cache}: {m.metric.upper()} {100 * m.value:.2f}% over {m.n_scored} utterances "
+               f"({m.n_skipped} without a transcript); model {m.model}, condition {m.condition}, "
+               f"normaliser {m.normalizer}")
+
+
 @main.command("demo-corpus", cls=NserCommand)
 @click.argument("out", type=click.Path())
 @click.option("--voices", default=6, show_default=True)

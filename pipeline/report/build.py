@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.report import aggregate as agg
 from pipeline.report import plots
 
-SECTIONS = ("layerwise", "fusions", "snr", "confusion")
+SECTIONS = ("layerwise", "fusions", "snr", "confusion", "wer_vs_f1")
 
 
 @dataclass
@@ -52,7 +52,7 @@ def build_report(source: str | Path, out_dir: str | Path | None = None) -> Repor
           "Scores are in %, mean ± std over every (run, fold) score of a cell (seeds x folds; for one run, "
           "its cross-validation folds).", ""]
     for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("snr", _snr),
-                          ("confusion", _confusions)):
+                          ("confusion", _confusions), ("wer_vs_f1", _wer_vs_f1)):
         text, why = section(df, base, out, rep)
         md += text
         if why:
@@ -185,6 +185,51 @@ def _confusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[l
         rows.append([where, str(run["fusion"]), str(run["layers"]), f"{100 * run['uar']:.2f}",
                      str(run.get("run_key") or ""), f"![confusion {where}]({png.name})"])
     md += [_md_table(["condition", "fusion", "layers", "UAR", "run", "matrix (% of true class, counts)"], rows), ""]
+    return md, None
+
+
+def _wer_vs_f1(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
+    """Per method, macro-F1 against the ASR word error rate of each condition's cache, with
+    Pearson's r over conditions: does emotion recognition fail where recognition of words does?"""
+    from scipy.stats import pearsonr
+
+    from pipeline.asr_metrics import asr_metrics
+    from pipeline.errors import NserError
+
+    md = ["## ASR word error rate vs emotion macro-F1 (paper Fig. 6)", ""]
+    runs = agg.done(df)
+    if "cache" not in runs.columns or runs["cache"].nunique() < 3:
+        return md, "fewer than three caches (conditions) with finished runs"
+    rates, unscored = {}, []
+    for cache in runs["cache"].dropna().unique():
+        try:
+            m = asr_metrics(str(cache))
+            rates[cache] = (m.value, m.metric)
+        except (NserError, OSError) as exc:
+            unscored.append(f"`{cache}`: {str(exc)[:120]}")
+    if len(rates) < 3:
+        return md, "fewer than three caches could be scored for WER" + (f" ({'; '.join(unscored)})" if unscored else "")
+    points: dict[str, list[tuple[float, float, str]]] = {}
+    for (stack, method), g in runs[runs["cache"].isin(list(rates))].groupby(["stack", "method"], sort=False):
+        for cache, gc in g.groupby("cache", sort=False):
+            points.setdefault(f"{stack} {method}", []).append(
+                (rates[cache][0], float(gc["macro_f1"].mean()), str(gc["where"].iloc[0])))
+    rows, long = [], []
+    for method, pts in points.items():
+        r, p = pearsonr([x for x, _, _ in pts], [y for _, y, _ in pts]) if len(pts) >= 3 else (math.nan, math.nan)
+        rows.append([method, str(len(pts)), f"{r:.3f}" if not math.isnan(r) else "", f"{p:.3g}" if not math.isnan(p) else ""])
+        long += [{"method": method, "where": w, "wer": x, "macro_f1": y} for x, y, w in pts]
+    metric = next(iter(rates.values()))[1].upper()
+    png = plots.wer_f1_plot(points, metric, out / "wer_vs_f1.png")
+    csv = out / "wer_vs_f1.csv"
+    pd.DataFrame(long).to_csv(csv, index=False)
+    rep.files += [png, csv]
+    md += [f"![{metric} vs macro-F1]({png.name})", "",
+           _md_table(["method", "conditions", "Pearson r", "p"], rows), "",
+           f"{metric}: Whisper's greedy hypotheses stored in each cache against the transcripts "
+           f"(`nser cache asr-metrics`); F1: mean over the method's runs and folds on that cache. Long form: "
+           f"[{csv.name}]({csv.name})."
+           + (f" Not scored: {'; '.join(unscored)}." if unscored else ""), ""]
     return md, None
 
 

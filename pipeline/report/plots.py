@@ -84,3 +84,17 @@ def confusion_plot(matrix: np.ndarray, classes: list[str], title: str, path: Pat
     ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=110)
     return path
+
+
+def wer_f1_plot(points: dict[str, list[tuple[float, float, str]]], metric: str, path: Path) -> Path:
+    """Macro-F1 against the ASR error rate per condition, one marker series per method (paper Fig. 6)."""
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for method, pts in points.items():
+        ax.scatter([100 * x for x, _, _ in pts], [100 * y for _, y, _ in pts], label=method)
+    ax.set_xlabel(f"ASR {metric} (%)")
+    ax.set_ylabel("emotion macro-F1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    return path

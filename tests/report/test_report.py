@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 from click.testing import CliRunner
 
 from pipeline.report.aggregate import load_results, method_cells, pooled
 from pipeline.report.build import build_report
 from pipeline.report.cli import report_command
+from tests.grid.fake_cache import make_cache
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
 
@@ -49,11 +51,30 @@ def synthetic(conditions=(("babble_-5dB", -5.0), ("babble_0dB", 0.0), ("babble_5
     return pd.DataFrame(rows)
 
 
+WRONG = {"babble_-5dB": 1.0, "babble_0dB": 2 / 3, "babble_5dB": 1 / 3, "clean": 0.0}  # share of wrong hypotheses
+
+
+def _cache_with_wer(path, wrong: float):
+    """A real cache whose stored hypotheses miss the one-word transcript in a `wrong` share of utterances."""
+    make_cache(path)
+    col = zarr.open_group(str(path), mode="r+")["utterances/hypothesis"]
+    n = col.shape[0]
+    col[:] = np.array(["h" if k < round(wrong * n) else "t" for k in range(n)], dtype=np.dtypes.StringDType())
+    return path
+
+
 def test_full_report_sections_and_files(tmp_path):
     df = synthetic()
+    caches = {c: str(_cache_with_wer(tmp_path / "c" / f"{c}.zarr", wrong)) for c, wrong in WRONG.items()}
+    df["cache"] = df["condition"].map(caches)
     df.to_csv(tmp_path / "results.csv", index=False)
     rep = build_report(tmp_path / "results.csv", tmp_path / "rep")
-    assert rep.written == ["layerwise", "fusions", "snr", "confusion"] and rep.skipped == {}
+    assert rep.written == ["layerwise", "fusions", "snr", "confusion", "wer_vs_f1"] and rep.skipped == {}
+    wer = pd.read_csv(tmp_path / "rep" / "wer_vs_f1.csv")
+    assert set(wer["method"]) >= {"enc l-adapter", "enc+dec weighted-sum"}
+    for _, row in wer.iterrows():
+        assert row["wer"] == pytest.approx(WRONG[row["where"]])
+    assert "Pearson r" in rep.path.read_text() and "wer_vs_f1.png" in {p.name for p in rep.files}
     names = {p.name for p in rep.files}
     for cond in ("babble_-5dB", "babble_0dB", "babble_5dB", "clean"):
         assert f"layerwise_{cond}.png" in names and f"confusion_{cond}.png" in names
