@@ -42,6 +42,9 @@ class ExtractionOptions:
     dtype: str = "auto"
     overwrite: bool = False
     commit_frames: int | None = None  # encoder frames buffered per commit (default: one shard)
+    # False: WhisperLayerExtractor.extract_reference (generate() + a full teacher-forced pass). Both
+    # store the same values (tests/extract/test_fast_path.py), so this is not part of the identity.
+    fast: bool = True
 
 
 @dataclass
@@ -124,7 +127,8 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
     device, dtype = resolve_device(opts.device, opts.dtype)
     whisper = load_whisper(opts.model, device=device, dtype=dtype)
     extractor = WhisperLayerExtractor(whisper, context=opts.context, token_source=opts.token_source,
-                                      language=corpus.language if corpus.language != "multi" else None)
+                                      language=corpus.language if corpus.language != "multi" else None,
+                                      fast=opts.fast)
     condition = {
         "name": condition_name(opts),
         "noise_type": noise_type(opts),
