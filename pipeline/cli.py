@@ -137,21 +137,28 @@ def _positive_finite(ctx, param, value: float) -> float:
 @click.option("--lr", type=float, default=1e-4, show_default=True, callback=_positive_finite)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--folds", default="all", show_default=True, help="Test folds to run (comma-separated).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: cuda when torch sees a GPU (said on stderr), else cpu; the states then live on the GPU "
+                   "when they fit (docs/gpu.md).")
+@click.option("--memory-budget", default="0", show_default=True,
+              help="Bytes for the run's states in memory, e.g. 8G (0: half the available memory); larger "
+                   "selections are streamed from the cache every epoch, in other batches (docs/training.md).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: default).")
 @click.option("--model", "expect_model", help="Refuse a cache extracted with another model.")
 @click.option("--allow-missing", is_flag=True, help="Train even if some utterances failed extraction.")
 @click.option("--quiet", is_flag=True)
-def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, seed, folds, device, threads,
+def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, seed, folds, device,
+                  memory_budget, threads,
                   expect_model, allow_missing, quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
     from pipeline.cache.reader import CacheReader
     from pipeline.folds import echo_coverage_warnings
+    from pipeline.train.resident import parse_size
     from pipeline.train.trainer import TrainConfig, format_metrics_table, train_on_cache
 
     cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       folds=folds, device=device, threads=threads, expect_model=expect_model,
-                      allow_missing=allow_missing)
+                      allow_missing=allow_missing, memory_budget=parse_size(memory_budget))
     cfg.check()  # before the cache is opened: a bad setting is named even if the cache is also wrong
     with CacheReader(cache, storage_options) as reader, \
             echo_coverage_warnings(lambda line: click.echo(line, err=True)):  # when they happen, not hours later

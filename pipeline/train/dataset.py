@@ -1,4 +1,7 @@
-"""Streams cached states of the selected layers, one utterance at a time, into padded batches."""
+"""Streams cached states of the selected layers, one utterance at a time, into padded batches.
+
+Training reads its states once instead (pipeline/train/resident.py); this per-utterance path is kept
+as the reference those batches must equal, and for bench/train.py's comparison."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import NserError
@@ -43,12 +46,35 @@ class CachedLayerDataset(Dataset):
                 continue
             bad = (~torch.isfinite(x)).flatten(1).any(dim=1)
             ids = [str(self.reader.table["utt_id"][int(i)]) for i in batch["index"][bad]]
-            shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
-            raise NonFiniteError(
-                f"the cache holds non-finite (NaN/Inf) states in layer {name} of utterance(s) {shown}"
-                f"{f' ({self.part})' if self.part else ''}; training on them would only yield a meaningless "
-                "UAR. Re-extract the cache (if fp16 computation overflowed: nser-extract --dtype float32), "
-                "or leave that layer out with --layers")
+            raise NonFiniteError(non_finite_message(name, ids, self.part))
+
+
+def non_finite_message(layer: str, ids: list[str], part: str) -> str:
+    shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    return (f"the cache holds non-finite (NaN/Inf) states in layer {layer} of utterance(s) {shown}"
+            f"{f' ({part})' if part else ''}; training on them would only yield a meaningless "
+            "UAR. Re-extract the cache (if fp16 computation overflowed: nser-extract --dtype float32), "
+            "or leave that layer out with --layers")
+
+
+class PerUtteranceData:
+    """The former training data path: every epoch reads each utterance's layers from the cache.
+    Same `loader` interface as RunData."""
+
+    mode = "per-utterance"
+
+    def __init__(self, reader: CacheReader):
+        self.reader = reader
+
+    def loader(self, indices: Sequence[int], selection: LayerSelection, class_ids: dict[str, int],
+               batch_size: int, part: str, generator: torch.Generator | None = None) -> DataLoader:
+        """Shuffled (reproducibly) exactly when a generator is given: the training part."""
+        return DataLoader(CachedLayerDataset(self.reader, indices, selection, class_ids, part),
+                          batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                          collate_fn=make_collate(len(selection.encoder)))
+
+    def describe(self) -> dict:
+        return {"mode": self.mode}
 
 
 def make_collate(n_encoder: int):

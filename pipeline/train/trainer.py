@@ -16,8 +16,10 @@ import json
 import math
 import os
 import random
+import re
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,10 @@ from pipeline.failpoints import failpoint
 from pipeline.folds import check_class_coverage, fold_plan, select_folds
 from pipeline.layers import LayerSelection
 from pipeline.train.checkpoint import RunCheckpoints
-from pipeline.train.dataset import CachedLayerDataset, NonFiniteError, make_collate
+from pipeline.train.dataset import NonFiniteError, PerUtteranceData
 from pipeline.train.fusion import FUSIONS, build_fusion, resolve_layers
 from pipeline.train.metrics import classification_metrics, summarize_folds
+from pipeline.train.resident import RunData, default_memory_budget
 from pipeline.version import code_version
 
 
@@ -49,10 +52,11 @@ class TrainConfig:
     hidden: int = 256
     seed: int = 0
     folds: str = "all"  # comma-separated test folds to run, or all
-    device: str = "cpu"
+    device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # torch CPU threads; 0 = torch's default
     allow_missing: bool = False  # train even if utterances of the selected folds failed extraction
     expect_model: str | None = None  # refuse a cache made with another model
+    memory_budget: int = 0  # bytes for the run's states in memory (0: half the available RAM); else streamed
 
     def check(self) -> None:
         """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
@@ -73,6 +77,10 @@ class TrainConfig:
             ("hidden", self.hidden, whole(self.hidden, 1), "a whole number >= 1"),
             ("seed", self.seed, whole(self.seed, 0, 2**32 - 1), "a whole number in 0..2**32-1"),
             ("threads", self.threads, whole(self.threads, 0), "a whole number >= 0 (0: torch's default)"),
+            ("memory_budget", self.memory_budget, whole(self.memory_budget, 0),
+             "a whole number of bytes >= 0 (0: half the available memory)"),
+            ("device", self.device, isinstance(self.device, str) and bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)),
+             "auto, cpu, cuda or cuda:N"),
             ("fusion", self.fusion, self.fusion in FUSIONS, f"one of {', '.join(sorted(FUSIONS))}"),
             ("folds", self.folds, isinstance(self.folds, str) and bool(self.folds.strip(" ,")),
              "'all' or comma-separated fold names"),
@@ -86,7 +94,20 @@ class ConfigError(NserError):
 
 
 # Settings that do not change results: a rerun with other values still resumes the same run.
-NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model")
+# memory_budget only decides whether the states fit in memory; a run streamed for want of memory
+# (other batches) records that as its data mode, and is not resumed in the other mode.
+NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memory_budget")
+
+
+def resolve_device(device: str) -> str:
+    """`auto`: cuda when torch sees a GPU, else cpu. An explicit cuda without one is refused rather
+    than run on the CPU, which would take ~hours where the user planned minutes."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NserError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu "
+                        "or auto, or install a CUDA build of torch (docs/gpu.md)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -112,15 +133,13 @@ def _evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> tuple[
     return y_true, y_pred
 
 
-def _loader(reader: CacheReader, indices: list[int], selection: LayerSelection, class_ids: dict[str, int],
-            cfg: TrainConfig, part: str, generator: torch.Generator | None = None) -> DataLoader:
+def _loader(data: RunData | PerUtteranceData, indices: list[int], selection: LayerSelection,
+            class_ids: dict[str, int], cfg: TrainConfig, part: str, generator: torch.Generator | None = None):
     """Shuffled (reproducibly) exactly when a generator is given: the training part."""
-    return DataLoader(CachedLayerDataset(reader, indices, selection, class_ids, part), batch_size=cfg.batch_size,
-                      shuffle=generator is not None, generator=generator,
-                      collate_fn=make_collate(len(selection.encoder)))
+    return data.loader(indices, selection, class_ids, cfg.batch_size, part, generator)
 
 
-def _train_fold(reader: CacheReader, selection: LayerSelection, class_ids: dict[str, int], cfg: TrainConfig,
+def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection: LayerSelection, class_ids: dict[str, int], cfg: TrainConfig,
                 train_idx: list[int], val_idx: list[int], log: "RunLog", tag: dict[str, Any],
                 progress: bool, ckpt: RunCheckpoints) -> tuple[torch.nn.Module, float, int]:
     """Train on one fold's training part; return the model at the epoch with the best validation UAR,
@@ -138,8 +157,8 @@ def _train_fold(reader: CacheReader, selection: LayerSelection, class_ids: dict[
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     desc = " ".join(f"{k} {v}" for k, v in tag.items())
-    train_loader = _loader(reader, train_idx, selection, class_ids, cfg, f"training part of {desc}", generator=gen)
-    val_loader = _loader(reader, val_idx, selection, class_ids, cfg, f"validation part of {desc}")
+    train_loader = _loader(data, train_idx, selection, class_ids, cfg, f"training part of {desc}", generator=gen)
+    val_loader = _loader(data, val_idx, selection, class_ids, cfg, f"validation part of {desc}")
     best: tuple[float, int, dict | None] = (-1.0, -1, None)
     first = 1
     state = ckpt.load_epoch(key)
@@ -211,10 +230,10 @@ class RunLog:
         self._fh.close()
 
 
-def _test_fold(model: torch.nn.Module, reader: CacheReader, selection: LayerSelection, class_ids: dict[str, int],
+def _test_fold(model: torch.nn.Module, data: RunData | PerUtteranceData, selection: LayerSelection, class_ids: dict[str, int],
                cfg: TrainConfig, test_fold: str, test_idx: list[int], best_val: float, best_epoch: int, n_train: int,
                n_val: int) -> dict[str, Any]:
-    loader = _loader(reader, test_idx, selection, class_ids, cfg, f"test fold {test_fold}")
+    loader = _loader(data, test_idx, selection, class_ids, cfg, f"test fold {test_fold}")
     test = classification_metrics(*_evaluate(model, loader, cfg.device), len(class_ids))
     test.update(best_epoch=best_epoch, val_uar=best_val, n_train=n_train, n_val=n_val)
     if hasattr(model, "layer_weights"):
@@ -239,16 +258,20 @@ def check_cache_for_training(reader: CacheReader, cfg: TrainConfig, folds: set[s
 
 
 def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: TrainConfig,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, *, per_utterance: bool = False) -> dict[str, Any]:
+    """`per_utterance`: read every utterance from the cache every epoch, as training did before its
+    states were read once (pipeline/train/resident.py); for bench/train.py and the test that the
+    two give the same results."""
     cfg.check()
     if isinstance(cache, CacheReader):
-        return _train_on_reader(cache, out_dir, cfg, progress)
+        return _train_on_reader(cache, out_dir, cfg, progress, per_utterance)
     # Held open (the cache's shared readers lock) until training ends: --overwrite is refused meanwhile.
     with CacheReader(cache) as reader:
-        return _train_on_reader(reader, out_dir, cfg, progress)
+        return _train_on_reader(reader, out_dir, cfg, progress, per_utterance)
 
 
-def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig, progress: bool) -> dict[str, Any]:
+def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig, progress: bool,
+                     per_utterance: bool = False) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -269,8 +292,22 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
                 "cache": {"path": reader.location, "identity_hash": reader.identity_hash,
                           "identity": reader.attrs["identity"], "n_utterances": reader.n},
                 "layers": layer_names, "classes": classes, "torch": torch.__version__}
+    device = resolve_device(cfg.device)
+    if cfg.device == "auto":
+        print(f"nser-train: training on {device}"
+              + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""), file=sys.stderr)
+    run_info["device"] = device
+    cfg = replace(cfg, device=device)  # what the rest of the run uses; config.json keeps what was asked
+    if per_utterance:
+        data: RunData | PerUtteranceData = PerUtteranceData(reader)
+    else:
+        needed = [i for p in plan for part in p[1:] for i in part]
+        data = RunData(reader, candidates, needed, cfg.memory_budget or default_memory_budget(), cfg.device)
+    run_info["data_mode"] = data.mode
     ckpt = RunCheckpoints(out)
     _claim_run_dir(out, run_info, ckpt)
+    if isinstance(data, RunData):
+        data.prepare()
     (out / "config.json").write_text(json.dumps(run_info, indent=2))
     log = RunLog(out / "log.jsonl")
     t_run = time.perf_counter()
@@ -286,7 +323,7 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
             name = sel.names[0]
             trained = {}
             for test_fold, train_idx, val_idx, _ in plan:
-                trained[test_fold] = _train_fold(reader, sel, class_ids, cfg, train_idx, val_idx, log,
+                trained[test_fold] = _train_fold(reader, data, sel, class_ids, cfg, train_idx, val_idx, log,
                                                  {"layer": name, "fold": test_fold}, progress, ckpt)
             val_uar[name] = {fold: t[1] for fold, t in trained.items()}
             score = float(np.mean(list(val_uar[name].values())))
@@ -304,9 +341,9 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
         if test_fold in trained:
             model, best_val, best_epoch = trained.pop(test_fold)
         else:
-            model, best_val, best_epoch = _train_fold(reader, selection, class_ids, cfg, train_idx, val_idx,
+            model, best_val, best_epoch = _train_fold(reader, data, selection, class_ids, cfg, train_idx, val_idx,
                                                       log, {"fold": test_fold}, progress, ckpt)
-        per_fold[test_fold] = _test_fold(model, reader, selection, class_ids, cfg, test_fold, test_idx, best_val,
+        per_fold[test_fold] = _test_fold(model, data, selection, class_ids, cfg, test_fold, test_idx, best_val,
                                          best_epoch, len(train_idx), len(val_idx))
     log.close()
     metrics = {**summarize_folds(per_fold), "folds": per_fold, "classes": classes,
@@ -314,7 +351,7 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
                "cache_identity": reader.identity_hash, "seconds": time.perf_counter() - t_run,
                # entries of the manifest that are not in these numbers (--allow-missing), per fold
                "left_out": reader.errors_by_fold(used_folds),
-               "warnings": data_warnings}
+               "warnings": data_warnings, "data": data.describe()}
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out / "metrics.json")
@@ -336,6 +373,12 @@ def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) ->
     if result_config(old) != result_config(run_info):
         raise NserError(f"{out} holds checkpoints of a run with other settings; use another --out or delete "
                         f"{ckpt.dir}")
+    before, now = old.get("data_mode", "per-utterance"), run_info["data_mode"]
+    if {before, now} == {"memory", "stream"}:  # per-utterance and memory give the same batches
+        raise NserError(f"{out} holds checkpoints of a run whose states were {'in memory' if before == 'memory' else 'streamed'}"
+                        f", but now they are {'in memory' if now == 'memory' else 'streamed'} (--memory-budget "
+                        f"{run_info['config']['memory_budget'] or 'default'}); streamed batches differ, so resume with a "
+                        f"memory budget that gives the same mode, use another --out, or delete {ckpt.dir}")
 
 
 def format_metrics_table(metrics: dict[str, Any]) -> str:
