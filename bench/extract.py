@@ -3,13 +3,15 @@
 Naive loop: HF model, batch 1, 30 s padded, `generate()` then a full model forward with every hidden
 state kept in memory (what a first script usually does). Ours: batched, one encoder pass shared by
 greedy decoding and the teacher-forced decoder, only real-audio frames kept, written to a Zarr cache.
+`--reference` also times the reference path (`fast=False`: generate() and a full teacher-forced pass).
 
-    python bench/extract.py --model bundled:base --n 24 --data-root ../shared/data/emodb
+    python bench/extract.py --model bundled:base --n 24 --data-root ../shared/data/emodb --reference --repeat 2
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +49,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--dtype", default="float32", help="compute dtype of ours (naive stays float32)")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time ExtractionOptions(fast=False), the reference path (the 'before' number)")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved rounds; the median is printed")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,19 +61,40 @@ def main() -> None:
     n = len(corpus.utterances)
     load_whisper(args.model)  # convert/download once, outside both timings
 
-    t_naive, naive_bytes = naive(args.model, corpus.utterances, corpus.language)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        run_extraction(corpus, Path(tmp) / "c.zarr",
-                       ExtractionOptions(model=args.model, batch_size=args.batch_size, device="cpu"),
-                       progress=False)
-        t_ours = time.perf_counter() - t0
-        info = CacheReader(Path(tmp) / "c.zarr").info()
-    print(f"model {args.model}, {n} utterances of {args.corpus}, {torch.get_num_threads()} threads")
-    print(f"{'':>28} {'utt/s':>8} {'seconds':>8}")
-    print(f"{'naive (batch 1, gen+fwd)':>28} {n / t_naive:8.3f} {t_naive:8.1f}")
-    print(f"{'nser-pipeline (batch %d)' % args.batch_size:>28} {n / t_ours:8.3f} {t_ours:8.1f}")
-    print(f"speed-up ours/naive: {t_naive / t_ours:.2f}x (ours includes model load and cache writes)")
+    def ours(fast: bool) -> tuple[float, dict]:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run_extraction(corpus, Path(tmp) / "c.zarr",
+                           ExtractionOptions(model=args.model, batch_size=args.batch_size, device="cpu",
+                                             dtype=args.dtype, fast=fast),
+                           progress=False)
+            seconds = time.perf_counter() - t0
+            with CacheReader(Path(tmp) / "c.zarr") as reader:
+                return seconds, reader.info()
+
+    # Interleaved rounds (naive, [reference], fast): load from other jobs hits all paths alike.
+    times: dict[str, list[float]] = {"naive": [], "reference": [], "fast": []}
+    for _ in range(args.repeat):
+        t_naive, naive_bytes = naive(args.model, corpus.utterances, corpus.language)
+        times["naive"].append(t_naive)
+        if args.reference:
+            times["reference"].append(ours(False)[0])
+        t_fast, info = ours(True)
+        times["fast"].append(t_fast)
+    print(f"model {args.model}, {n} utterances of {args.corpus}, {torch.get_num_threads()} threads, "
+          f"compute {args.dtype}, {args.repeat} interleaved round(s), median seconds")
+    print(f"{'':>36} {'utt/s':>8} {'seconds':>8}")
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    print(f"{'naive (batch 1, gen+fwd)':>36} {n / med['naive']:8.3f} {med['naive']:8.1f}")
+    if "reference" in med:
+        print(f"{'nser-pipeline reference (batch %d)' % args.batch_size:>36} {n / med['reference']:8.3f} "
+              f"{med['reference']:8.1f}")
+    print(f"{'nser-pipeline (batch %d)' % args.batch_size:>36} {n / med['fast']:8.3f} {med['fast']:8.1f}")
+    if "reference" in med:
+        print(f"speed-up reference/naive: {med['naive'] / med['reference']:.2f}x")
+    print(f"speed-up ours/naive: {med['naive'] / med['fast']:.2f}x (ours includes model load and cache writes)")
+    if args.repeat > 1:
+        print("per round ours/naive: " + ", ".join(f"{a / b:.2f}x" for a, b in zip(times["naive"], times["fast"])))
     print(f"cache: {info['bytes']} bytes for {info['audio_seconds']:.1f} s of audio = "
           f"{info['bytes_per_audio_second'] / 1e3:.1f} kB per audio second")
     print(f"naive in-memory hidden states (fp32, padded 30 s): {naive_bytes / info['audio_seconds'] / 1e3:.1f} "

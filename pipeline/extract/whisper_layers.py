@@ -28,8 +28,9 @@ FRAME_RATE = 50.0  # encoder frames per second (10 ms mel hop, stride-2 conv)
 HOP = 160
 MAX_TARGET = 448
 # Utterances per encoder call on the fast path. Results are bit-identical for any value (checked by
-# tests/extract/test_fast_path.py); 1 keeps the [1500, 2048] FFN activations in cache on CPU.
-ENCODER_BATCH = 1
+# tests/extract/test_fast_path.py); 4 was as fast as 8 or faster on 2 shared cores
+# (docs/extraction.md) and holds half the activations.
+ENCODER_BATCH = 4
 # generate() settings that would add logits processors or stopping rules the own greedy loop lacks.
 _GENERATION_RULES = ("forced_decoder_ids", "no_repeat_ngram_size", "repetition_penalty", "bad_words_ids",
                      "sequence_bias", "min_length", "min_new_tokens", "forced_bos_token_id",
