@@ -9,9 +9,18 @@ DEMAND_ROOT ?= data/DEMAND
 NOISE_PRESETS ?= human park traffic
 DATA_ROOT ?= data/$(DATASET)
 CACHE_ROOT ?= caches
+DEVICE ?= auto
+BATCH ?= 8
+EPOCHS ?= 50
+FUSION ?= l-adapter
+LAYERS ?= enc:all,dec:all
+RUN_DIR ?= runs/$(DATASET)/$(CONDITION)/$(MODEL_TAG)/$(FUSION)
+GRID ?= grids/emodb_fusions.yaml
+GRID_OUT ?=
 MODEL_TAG = $(subst /,_,$(subst :,_,$(MODEL)))
 CONDITION = $(if $(filter clean,$(SNR)),clean,$(if $(NOISE_PRESET),$(NOISE_PRESET),$(notdir $(patsubst %/,%,$(NOISE))))_$(SNR)dB)
 OUT ?= $(CACHE_ROOT)/$(DATASET)/$(CONDITION)/$(MODEL_TAG).zarr
+EXTRACT_ARGS = --device $(DEVICE) --batch-size $(BATCH)
 NOISE_ARGS = $(if $(filter clean,$(SNR)),,--noise $(NOISE) --snr $(SNR)$(if $(NOISE_PRESET), --noise-preset $(NOISE_PRESET)))
 
 DEMO_DIR ?= demo_out
@@ -19,7 +28,7 @@ DEMO_MODEL ?= bundled:base
 DEMO_SNR ?= 0
 DEMO_EPOCHS ?= 12
 
-.PHONY: help install test extract extract-all demo clean-demo
+.PHONY: help install test extract extract-all train grid report demo clean-demo
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -35,13 +44,18 @@ help:
 	@echo "  extract       one cache per condition: SNR=clean, or SNR=<dB> with NOISE=<folder|file>"
 	@echo "                [NOISE_PRESET=human|park|traffic]; SNR=<dB> without NOISE extracts the paper's"
 	@echo "                three DEMAND conditions (NOISE_PRESETS) at that SNR from DEMAND_ROOT"
-	@echo "  extract-all   clean + NOISES x SNRS (DEMAND_ROOT presets, or NOISE_ROOT subfolders)"
+	@echo "  extract-all   clean + NOISES x SNRS (DEMAND_ROOT presets, or NOISE_ROOT subfolders); make -j N runs N at once"
+	@echo "  train         nser-train on the cache \`extract\` writes (OUT), FUSION over LAYERS, EPOCHS, DEVICE"
+	@echo "  grid          nser-grid GRID [--out GRID_OUT] (a fusion/layer grid on caches already extracted)"
+	@echo "  report        nser-report of GRID's results folder (GRID_OUT, else the spec's out:)"
 	@echo "  demo          synthetic espeak-ng corpus -> bundled Whisper base -> layer adapter"
 	@echo "Variables (default):"
 	@echo "  DATASET=$(DATASET)  DATA_ROOT=$(DATA_ROOT)  MODEL=$(MODEL)"
 	@echo "  SNR=$(SNR)  NOISE=$(NOISE)  NOISE_PRESET=$(NOISE_PRESET)  DEMAND_ROOT=$(DEMAND_ROOT)"
 	@echo "  NOISE_PRESETS=$(NOISE_PRESETS)  SNRS=$(SNRS)  NOISE_ROOT=$(NOISE_ROOT)"
-	@echo "  CACHE_ROOT=$(CACHE_ROOT)  OUT=$(OUT)"
+	@echo "  CACHE_ROOT=$(CACHE_ROOT)  OUT=$(OUT)  DEVICE=$(DEVICE)  BATCH=$(BATCH) (extraction batch)"
+	@echo "  FUSION=$(FUSION)  LAYERS=$(LAYERS)  EPOCHS=$(EPOCHS)  RUN_DIR=$(RUN_DIR)"
+	@echo "  GRID=$(GRID)  GRID_OUT=$(GRID_OUT)"
 	@echo "  DEMO_DIR=$(DEMO_DIR)  DEMO_MODEL=$(DEMO_MODEL)  DEMO_SNR=$(DEMO_SNR)  DEMO_EPOCHS=$(DEMO_EPOCHS)"
 
 ## make extract DATASET=iemocap SNR=-5                       (DEMAND human, park, traffic at -5 dB)
@@ -50,14 +64,14 @@ help:
 extract:
 	@test -d "$(DATA_ROOT)" || { echo "DATA_ROOT=$(DATA_ROOT) does not exist: set DATA_ROOT=<the $(DATASET) folder> (layouts: docs/corpora.md)"; exit 2; }
 ifeq ($(SNR),clean)
-	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) --out $(OUT)
+	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) $(EXTRACT_ARGS) --out $(OUT)
 	nser cache info $(OUT)
 else ifneq ($(NOISE),)
-	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) $(NOISE_ARGS) --out $(OUT)
+	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) $(EXTRACT_ARGS) $(NOISE_ARGS) --out $(OUT)
 	nser cache info $(OUT)
 else
 	@test -d "$(DEMAND_ROOT)" || { echo "SNR=$(SNR) without NOISE uses the paper's DEMAND conditions ($(NOISE_PRESETS)), but DEMAND_ROOT=$(DEMAND_ROOT) does not exist: set DEMAND_ROOT=<folder holding OMEETING, NPARK, STRAFFIC>, or NOISE=<folder of noise recordings>"; exit 2; }
-	$(foreach p,$(NOISE_PRESETS),nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) --noise $(DEMAND_ROOT) --noise-preset $(p) --snr $(SNR) --out $(CACHE_ROOT)/$(DATASET)/$(p)_$(SNR)dB/$(MODEL_TAG).zarr && nser cache info $(CACHE_ROOT)/$(DATASET)/$(p)_$(SNR)dB/$(MODEL_TAG).zarr &&) true
+	$(foreach p,$(NOISE_PRESETS),nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) $(EXTRACT_ARGS) --noise $(DEMAND_ROOT) --noise-preset $(p) --snr $(SNR) --out $(CACHE_ROOT)/$(DATASET)/$(p)_$(SNR)dB/$(MODEL_TAG).zarr && nser cache info $(CACHE_ROOT)/$(DATASET)/$(p)_$(SNR)dB/$(MODEL_TAG).zarr &&) true
 endif
 
 ## The paper's grid: NOISES x SNRS + clean, each cache at the path `make extract` uses
@@ -70,19 +84,34 @@ endif
 ## costs only the manifest scan and model loading; an interrupted one continues where it stopped.
 SNRS ?= -10 -5 0 5 10
 NOISE_ROOT ?=
-DEMAND_ROOT ?=
 NOISES ?= $(if $(NOISE_ROOT),$(sort $(notdir $(patsubst %/,%,$(wildcard $(NOISE_ROOT)/*/)))),human park traffic)
 GRID_NOISE_ARGS = $(if $(NOISE_ROOT),--noise $(NOISE_ROOT)/$(1),--noise $(DEMAND_ROOT) --noise-preset $(1))
-# One recipe line per condition (the blank line before endef ends each expansion with a newline).
-define EXTRACT_CONDITION
-	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL)$(if $(2), $(2)) --out $(CACHE_ROOT)/$(DATASET)/$(1)/$(MODEL_TAG).zarr
+CONDITIONS = clean $(foreach n,$(NOISES),$(foreach s,$(SNRS),$(n)_$(s)dB))
+# One target per condition, so that `make -j N extract-all` runs N extractions at a time; a condition
+# name is <noise>_<snr>dB, split at its last underscore (noise folder names may hold underscores).
+cond_snr = $(patsubst %dB,%,$(lastword $(subst _, ,$(1))))
+cond_noise = $(patsubst %_$(lastword $(subst _, ,$(1))),%,$(1))
 
-endef
+extract-all: $(addprefix extract-condition-,$(CONDITIONS))
 
-extract-all:
-	$(if $(NOISE_ROOT)$(DEMAND_ROOT),,$(error extract-all needs DEMAND_ROOT=<DEMAND folder> (NOISES = presets) or NOISE_ROOT=<folder with one subfolder per noise>))
-	$(call EXTRACT_CONDITION,clean,)
-	$(foreach n,$(NOISES),$(foreach s,$(SNRS),$(call EXTRACT_CONDITION,$(n)_$(s)dB,$(call GRID_NOISE_ARGS,$(n)) --snr $(s))))
+extract-condition-%:
+	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) $(EXTRACT_ARGS)$(if $(filter clean,$*),, $(call GRID_NOISE_ARGS,$(call cond_noise,$*)) --snr $(call cond_snr,$*)) --out $(CACHE_ROOT)/$(DATASET)/$*/$(MODEL_TAG).zarr
+
+## make train DATASET=emodb SNR=0 NOISE=../shared/data/noise/babble MODEL=bundled:base EPOCHS=50
+##   trains on the cache `make extract` wrote with the same variables (OUT), into RUN_DIR.
+train:
+	@test -d "$(OUT)" || { echo "no cache at OUT=$(OUT): run \`make extract\` with the same variables first, or set OUT=<cache>"; exit 2; }
+	nser-train --cache $(OUT) --fusion $(FUSION) --layers $(LAYERS) --epochs $(EPOCHS) --device $(DEVICE) --out $(RUN_DIR)
+
+## make grid GRID=grids/emodb_fusions.yaml [GRID_OUT=runs/elsewhere]; make report GRID=... (same GRID_OUT)
+GRID_OUT_ARG = $(if $(GRID_OUT),--out $(GRID_OUT))
+GRID_RESULTS = $(or $(GRID_OUT),$(shell sed -n 's/^out:[[:space:]]*//p' $(GRID) 2>/dev/null))
+grid:
+	nser-grid $(GRID) $(GRID_OUT_ARG)
+
+report:
+	@test -n "$(GRID_RESULTS)" || { echo "no results folder: set GRID_OUT=<folder> or GRID=<spec with out:>"; exit 2; }
+	nser-report $(GRID_RESULTS)
 
 ## Synthetic espeak-ng corpus + synthetic babble -> bundled Whisper base -> layer adapter -> results table.
 demo:

@@ -36,6 +36,18 @@ def find_environment(root: Path, env: str, layouts: list[str], channel: str = "c
     return None
 
 
+def demand_environments(root: Path, layouts: list[str], channel: str = "ch01.wav") -> list[str]:
+    """Names of the DEMAND environments directly under `root` in any of the release's layouts."""
+    if not root.is_dir():
+        return []
+    found = set()
+    for sub in root.iterdir():
+        env = sub.name.split("_")[0]
+        if any(is_demand_environment(root / lay.format(env=env), channel) for lay in layouts):
+            found.add(env)
+    return sorted(found)
+
+
 def resolve_noise(noise_arg: str | None, preset: str | None) -> tuple[str | None, str | None]:
     """(noise folder or file for NoiseBank, noise type for the cache) from ``--noise`` and ``--noise-preset``.
 
@@ -49,6 +61,13 @@ def resolve_noise(noise_arg: str | None, preset: str | None) -> tuple[str | None
         folder = Path(noise_arg)
         if is_demand_environment(folder, channel):
             return str(folder / channel), folder.resolve().name
+        envs = demand_environments(folder, cfg["layouts"], channel)
+        if len(envs) > 1:
+            # Mixing every environment and channel of the release is none of the paper's conditions.
+            raise NserError(f"--noise {folder} holds {len(envs)} DEMAND environments ({', '.join(envs[:6])}"
+                            f"{', ...' if len(envs) > 6 else ''}): choose one with --noise-preset "
+                            f"{'|'.join(sorted(cfg['presets']))} (make: NOISE_PRESET=...), or give one "
+                            "environment's folder as --noise")
         return noise_arg, None
     presets: dict[str, str] = cfg["presets"]
     if preset not in presets:

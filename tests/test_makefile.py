@@ -40,3 +40,28 @@ def test_help_lists_variables_with_defaults():
     assert res.returncode == 0
     for var in ("DATASET=emodb", "DEMAND_ROOT=data/DEMAND", "NOISE_PRESETS=human park traffic", "SNR=clean"):
         assert var in res.stdout
+
+
+def test_device_and_batch_reach_every_extraction(tmp_path):
+    res = make("-n", "extract", "SNR=0", f"NOISE={tmp_path}", f"DATA_ROOT={tmp_path}", "DEVICE=cuda:1", "BATCH=16")
+    assert res.returncode == 0, res.stderr
+    assert "--device cuda:1 --batch-size 16" in res.stdout
+    lines = make("-n", "extract-all", f"DATA_ROOT={tmp_path}", f"NOISE_ROOT={tmp_path}", "NOISES=a_b", "SNRS=-5",
+                 "DEVICE=cpu").stdout.splitlines()
+    assert len(lines) == 2 and all("--device cpu --batch-size 8" in line for line in lines)
+    # the condition name is split at its last underscore: noise folder a_b, SNR -5
+    assert f"--noise {tmp_path}/a_b --snr -5 --out caches/emodb/a_b_-5dB/" in lines[1]
+
+
+def test_train_grid_and_report_targets(tmp_path):
+    cache = tmp_path / "c.zarr"
+    res = make("train", f"OUT={cache}")
+    assert res.returncode != 0 and f"no cache at OUT={cache}" in res.stdout
+    cache.mkdir()
+    res = make("-n", "train", f"OUT={cache}", "FUSION=weighted-sum", "LAYERS=enc:all", "EPOCHS=7", "DEVICE=cpu",
+               f"RUN_DIR={tmp_path / 'run'}")
+    assert f"nser-train --cache {cache} --fusion weighted-sum --layers enc:all --epochs 7 --device cpu " \
+           f"--out {tmp_path / 'run'}" in res.stdout
+    assert "nser-grid grids/emodb_fusions.yaml" in make("-n", "grid").stdout
+    assert "nser-report runs/grid_emodb" in make("-n", "report").stdout  # the spec's out:
+    assert f"nser-report {tmp_path}" in make("-n", "report", f"GRID_OUT={tmp_path}").stdout

@@ -122,6 +122,13 @@ def test_preset_errors(demand_root, tmp_path):
         resolve_noise(str(tmp_path), "human")
 
 
+def test_demand_root_without_preset_is_refused(demand_root):
+    # Every environment and channel mixed together is none of the paper's conditions.
+    with pytest.raises(NserError, match=r"holds 3 DEMAND environments \(NPARK, OMEETING, STRAFFIC\): "
+                                        r"choose one with --noise-preset human\|park\|traffic"):
+        resolve_noise(str(demand_root), None)
+
+
 def test_cli_has_preset_and_corpora():
     from click.testing import CliRunner
 
