@@ -73,15 +73,15 @@ def asr_metrics(cache: str | Path | CacheReader, storage_options: dict[str, Any]
     import jiwer
 
     reader = cache if isinstance(cache, CacheReader) else CacheReader(cache, storage_options)
-    if reader.attrs["extraction"]["token_source"] != "hypothesis":
+    if reader.meta.extraction.token_source != "hypothesis":
         raise NserError(f"{reader.location} was extracted with --tokens transcript: it holds no Whisper "
                         "hypotheses to score; extract with --tokens hypothesis (the default)")
     t = reader.table
-    languages = {str(x) for x in t["language"]} or {str(reader.attrs["corpus"]["language"])}
+    languages = {str(x) for x in t["language"]} or {reader.meta.corpus.language}
     if len(languages) > 1:
         raise NserError(f"{reader.location} mixes languages {sorted(languages)}; score one language at a time")
     language = languages.pop()
-    normalize, normalizer_name = _normalizer(language, str(reader.model["name"]))
+    normalize, normalizer_name = _normalizer(language, reader.meta.model.name)
     by_char = language in CHARACTER_LANGUAGES
     scores, skipped = [], 0
     for utt, ref_raw, hyp_raw in zip(t["utt_id"], t["transcript"], t["hypothesis"]):
@@ -99,7 +99,7 @@ def asr_metrics(cache: str | Path | CacheReader, storage_options: dict[str, Any]
     if not scores:
         raise NserError(f"{reader.location}: no utterance has a reference transcript to score against")
     value = sum(s.errors for s in scores) / sum(s.units for s in scores)
-    return AsrMetrics(cache=reader.location, model=str(reader.model["name"]),
-                      condition=str(reader.attrs["condition"]["name"]), metric="cer" if by_char else "wer",
+    return AsrMetrics(cache=reader.location, model=reader.meta.model.name,
+                      condition=reader.meta.condition.name, metric="cer" if by_char else "wer",
                       value=value, n_scored=len(scores), n_skipped=skipped, normalizer=normalizer_name,
                       per_utterance=scores)

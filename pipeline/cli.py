@@ -78,12 +78,13 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
                              context=context, token_source=token_source, batch_size=batch_size,
                              device=device, dtype=dtype, overwrite=overwrite, commit_frames=commit_frames)
     rep = run_extraction(c, out, opts, progress=not quiet)
-    n_rejected = len(c.rejected)
+    rejected = [e for e in rep.errors if e.kind == "rejected"]
+    n_rejected = len(rejected)
     click.echo(f"{rep.path}: {rep.n_done} utterances cached ({rep.n_new} new) in {rep.seconds:.1f} s; "
                f"{len(rep.errors)} failed ({n_rejected} rejected by the corpus reader, "
                f"{len(rep.errors) - n_rejected} during extraction)", err=True)
     # Both kinds are shown, so many rejections (a whole unknown folder) cannot hide audio failures.
-    for part in (rep.errors[n_rejected:], rep.errors[:n_rejected]):
+    for part in ([e for e in rep.errors if e.kind == "failed"], rejected):
         for e in part[:10]:
             click.echo(f"  error {e['utt_id']}: {e['error']}", err=True)
         if len(part) > 10:
@@ -211,7 +212,7 @@ def cache_errors(path, as_csv, storage_options):
         fields = ["utt_id", "fold", "label", "path", "error"]
         w = csv_module.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        w.writerows(errors)
+        w.writerows(e.to_dict() for e in errors)
         return
     click.echo(f"{path}: {len(errors)} failed")
     for e in errors:

@@ -36,7 +36,7 @@ def echo_coverage_warnings(echo: Callable[[str], None]) -> Iterator[None]:
 def fold_plan(reader: CacheReader) -> list[tuple[str, list[int], list[int], list[int]]]:
     """(test fold, train indices, validation indices, test indices) for each fold."""
     folds = np.array([str(f) for f in reader.table["fold"]])
-    protocol = reader.attrs["corpus"]["protocol"]
+    protocol = reader.meta.corpus.protocol
     if protocol == "split":
         idx = {name: np.flatnonzero(folds == name).tolist() for name in ("train", "dev", "test")}
         if not idx["train"] or not idx["test"]:

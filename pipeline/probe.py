@@ -34,16 +34,6 @@ CSV_COLUMNS = ("stack", "layer", "name", "uar", "uar_std", "macro_f1", "macro_f1
 _BLOCK_BYTES = 32 << 20  # float64 working set per block; the layer itself is never held whole
 
 
-def _row_spans(reader: CacheReader, stack: str) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end row of every utterance in `stack`'s arrays, from the table."""
-    if stack == "encoder":
-        lo, n = reader.table["frame_offset"], reader.table["n_frames"]
-    else:
-        lo, n = reader.table["token_offset"], reader.table["n_tokens"]
-    lo = np.asarray(lo, dtype=np.int64)
-    return lo, lo + np.asarray(n, dtype=np.int64)
-
-
 def _segment_sums(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Sums of values[starts[k]:ends[k]] for every k, via one running sum (gaps and empty spans are fine)."""
     running = np.zeros((len(values) + 1, values.shape[1]))
@@ -63,7 +53,8 @@ def pool_layer(reader: CacheReader, stack: str, index: int, pooling: str = "mean
         raise NserError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
     arr = reader.array(stack, index)
     d = int(arr.shape[1])
-    starts, ends = _row_spans(reader, stack)
+    starts, counts = reader.spans(stack)
+    ends = starts + counts
     n = len(starts)
     total = int(ends.max()) if n else 0  # rows past the last commit are not ours to read
     if block_rows is None:
@@ -195,7 +186,7 @@ def probe_report(reader: CacheReader, rows: list[dict[str, Any]], *, seed: int, 
     from pipeline.version import code_version
 
     return {"cache": str(reader.path) if reader.path else reader.where, "identity_hash": reader.identity_hash,
-            "model": reader.model["name"], "condition": reader.attrs["condition"]["name"],
+            "model": reader.meta.model.name, "condition": reader.meta.condition.name,
             "n_utterances": reader.n, "classes": reader.classes, "layers": layers, "pooling": pooling,
             "classifier": "StandardScaler + LogisticRegression(C=1, class_weight=balanced, lbfgs)",
             "fit_on": "train+validation", "seed": seed, "seconds": seconds, "code_version": code_version(),

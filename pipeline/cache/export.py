@@ -94,9 +94,7 @@ def _write_hdf5(reader: CacheReader, path: Path, layer_list, ids: list[str], poo
     import h5py
 
     with h5py.File(path, "w") as f:
-        f.attrs["nser_export"] = json.dumps({
-            "identity_hash": reader.identity_hash, "model": reader.model, "condition": reader.attrs["condition"],
-            "classes": reader.classes, "layers": [n for _, _, n in layer_list], "pool": pool})
+        f.attrs["nser_export"] = json.dumps(_export_meta(reader, layer_list, pool))
         table = f.create_group("utterances")
         for col, kind in table_columns().items():
             values = reader.table[col]
@@ -124,9 +122,14 @@ def _write_npy(reader: CacheReader, folder: Path, layer_list, ids: list[str], po
         for j, utt in enumerate(ids):
             w.writerow([_csv_value(reader.table[c][j]) for c in cols]
                        + [f"{name}/{utt}.npy" for _, _, name in layer_list])
-    (folder / "export.json").write_text(json.dumps({
-        "identity_hash": reader.identity_hash, "model": reader.model, "condition": reader.attrs["condition"],
-        "classes": reader.classes, "layers": [n for _, _, n in layer_list], "pool": pool}, indent=2))
+    (folder / "export.json").write_text(json.dumps(_export_meta(reader, layer_list, pool), indent=2))
+
+
+def _export_meta(reader: CacheReader, layer_list, pool: str) -> dict:
+    """What the export came from and holds (HDF5 root attribute, export.json)."""
+    return {"identity_hash": reader.identity_hash, "model": reader.meta.model.to_dict(),
+            "condition": reader.meta.condition.to_dict(), "classes": reader.classes,
+            "layers": [n for _, _, n in layer_list], "pool": pool}
 
 
 def _csv_value(v) -> str:

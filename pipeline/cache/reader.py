@@ -19,7 +19,8 @@ from zarr.abc.store import Store
 
 from pipeline.cache.chunks import StoredObject, missing_objects
 from pipeline.cache.lock import ReadersLock
-from pipeline.cache.schema import layer_array_name, table_columns, validate_group
+from pipeline.cache.records import CacheAttrs, ErrorRecord
+from pipeline.cache.schema import SPAN_COLUMNS, committed_rows, layer_array_name, table_columns, validate_group
 from pipeline.errors import CacheError
 from pipeline.layers import LayerSelection, parse_layers
 
@@ -62,6 +63,7 @@ class CacheReader:
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise CacheError(f"{self.where} is not a Zarr v3 group: {exc}") from exc
         self.attrs = validate_group(self.group, self.where)
+        self.meta = CacheAttrs.from_dict(self.attrs)  # typed; `attrs` stays the stored JSON
         self.n = int(self.attrs["n_committed"])
         utt = self.group["utterances"]
         if self.attrs.get("all_chunks_written"):  # older caches left all-default table chunks unstored
@@ -98,23 +100,24 @@ class CacheReader:
     # --- identity -------------------------------------------------------------------------
     @property
     def model(self) -> dict[str, Any]:
-        return self.attrs["model"]
+        """The model record as stored (JSON); typed: `meta.model`."""
+        return self.meta.model.to_dict()
 
     @property
     def n_encoder_states(self) -> int:
-        return int(self.model["n_encoder_states"])
+        return int(self.meta.model.n_encoder_states)
 
     @property
     def n_decoder_states(self) -> int:
-        return int(self.model["n_decoder_states"])
+        return int(self.meta.model.n_decoder_states)
 
     @property
     def d_model(self) -> int:
-        return int(self.model["d_model"])
+        return int(self.meta.model.d_model)
 
     @property
     def classes(self) -> list[str]:
-        return list(self.attrs["classes"])
+        return list(self.meta.classes)
 
     @property
     def identity_hash(self) -> str:
@@ -154,19 +157,24 @@ class CacheReader:
 
     def _utterances_in(self, stack: str, objects: list[StoredObject]) -> list[str]:
         """Ids of the utterances whose rows in `stack` overlap any of these objects' rows."""
-        off, cnt = ("frame_offset", "n_frames") if stack == "encoder" else ("token_offset", "n_tokens")
-        lo, hi = self.table[off], self.table[off] + self.table[cnt]
+        lo, count = self.spans(stack)
+        hi = lo + count
         hit = np.zeros(self.n, dtype=bool)
         for o in objects:
             hit |= (lo < o.hi) & (hi > o.lo)
         return [str(u) for u in self.table["utt_id"][hit]]
 
+    def spans(self, stack: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per committed utterance, in table order: its first row and its row count in `stack`'s
+        arrays (int64)."""
+        off, cnt = SPAN_COLUMNS[stack]
+        return self.table[off].astype(np.int64), self.table[cnt].astype(np.int64)
+
     def utterance_rows(self, stack: str, index: int) -> tuple[int, int]:
-        if stack == "encoder":
-            lo, n = self.table["frame_offset"][index], self.table["n_frames"][index]
-        else:
-            lo, n = self.table["token_offset"][index], self.table["n_tokens"][index]
-        return int(lo), int(lo + n)
+        """One utterance's [first, end) rows in `stack`'s arrays (per read: no whole-column copy)."""
+        off, cnt = SPAN_COLUMNS[stack]
+        lo = int(self.table[off][index])
+        return lo, lo + int(self.table[cnt][index])
 
     def read_states(self, index: int, selection: LayerSelection) -> list[np.ndarray]:
         """One utterance's states for the selected layers, encoder first, as float16 [rows, d]."""
@@ -191,7 +199,7 @@ class CacheReader:
         return da.from_zarr(arr, chunks=(rows, arr.shape[1]))[: self._committed_rows(stack)]
 
     def _committed_rows(self, stack: str) -> int:
-        return self.utterance_rows(stack, self.n - 1)[1] if self.n else 0
+        return committed_rows(self.table, stack, self.n)
 
     def bytes_on_disk(self) -> int:
         if self.path is None:
@@ -199,25 +207,25 @@ class CacheReader:
         return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(self.path) for f in fs)
 
     @property
-    def errors(self) -> list[dict[str, str]]:
+    def errors(self) -> list[ErrorRecord]:
         """The error table: manifest entries not cached (audio that failed, labels outside the map)."""
-        return list(self.attrs.get("errors", []))
+        return [ErrorRecord.from_dict(e, self.meta.classes) for e in self.attrs.get("errors", [])]
 
     def errors_by_fold(self, folds: set[str]) -> dict[str, int]:
         """How many error-table entries each of `folds` has (folds without any are left out)."""
         counts: dict[str, int] = {}
         for e in self.errors:
-            if str(e["fold"]) in folds:
-                counts[str(e["fold"])] = counts.get(str(e["fold"]), 0) + 1
+            if str(e.fold) in folds:
+                counts[str(e.fold)] = counts.get(str(e.fold), 0) + 1
         return dict(sorted(counts.items()))
 
     @property
     def complete(self) -> bool | None:
         """Whether extraction accounted for every manifest entry (cached or failed); None for
         caches written before `n_manifest` was recorded."""
-        if "n_manifest" not in self.attrs:
+        if self.meta.n_manifest is None:
             return None
-        return self.n + len(self.errors) >= self.attrs["n_manifest"]
+        return self.n + len(self.errors) >= self.meta.n_manifest
 
     def info(self) -> dict[str, Any]:
         """Summary for `nser cache info`."""
@@ -228,9 +236,9 @@ class CacheReader:
         size = self.bytes_on_disk() if self.path is not None else None
         return {
             "path": str(self.path) if self.path else self.where,
-            "corpus": self.attrs["corpus"]["name"],
-            "condition": self.attrs["condition"]["name"],
-            "model": self.model["name"],
+            "corpus": self.meta.corpus.name,
+            "condition": self.meta.condition.name,
+            "model": self.meta.model.name,
             "n_utterances": self.n,
             "classes": counts("label"),
             "folds": counts("fold"),
@@ -243,8 +251,8 @@ class CacheReader:
             "bytes": size,
             "audio_seconds": seconds,
             "bytes_per_audio_second": (size / seconds) if size and seconds else None,
-            "context": self.attrs["extraction"]["context"],
-            "token_source": self.attrs["extraction"]["token_source"],
+            "context": self.meta.extraction.context,
+            "token_source": self.meta.extraction.token_source,
             "mean_realized_snr_db": (float(np.nanmean(self.table["realized_snr_db"]))
                                      if self.n and np.isfinite(self.table["realized_snr_db"]).any() else None),
             "hypothesis_loops": int(self.table["hyp_loop"].sum()),
@@ -252,7 +260,7 @@ class CacheReader:
             "failed": len(self.errors),
             "complete": self.complete,
             "identity_hash": self.identity_hash,
-            "code_version": self.attrs["code_version"],
+            "code_version": self.meta.code_version,
         }
 
 

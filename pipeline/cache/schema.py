@@ -39,6 +39,19 @@ def layer_array_name(stack: str, i: int) -> str:
     return f"{stack}/layer_{i:02d}"
 
 
+# The table columns that place an utterance's rows in each stack's arrays: [offset, offset + count).
+SPAN_COLUMNS = {"encoder": ("frame_offset", "n_frames"), "decoder": ("token_offset", "n_tokens")}
+
+
+def committed_rows(table: Any, stack: str, n: int) -> int:
+    """Rows of `stack`'s arrays held by the first `n` utterances of `table` (the reader's columns or
+    the store's `utterances` group): rows are appended in table order, so the last one's end."""
+    if not n:
+        return 0
+    off, cnt = SPAN_COLUMNS[stack]
+    return int(table[off][n - 1] + table[cnt][n - 1])
+
+
 def validate_attributes(attrs: dict[str, Any], where: str) -> None:
     # NaN/Inf would be written as bare NaN/Infinity tokens: not JSON, and meaningless as settings.
     try:

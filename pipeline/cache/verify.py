@@ -11,7 +11,7 @@ import zarr
 
 from pipeline.cache.chunks import missing_objects
 from pipeline.cache.reader import CacheReader
-from pipeline.cache.schema import layer_array_name, table_columns
+from pipeline.cache.schema import SPAN_COLUMNS, committed_rows, layer_array_name, table_columns
 from pipeline.errors import CacheError
 
 
@@ -54,14 +54,15 @@ def _check_table(reader: CacheReader, rep: VerifyReport) -> None:
     ids = list(t["utt_id"])
     if len(set(ids)) != n:
         rep.problems.append("table: duplicate utterance ids")
-    for stack, off, cnt in (("encoder", "frame_offset", "n_frames"), ("decoder", "token_offset", "n_tokens")):
-        expected = np.concatenate([[0], np.cumsum(t[cnt])[:-1]]) if n else np.array([])
-        bad = np.flatnonzero(t[off] != expected)
+    for stack, (off, _) in SPAN_COLUMNS.items():
+        starts, counts = reader.spans(stack)
+        expected = np.concatenate([[0], np.cumsum(counts)[:-1]]) if n else np.array([])
+        bad = np.flatnonzero(starts != expected)
         for k in bad:
-            rep.affected.setdefault(ids[k], []).append(f"{off} is {t[off][k]}, expected {expected[k]}")
+            rep.affected.setdefault(ids[k], []).append(f"{off} is {starts[k]}, expected {expected[k]}")
         if len(bad):
             rep.problems.append(f"table: {len(bad)} utterances with inconsistent {off}")
-        rows = int(t[off][-1] + t[cnt][-1]) if n else 0
+        rows = committed_rows(reader.table, stack, reader.n)
         name = layer_array_name(stack, 0)
         if reader.group[name].shape[0] < rows:
             rep.problems.append(f"{name}: {reader.group[name].shape[0]} rows, table needs {rows}")
@@ -83,9 +84,8 @@ def _check_table(reader: CacheReader, rep: VerifyReport) -> None:
 def _check_array(reader: CacheReader, arr: zarr.Array, name: str, stack: str, rep: VerifyReport) -> None:
     """Read every inner chunk covering committed rows; an absent stored object, a checksum or
     decode failure, or a non-finite value marks its rows."""
-    t = reader.table
-    off, cnt = ("frame_offset", "n_frames") if stack == "encoder" else ("token_offset", "n_tokens")
-    rows = int(t[off][-1] + t[cnt][-1]) if reader.n else 0
+    starts, counts = reader.spans(stack)
+    rows = committed_rows(reader.table, stack, reader.n)
     chunk = arr.chunks[0]
     missing = missing_objects(arr, rows)
     bad_ranges = [(m.lo, m.hi, f"stored file missing ({m.key}), would read as zeros") for m in missing]
@@ -106,9 +106,9 @@ def _check_array(reader: CacheReader, arr: zarr.Array, name: str, stack: str, re
                 bad_ranges.append((c0 + int(r), c0 + int(r) + 1, "non-finite values (NaN or Inf)"))
     for lo, hi, why in _merged(bad_ranges):
         rep.problems.append(f"{name}: rows {lo}-{hi}: {why}")
-        hit = np.flatnonzero((t[off] < hi) & (t[off] + t[cnt] > lo))
+        hit = np.flatnonzero((starts < hi) & (starts + counts > lo))
         for k in hit:
-            rep.affected.setdefault(str(t["utt_id"][k]), []).append(f"{name} rows {lo}-{hi}: {why}")
+            rep.affected.setdefault(str(reader.table["utt_id"][k]), []).append(f"{name} rows {lo}-{hi}: {why}")
 
 
 def _merged(ranges: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:

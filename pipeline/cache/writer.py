@@ -31,7 +31,8 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from pipeline.cache.schema import (ATTR_KEY, column_dtype, layer_array_name, schema_version,
+from pipeline.cache.records import ErrorRecord, ModelRecord
+from pipeline.cache.schema import (ATTR_KEY, column_dtype, committed_rows, layer_array_name, schema_version,
                                    table_columns, validate_attributes, validate_group)
 from pipeline.cache.lock import ReadersLock, WriterLock
 from pipeline.errors import CacheError, NonFiniteStatesError
@@ -62,8 +63,8 @@ class CacheWriter:
                      writer=self.writer, all_chunks_written=True)
         attrs["identity_hash"] = identity_hash(attrs["identity"])
         validate_attributes(attrs, str(self.path))
-        model = attrs["model"]
-        self.n_enc, self.n_dec, self.d = model["n_encoder_states"], model["n_decoder_states"], model["d_model"]
+        model = ModelRecord.from_dict(attrs["model"])
+        self.n_enc, self.n_dec, self.d = model.n_encoder_states, model.n_decoder_states, model.d_model
         self._broken: str | None = None  # why this writer may not commit any more
         self.lock = WriterLock(self.path)
         self.lock.acquire()
@@ -75,7 +76,8 @@ class CacheWriter:
         table = self.group["utterances"]
         n = self.attrs["n_committed"]
         self.done_ids: set[str] = set(table["utt_id"][:n].tolist()) if n else set()
-        self.n_frames_total, self.n_tokens_total = _committed_rows(table, n)
+        self.n_frames_total, self.n_tokens_total = (committed_rows(table, "encoder", n),
+                                                    committed_rows(table, "decoder", n))
         self._rows: list[dict[str, Any]] = []
         self._enc: list[list[np.ndarray]] = [[] for _ in range(self.n_enc)]
         self._dec: list[list[np.ndarray]] = [[] for _ in range(self.n_dec)]
@@ -160,7 +162,8 @@ class CacheWriter:
     def _truncate_to_commit(self) -> None:
         """Drop rows written after the last commit (a crash between array writes and commit)."""
         n = self.attrs["n_committed"]
-        frames, tokens = _committed_rows(self.group["utterances"], n)
+        table = self.group["utterances"]
+        frames, tokens = committed_rows(table, "encoder", n), committed_rows(table, "decoder", n)
         for i in range(self.n_enc):
             self._array(layer_array_name("encoder", i)).resize((frames, self.d))
         for i in range(self.n_dec):
@@ -291,10 +294,10 @@ class CacheWriter:
             raise CacheError(f"{self.path}: this writer stopped after {self._broken}; what was committed before "
                              "stays. Rerun the same command to resume from the cache's commit point")
 
-    def set_errors(self, errors: list[dict[str, str]]) -> None:
+    def set_errors(self, errors: list[ErrorRecord]) -> None:
         """Per-file failures of this run (retried on every rerun, so older ones are superseded)."""
         self._require_usable()
-        updated = dict(self.attrs, errors=errors)
+        updated = dict(self.attrs, errors=[e.to_dict() for e in errors])
         validate_attributes(updated, str(self.path))  # before anything lands
         try:
             self._check_commit_point()
@@ -358,14 +361,6 @@ def _require_finite(utt_id: str, encoder: list[np.ndarray], decoder: list[np.nda
                 raise NonFiniteStatesError(
                     f"{utt_id}: {stack} layer {i} holds {int(bad.sum())} non-finite value(s) (NaN or Inf, after "
                     f"the cast to float16; first at row {int(np.argwhere(bad)[0][0])}); the utterance is not cached")
-
-
-def _committed_rows(table: zarr.Group, n: int) -> tuple[int, int]:
-    """Encoder frames and decoder tokens held by the first n utterances of the table."""
-    if not n:
-        return 0, 0
-    return (int(table["frame_offset"][n - 1] + table["n_frames"][n - 1]),
-            int(table["token_offset"][n - 1] + table["n_tokens"][n - 1]))
 
 
 _ABSENT = "(absent)"

@@ -103,7 +103,3 @@ class Rejection:
     label: str  # the raw label as found
     reason: str
 
-    def as_error(self) -> dict[str, str]:
-        return {"utt_id": self.utt_id, "path": str(self.path), "fold": self.fold, "label": self.label,
-                "error": self.reason}
-

@@ -17,8 +17,11 @@ import torch
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.audio import MAX_SECONDS, load_audio
+from pipeline.audio import MAX_SECONDS, SAMPLE_RATE, load_audio
+from pipeline.cache.records import (FAILED, REJECTED, CacheAttrs, ConditionRecord, CorpusRecord, ErrorRecord,
+                                    ExtractionRecord, ModelRecord)
 from pipeline.cache.writer import CacheWriter
+from pipeline.corpora.class_map import Rejection
 from pipeline.corpora.manifest import Corpus, Utterance, check_unique_ids
 from pipeline.errors import AudioError, NserError
 from pipeline.extract.whisper_layers import FRAME_RATE, TranscriptTooLong, WhisperLayerExtractor
@@ -52,7 +55,7 @@ class ExtractionReport:
     path: Path
     n_done: int
     n_new: int
-    errors: list[dict[str, str]] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
     seconds: float = 0.0
     audio_seconds: float = 0.0
 
@@ -129,45 +132,35 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
     extractor = WhisperLayerExtractor(whisper, context=opts.context, token_source=opts.token_source,
                                       language=corpus.language if corpus.language != "multi" else None,
                                       fast=opts.fast)
-    condition = {
-        "name": condition_name(opts),
-        "noise_type": noise_type(opts),
-        "noise_folder": str(opts.noise) if opts.noise else None,
-        "noise_files": bank.names if bank else [],
-        "noise_fingerprint": bank.fingerprint() if bank else None,
-        "snr_db": float(opts.snr_db) if opts.snr_db is not None else None,
-        "seed": int(opts.seed),
-    }
-    attrs: dict[str, Any] = {
-        "code_version": code_version(),
-        "corpus": {"name": corpus.name, "protocol": corpus.protocol, "language": corpus.language,
-                   "manifest_hash": manifest_hash(corpus)},
-        "classes": corpus.classes,
-        "model": {"name": opts.model, "weights_hash": whisper.weights_hash,
-                  "n_encoder_states": whisper.n_encoder_states, "n_decoder_states": whisper.n_decoder_states,
-                  "d_model": whisper.d_model, "frame_rate": FRAME_RATE},
-        # dtype is the storage dtype; compute dtype and device kind change the stored values too.
-        "extraction": {"context": opts.context, "token_source": opts.token_source, "dtype": "float16",
-                       "compute_dtype": str(dtype).removeprefix("torch."), "device": torch.device(device).type,
-                       "max_seconds": MAX_SECONDS, "prompt": extractor.prompt},
-        "condition": condition,
+    condition = ConditionRecord(
+        name=condition_name(opts), noise_type=noise_type(opts), noise_folder=str(opts.noise) if opts.noise else None,
+        noise_files=tuple(bank.names) if bank else (), noise_fingerprint=bank.fingerprint() if bank else None,
+        snr_db=float(opts.snr_db) if opts.snr_db is not None else None, seed=int(opts.seed))
+    corpus_record = CorpusRecord(corpus.name, corpus.protocol, corpus.language, manifest_hash(corpus))
+    model = ModelRecord(opts.model, whisper.weights_hash, whisper.n_encoder_states, whisper.n_decoder_states,
+                        whisper.d_model, FRAME_RATE)
+    # dtype is the storage dtype; compute dtype and device kind change the stored values too.
+    extraction = ExtractionRecord(context=opts.context, token_source=opts.token_source, dtype="float16",
+                                  compute_dtype=str(dtype).removeprefix("torch."), device=torch.device(device).type,
+                                  max_seconds=MAX_SECONDS, prompt=tuple(extractor.prompt))
+    attrs = CacheAttrs(
+        code_version=code_version(), corpus=corpus_record, classes=tuple(corpus.classes), model=model,
+        extraction=extraction, condition=condition,
         # What a complete cache accounts for: cached rows + recorded failures (rejected entries included).
-        "n_manifest": len(corpus.utterances) + len(corpus.rejected),
-    }
-    # Everything the stored values depend on; the git commit is provenance, not identity.
-    attrs["identity"] = {"package_version": __version__, "corpus": attrs["corpus"], "model": attrs["model"],
-                         "extraction": attrs["extraction"],
-                         "condition": {k: v for k, v in condition.items() if k != "noise_folder"}}
-    writer = CacheWriter(out, attrs, overwrite=opts.overwrite, commit_frames=opts.commit_frames)
+        n_manifest=len(corpus.utterances) + len(corpus.rejected),
+        # Everything the stored values depend on; the git commit is provenance, not identity.
+        identity={"package_version": __version__, "corpus": corpus_record.to_dict(), "model": model.to_dict(),
+                  "extraction": extraction.to_dict(), "condition": condition.identity_dict()})
+    writer = CacheWriter(out, attrs.to_dict(), overwrite=opts.overwrite, commit_frames=opts.commit_frames)
     # Batches are fixed blocks of the manifest, so a resumed run batches the rest as the first
     # run would have, and the cache ends up identical to an uninterrupted one.
     blocks = [corpus.utterances[i:i + opts.batch_size] for i in range(0, len(corpus.utterances), opts.batch_size)]
     batches = [[u for u in b if u.utt_id not in writer.done_ids] for b in blocks]
     batches = [b for b in batches if b]
     n_before = len(writer.done_ids)
-    errors: list[dict[str, str]] = [r.as_error() for r in corpus.rejected]
+    errors = [_rejected(r) for r in corpus.rejected]
     audio_seconds = 0.0
-    bar = tqdm(total=sum(map(len, batches)), desc=f"extract {corpus.name}/{condition['name']}", unit="utt",
+    bar = tqdm(total=sum(map(len, batches)), desc=f"extract {corpus.name}/{condition.name}", unit="utt",
                disable=not progress)
     with writer:
         for batch in batches:
@@ -187,7 +180,7 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
                     if bad:
                         errors.append(_error(u, bad))
                         continue
-                    audio_seconds += len(samples) / 16000
+                    audio_seconds += len(samples) / SAMPLE_RATE
                     writer.add(_row(u, samples, meta, res), res.encoder, res.decoder, res.tokens)
             writer.commit_if_due()
             bar.update(len(batch))
@@ -212,9 +205,14 @@ def _prepare(u: Utterance, bank: NoiseBank | None, snr_db: float | None) -> tupl
     return samples, meta
 
 
-def _error(u: Utterance, message: str) -> dict[str, str]:
-    """A per-file record of the cache's error table."""
-    return {"utt_id": u.utt_id, "path": str(u.path), "fold": u.fold, "label": u.label, "error": message}
+def _error(u: Utterance, message: str) -> ErrorRecord:
+    """A per-file record of the cache's error table: extraction failed on `u`."""
+    return ErrorRecord(u.utt_id, str(u.path), u.fold, u.label, message, FAILED)
+
+
+def _rejected(r: Rejection) -> ErrorRecord:
+    """The error-table record of an entry the corpus reader refused."""
+    return ErrorRecord(r.utt_id, str(r.path), r.fold, r.label, r.reason, REJECTED)
 
 
 def _nonfinite(res, compute_dtype: str) -> str | None:
@@ -235,4 +233,4 @@ def _nonfinite(res, compute_dtype: str) -> str | None:
 def _row(u: Utterance, samples: np.ndarray, meta: dict[str, Any], res) -> dict[str, Any]:
     return {"utt_id": u.utt_id, "speaker": u.speaker, "label": u.label, "fold": u.fold,
             "language": u.language, "transcript": u.transcript, "hypothesis": res.hypothesis,
-            "duration": len(samples) / 16000, "hyp_loop": res.hyp_loop, "hyp_capped": res.hyp_capped, **meta}
+            "duration": len(samples) / SAMPLE_RATE, "hyp_loop": res.hyp_loop, "hyp_capped": res.hyp_capped, **meta}

@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 from pipeline.cache.reader import CacheReader
+from pipeline.cache.records import REJECTED, ErrorRecord
 from pipeline.cache.schema import ATTR_KEY
 from pipeline.cache.writer import CacheLayout, CacheWriter
 from pipeline.errors import CacheError
@@ -93,7 +94,7 @@ def test_reopen_takes_the_current_manifest_count(tmp_path):
     path = tmp_path / "c.zarr"
     with CacheWriter(path, dict(attrs(), n_manifest=5), layout=LAYOUT) as w:
         w.add(row(0), *fake_states(np.random.default_rng(0), 0))
-        w.set_errors([{"utt_id": "u9", "path": "/x.wav", "fold": "0", "label": "c", "error": "outside"}])
+        w.set_errors([ErrorRecord("u9", "/x.wav", "0", "c", "outside", REJECTED)])
     assert CacheReader(path).info()["complete"] is False  # 1 row + 1 error < 5
     with CacheWriter(path, dict(attrs(), n_manifest=1), layout=LAYOUT) as w:
         w.set_errors([])
