@@ -23,7 +23,6 @@ from pipeline.train.run_metrics import RunMetrics
 
 METRICS = {"uar": "UAR", "macro_f1": "F1"}
 STACK_ORDER = {"enc": 0, "dec": 1, "enc+dec": 2}
-FUSION_ORDER = {f: i for i, f in enumerate(FUSION_SPECS)}
 # A layer sweep's summary rows in the fusion comparison, in their order before the fusions' own rows.
 SWEEP_ROWS = (", last", ", best†")
 WHOLE_STACKS = {"enc:all", "dec:all", "enc:all,dec:all", "dec:all,enc:all"}
@@ -203,11 +202,17 @@ def method_cells(df: pd.DataFrame) -> tuple[list[tuple[str, str]], dict[tuple[st
 
 
 def _method_rank(method: str) -> tuple[int, int]:
-    """(the fusion's place in the registry, then a sweep's summary rows before the fusion's own)."""
+    """(the fusion's place in the registry, which is the report's order; then a sweep's summary
+    rows before the fusion's own)."""
+    order = list(FUSION_SPECS)
+
+    def place(fusion: str) -> int:
+        return order.index(fusion) if fusion in order else len(order)
+
     for rank, suffix in enumerate(SWEEP_ROWS):
         if method.endswith(suffix):
-            return FUSION_ORDER.get(method.removesuffix(suffix), len(FUSION_ORDER)), rank
-    return FUSION_ORDER.get(method.split(" ")[0], len(FUSION_ORDER)), len(SWEEP_ROWS)
+            return place(method.removesuffix(suffix)), rank
+    return place(method.split(" ")[0]), len(SWEEP_ROWS)
 
 
 def snr_groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:

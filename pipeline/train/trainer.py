@@ -225,6 +225,7 @@ class _Run:
     cfg: TrainConfig  # with the device resolved
     spec: FusionSpec
     candidates: list[LayerSelection]
+    layer_names: list[str]  # of every candidate
     class_ids: dict[str, int]
     plan: list[tuple[str, list[int], list[int], list[int]]]  # (test fold, train, validation, test) per fold
     used_folds: set[str]
@@ -233,10 +234,6 @@ class _Run:
     ckpt: RunCheckpoints
     log: RunLog
     progress: bool
-
-    @property
-    def layer_names(self) -> list[str]:
-        return [n for sel in self.candidates for n in sel.names]
 
     def train_fold(self, selection: LayerSelection, train_idx: list[int], val_idx: list[int],
                    tag: dict[str, Any]) -> _Trained:
@@ -295,7 +292,7 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     if isinstance(data, RunData):
         data.prepare()
     (out / "config.json").write_text(json.dumps(run_info, indent=2))
-    return _Run(reader=reader, out=out, cfg=cfg, spec=spec, candidates=candidates,
+    return _Run(reader=reader, out=out, cfg=cfg, spec=spec, candidates=candidates, layer_names=layer_names,
                 class_ids={c: i for i, c in enumerate(classes)}, plan=plan, used_folds=used_folds,
                 warnings=data_warnings, data=data, ckpt=ckpt, log=RunLog(out / "log.jsonl"), progress=progress)
 
