@@ -28,6 +28,7 @@ from tqdm import tqdm
 from pipeline.errors import NserError
 from pipeline.failpoints import failpoint
 from pipeline.grid.spec import RunSpec
+from pipeline.train.run_metrics import RunMetrics
 
 DONE, ERROR, RUN_INFO = "done.json", "error.txt", "run.json"
 
@@ -148,21 +149,22 @@ def run_row(run: RunSpec) -> dict[str, Any]:
                stack=run.stack, selection=run.selection, folds=cfg.folds, run_dir=str(run_dir))
     if is_done(run):
         try:
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+            metrics = RunMetrics.read(run_dir / "metrics.json")
             config = json.loads((run_dir / "config.json").read_text())
         except (OSError, ValueError) as exc:
             row.update(status="failed", error=f"done.json present but outputs unreadable: {exc}")
             return row
-        folds = metrics["folds"]
-        row.update(status="done", best_layer=metrics.get("best_layer"), uar=metrics["uar"],
-                   uar_std=metrics["uar_std"], macro_f1=metrics["macro_f1"], macro_f1_std=metrics["macro_f1_std"],
-                   fold_uar=json.dumps({f: m["uar"] for f, m in folds.items()}),
-                   fold_macro_f1=json.dumps({f: m["macro_f1"] for f, m in folds.items()}),
-                   confusion=json.dumps(metrics["confusion"]), seconds=metrics.get("seconds"),
-                   code_version=config.get("code_version"), classes=json.dumps(metrics.get("classes")),
-                   left_out=json.dumps(metrics.get("left_out", {})),
+        folds = metrics.folds
+        row.update(status="done", best_layer=metrics.layer_choice.best_layer if metrics.layer_choice else None,
+                   uar=metrics.uar, uar_std=metrics.uar_std, macro_f1=metrics.macro_f1,
+                   macro_f1_std=metrics.macro_f1_std,
+                   fold_uar=json.dumps({f: m.uar for f, m in folds.items()}),
+                   fold_macro_f1=json.dumps({f: m.macro_f1 for f, m in folds.items()}),
+                   confusion=json.dumps(metrics.confusion), seconds=metrics.seconds,
+                   code_version=config.get("code_version"), classes=json.dumps(metrics.classes),
+                   left_out=json.dumps(metrics.left_out),
                    # the trainer's data warnings (a fold part missing classes): a worker's stderr is not seen
-                   warnings=json.dumps(metrics.get("warnings", []), ensure_ascii=False))
+                   warnings=json.dumps(metrics.warnings, ensure_ascii=False))
     else:
         error = _error_line(run_dir)
         row.update(status="failed" if error else "pending", error=error)

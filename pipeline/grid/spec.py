@@ -15,11 +15,17 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pipeline.errors import NserError
+from pipeline.layers import LayerSelection
+from pipeline.train.config import TrainConfig, result_settings
+from pipeline.train.fusion_specs import FUSION_SPECS, layer_sweep_fusions, resolve_layers
+
+if TYPE_CHECKING:  # opened at expansion only: reading caches needs Zarr, slow to import for `nser --help`
+    from pipeline.cache.reader import CacheReader
 
 EACH = "each:"
 # TrainConfig fields a grid sets itself; `train:` may set the others.
@@ -62,7 +68,7 @@ class RunSpec:
     run_dir: Path
     cache: str
     cache_identity: str
-    config: Any  # pipeline.train.trainer.TrainConfig (typed loosely so that this module stays torch-free)
+    config: TrainConfig
     layers: str  # the selection as the grid wrote it ("enc:all") or as "each:" expanded it ("enc:3")
     selection: str  # canonical selection, the one in the config ("enc:0,1,2;dec:0,1")
     stack: str  # enc, dec or enc+dec
@@ -157,15 +163,13 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
 
 # --- expansion ----------------------------------------------------------------------------------
 
-def run_key(config: Any, cache_identity: str) -> str:
+def run_key(config: TrainConfig, cache_identity: str) -> str:
     """16 hex digits of sha256 over the TrainConfig and the cache identity: two runs share a key
     exactly when they train the same thing on the same stored states. Every field counts except
-    the trainer's NON_RESULT_FIELDS (threads, device, ...), which it resumes across too; so a grid
+    NON_RESULT_FIELDS (threads, device, ...), which the trainer resumes across too; so a grid
     rerun with more threads or on a GPU finds its finished runs."""
-    from pipeline.train.trainer import NON_RESULT_FIELDS
-
-    cfg = {k: v for k, v in asdict(config).items() if k not in NON_RESULT_FIELDS}
-    payload = json.dumps({"config": cfg, "cache_identity": cache_identity}, sort_keys=True)
+    payload = json.dumps({"config": result_settings(asdict(config)), "cache_identity": cache_identity},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -188,13 +192,11 @@ def _cache_paths(entries: tuple[str, ...], where: str) -> list[str]:
     return paths
 
 
-def _stack(selection: Any) -> str:
+def _stack(selection: LayerSelection) -> str:
     return "+".join(s for s, idx in (("enc", selection.encoder), ("dec", selection.decoder)) if idx)
 
 
 def _train_fields(train: dict[str, Any], where: str) -> dict[str, Any]:
-    from pipeline.train.trainer import TrainConfig
-
     names = {f.name for f in fields(TrainConfig)} - set(_PER_RUN_FIELDS)
     per_run = set(train) & set(_PER_RUN_FIELDS)
     if per_run:
@@ -233,17 +235,14 @@ def expand(spec: GridSpec) -> list[RunSpec]:
     """Every run of the grid, in spec order, duplicates (same key) dropped. Raises GridSpecError
     for anything that would fail for a reason the spec alone decides."""
     from pipeline.cache.reader import CacheReader
-    from pipeline.train.fusion import FUSIONS, resolve_layers
-    from pipeline.folds import fold_plan
-    from pipeline.train.trainer import TrainConfig
 
     readers: dict[str, CacheReader] = {}
     runs: dict[str, RunSpec] = {}
     for i, sub in enumerate(spec.subgrids):
         where = spec.source if len(spec.subgrids) == 1 else f"{spec.source} subgrids[{i}]"
-        unknown = [f for f in sub.fusions if f not in FUSIONS]
+        unknown = [f for f in sub.fusions if f not in FUSION_SPECS]
         if unknown:
-            raise GridSpecError(f"{where}: unknown fusion(s) {unknown}; known: {sorted(FUSIONS)}")
+            raise GridSpecError(f"{where}: unknown fusion(s) {unknown}; known: {sorted(FUSION_SPECS)}")
         train = _train_fields(sub.train, where)
         for seed in sub.seeds:  # epochs 0, batch_size 0, lr <= 0, ... fail here, not in every run
             try:
@@ -257,10 +256,10 @@ def expand(spec: GridSpec) -> list[RunSpec]:
                 except NserError as exc:
                     raise GridSpecError(f"{where}: cannot open cache {path}: {exc}") from exc
             reader = readers[path]
-            fold_names = _fold_names(reader, sub, where, path, fold_plan)
+            fold_names = _fold_names(reader, sub, where, path)
             for fusion in sub.fusions:
                 for text in sub.layers:
-                    for label, selection in _selections(reader, fusion, text, where, path, resolve_layers):
+                    for label, selection in _selections(reader, fusion, text, where, path):
                         for seed in sub.seeds:
                             for folds in fold_names:
                                 cfg = TrainConfig(fusion=fusion, layers=selection.spec(), seed=int(seed),
@@ -271,9 +270,11 @@ def expand(spec: GridSpec) -> list[RunSpec]:
     return list(runs.values())
 
 
-def _fold_names(reader: Any, sub: SubGrid, where: str, path: str, fold_plan: Any) -> list[str]:
+def _fold_names(reader: CacheReader, sub: SubGrid, where: str, path: str) -> list[str]:
     """The `folds` values of the grid's TrainConfigs for this cache: one entry ("all" or a
     comma list) normally, one per test fold with `per_fold`."""
+    from pipeline.folds import fold_plan
+
     if sub.folds == "all" and not sub.per_fold:
         return ["all"]
     try:
@@ -287,11 +288,10 @@ def _fold_names(reader: Any, sub: SubGrid, where: str, path: str, fold_plan: Any
     return wanted if sub.per_fold else [",".join(wanted)]
 
 
-def _selections(reader: Any, fusion: str, text: str, where: str, path: str,
-                resolve_layers: Any) -> list[tuple[str, Any]]:
+def _selections(reader: CacheReader, fusion: str, text: str, where: str,
+                path: str) -> list[tuple[str, LayerSelection]]:
     """(label, LayerSelection) pairs for one layers entry: several for "each:", else one."""
-    from pipeline.layers import LayerSelection
-
+    one_layer = FUSION_SPECS[fusion].one_layer
     each = text.startswith(EACH)
     body = text[len(EACH):] if each else text
     try:
@@ -299,22 +299,24 @@ def _selections(reader: Any, fusion: str, text: str, where: str, path: str,
     except NserError as exc:
         raise GridSpecError(f"{where}: layers {text!r} on cache {path}: {exc}") from exc
     if each:
-        if fusion != "single":
+        if not one_layer:
+            sweeps = layer_sweep_fusions()
             raise GridSpecError(f"{where}: layers {text!r} with fusion {fusion!r}: 'each:' expands to one "
-                                "single-layer run per layer and goes with fusion 'single' only; put it in "
-                                "a subgrid with `fusions: [single]`")
+                                f"single-layer run per layer and goes with fusion {' or '.join(map(repr, sweeps))} "
+                                f"only; put it in a subgrid with `fusions: [{', '.join(sweeps)}]`")
         return ([(f"enc:{i}", LayerSelection((i,), ())) for i in selection.encoder]
                 + [(f"dec:{i}", LayerSelection((), (i,))) for i in selection.decoder])
     try:
         resolve_layers(fusion, selection, reader.n_encoder_states, reader.n_decoder_states)
     except NserError as exc:
         hint = (f"; for one run per layer write layers: ['each:{body}']"
-                if fusion == "single" and len(selection) > 1 else "")
+                if one_layer and len(selection) > 1 else "")
         raise GridSpecError(f"{where}: fusion {fusion!r} with layers {text!r}: {exc}{hint}") from exc
     return [(text, selection)]
 
 
-def _run(out: Path, key: str, path: str, reader: Any, cfg: Any, label: str, selection: Any) -> RunSpec:
+def _run(out: Path, key: str, path: str, reader: CacheReader, cfg: TrainConfig, label: str,
+         selection: LayerSelection) -> RunSpec:
     cond = reader.attrs["condition"]
     snr = cond.get("snr_db")
     return RunSpec(key=key, run_dir=out / "runs" / key, cache=str(path), cache_identity=reader.identity_hash,

@@ -18,11 +18,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import NserError
+from pipeline.train.fusion_specs import FUSION_SPECS, layer_sweep_fusions
+from pipeline.train.run_metrics import RunMetrics
 
 METRICS = {"uar": "UAR", "macro_f1": "F1"}
 STACK_ORDER = {"enc": 0, "dec": 1, "enc+dec": 2}
-FUSION_ORDER = {f: i for i, f in enumerate(["single", "last", "best", "mean", "attention", "scalar-mix",
-                                            "weighted-sum", "l-adapter"])}
+# A layer sweep's summary rows in the fusion comparison, in their order before the fusions' own rows.
+SWEEP_ROWS = (", last", ", best†")
 WHOLE_STACKS = {"enc:all", "dec:all", "enc:all,dec:all", "dec:all,enc:all"}
 _SINGLE = re.compile(r"^(enc|dec):(\d+)$")
 
@@ -143,9 +145,10 @@ def single_layer(selection: str) -> tuple[str, int] | None:
 # --- section data -------------------------------------------------------------------------------
 
 def layerwise(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """where -> rows (stack, layer, uar, uar_std, macro_f1, macro_f1_std, n) of `single` runs."""
+    """where -> rows (stack, layer, uar, uar_std, macro_f1, macro_f1_std, n) of the layer sweep's
+    runs (fusions trained on the one layer selected, `single`)."""
     runs = done(df)
-    runs = runs[runs["fusion"] == "single"]
+    runs = runs[runs["fusion"].isin(layer_sweep_fusions())]
     out: dict[str, pd.DataFrame] = {}
     for where, group in runs.groupby("where", sort=False):
         rows = []
@@ -175,31 +178,41 @@ class Cell:
 def method_cells(df: pd.DataFrame) -> tuple[list[tuple[str, str]], dict[tuple[str, str], dict[str, Cell]]]:
     """Rows of the fusion comparison: (stack, method) -> where -> Cell.
 
-    Non-`single` runs group by (stack, method). `single` runs (typically a layer sweep) are
-    summarized per stack as the deepest layer run ("single, last") and the layer with the best test
-    UAR ("single, best†": an oracle choice; the `best` fusion chooses on validation instead)."""
+    Runs of other fusions than the layer sweep's (`single`) group by (stack, method). The sweep's
+    runs are summarized per stack as the deepest layer run ("single, last") and the layer with the
+    best test UAR ("single, best†": an oracle choice; the `best` fusion chooses on validation instead)."""
     runs = done(df)
+    sweeps = layer_sweep_fusions()
     cells: dict[tuple[str, str], dict[str, Cell]] = {}
-    for (stack, method, where), g in runs[runs["fusion"] != "single"].groupby(["stack", "method", "where"], sort=False):
+    others = runs[~runs["fusion"].isin(sweeps)]
+    for (stack, method, where), g in others.groupby(["stack", "method", "where"], sort=False):
         cells.setdefault((stack, method), {})[where] = Cell(pooled(g, "uar"), pooled(g, "macro_f1"))
-    for where, curves in layerwise(df).items():
-        for stack, g in curves.groupby("stack", sort=False):
-            last = g.loc[g["layer"].idxmax()]
-            best = g.loc[g["uar"].idxmax()]
-            for label, row in (("single, last", last), ("single, best†", best)):
-                cells.setdefault((stack, label), {})[where] = Cell(
-                    Score(row["uar"], row["uar_std"], int(row["n"])),
-                    Score(row["macro_f1"], row["macro_f1_std"], int(row["n"])), note=f"{stack}{int(row['layer'])}")
+    for fusion in sweeps:
+        for where, curves in layerwise(df[df["fusion"] == fusion]).items():
+            for stack, g in curves.groupby("stack", sort=False):
+                last = g.loc[g["layer"].idxmax()]
+                best = g.loc[g["uar"].idxmax()]
+                for suffix, row in zip(SWEEP_ROWS, (last, best)):
+                    cells.setdefault((stack, fusion + suffix), {})[where] = Cell(
+                        Score(row["uar"], row["uar_std"], int(row["n"])),
+                        Score(row["macro_f1"], row["macro_f1_std"], int(row["n"])),
+                        note=f"{stack}{int(row['layer'])}")
     order = sorted(cells, key=lambda k: (STACK_ORDER.get(k[0], 9), _method_rank(k[1]), k[1]))
     return order, cells
 
 
-def _method_rank(method: str) -> int:
-    if method.startswith("single, last"):
-        return -2
-    if method.startswith("single, best"):
-        return -1
-    return FUSION_ORDER.get(method.split(" ")[0], len(FUSION_ORDER))
+def _method_rank(method: str) -> tuple[int, int]:
+    """(the fusion's place in the registry, which is the report's order; then a sweep's summary
+    rows before the fusion's own)."""
+    order = list(FUSION_SPECS)
+
+    def place(fusion: str) -> int:
+        return order.index(fusion) if fusion in order else len(order)
+
+    for rank, suffix in enumerate(SWEEP_ROWS):
+        if method.endswith(suffix):
+            return place(method.removesuffix(suffix)), rank
+    return place(method.split(" ")[0]), len(SWEEP_ROWS)
 
 
 def snr_groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -235,7 +248,7 @@ def class_names(run: pd.Series, base: Path | None, n: int) -> list[str]:
             candidates.append(base / "runs" / str(run["run_key"]))  # the grid layout, from anywhere
         for candidate in candidates:
             try:
-                names = json.loads((candidate / "metrics.json").read_text()).get("classes")
+                names = RunMetrics.read(candidate / "metrics.json").classes
                 break
             except (OSError, ValueError):
                 continue

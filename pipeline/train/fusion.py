@@ -1,4 +1,5 @@
-"""Layer fusion models over cached Whisper states, keyed by name (`--fusion`).
+"""Layer fusion models over cached Whisper states, keyed by name (`--fusion`; what each name
+means to the trainer, grid and report, e.g. which layers it trains on, is in fusion_specs.py).
 
 Every fusion takes ``(layers, lengths)``: one padded ``[B, T, d]`` tensor and one ``[B]`` length
 tensor per selected layer, encoder layers first, then decoder layers (as the dataset yields them).
@@ -17,12 +18,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.errors import LayerSelectionError
-from pipeline.layers import LayerSelection
+from pipeline.train.fusion_specs import fusion_spec
 
 FUSIONS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_fusion(name: str):
+    """The model of fusion `name`, which must be in FUSION_SPECS: a model the trainer, grid and
+    report know nothing about could not be trained or reported."""
+    fusion_spec(name)
+
     def deco(cls):
         FUSIONS[name] = cls
         return cls
@@ -224,8 +229,8 @@ class _LearnedWeightsMixin:
 
 @register_fusion("single")
 class SingleLayerFusion(FrameFusion):
-    """One layer through the shared head. `last` and `best` are this model; the trainer decides
-    which layer (`resolve_layers`)."""
+    """One layer through the shared head. `last` and `best` are this model; their FusionSpec
+    decides which layer."""
 
     def __init__(self, n_layers: int, *args, **kwargs):
         if n_layers != 1:
@@ -261,32 +266,6 @@ class ScalarMixFusion(_LearnedWeightsMixin, FrameFusion):
 @register_fusion("weighted-sum")
 class WeightedSumFusion(_LearnedWeightsMixin, FrameFusion):
     mixer = WeightedSumMix
-
-
-def resolve_layers(fusion: str, selection: LayerSelection, n_encoder_states: int,
-                   n_decoder_states: int) -> list[LayerSelection]:
-    """The selection(s) a fusion trains on: `best` gets one single-layer candidate per selected
-    layer (the trainer keeps the best by validation), `last` the final state of the one selected
-    stack, the others the selection as given."""
-    if fusion == "best":
-        return ([LayerSelection((i,), ()) for i in selection.encoder]
-                + [LayerSelection((), (i,)) for i in selection.decoder])
-    if fusion == "single" and len(selection) != 1:
-        raise LayerSelectionError(f"--fusion single needs exactly one layer, got {len(selection)} "
-                                  f"({', '.join(selection.names)}); e.g. --layers enc:6")
-    if fusion == "last":
-        if selection.encoder and selection.decoder:
-            raise LayerSelectionError("--fusion last takes the last state of one stack; select one: "
-                                      "--layers enc:all or --layers dec:all")
-        stack, chosen, count = (("enc", selection.encoder, n_encoder_states) if selection.encoder
-                                else ("dec", selection.decoder, n_decoder_states))
-        last = count - 1
-        if last not in chosen:
-            raise LayerSelectionError(
-                f"--fusion last uses {stack}{last}, the stack's last state, which --layers does not select "
-                f"({', '.join(selection.names)}); use --layers {stack}:all, or --fusion single for another layer")
-        return [LayerSelection((last,), ()) if stack == "enc" else LayerSelection((), (last,))]
-    return [selection]
 
 
 def build_fusion(name: str, **kwargs) -> nn.Module:

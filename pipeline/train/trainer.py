@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import random
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -34,69 +32,14 @@ from pipeline.failpoints import failpoint
 from pipeline.folds import check_class_coverage, fold_plan, select_folds
 from pipeline.layers import LayerSelection
 from pipeline.train.checkpoint import RunCheckpoints
+from pipeline.train.config import TrainConfig, result_settings
 from pipeline.train.dataset import NonFiniteError, PerUtteranceData
-from pipeline.train.fusion import FUSIONS, build_fusion, resolve_layers
+from pipeline.train.fusion import build_fusion
+from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.train.resident import RunData, default_memory_budget
+from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics
 from pipeline.version import code_version
-
-
-@dataclass
-class TrainConfig:
-    fusion: str = "l-adapter"
-    layers: str = "enc:all,dec:all"
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 1e-4
-    dropout: float = 0.5
-    hidden: int = 256
-    seed: int = 0
-    folds: str = "all"  # comma-separated test folds to run, or all
-    device: str = "auto"  # auto: cuda when available, else cpu
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    allow_missing: bool = False  # train even if utterances of the selected folds failed extraction
-    expect_model: str | None = None  # refuse a cache made with another model
-    memory_budget: int = 0  # bytes for the run's states in memory (0: half the available RAM); else streamed
-
-    def check(self) -> None:
-        """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
-        data is read, batch size 0 or a NaN lr fails deep in torch, and a negative seed in numpy.
-        nser-train, the API and grid specs all come through here."""
-        def whole(value: Any, lo: int, hi: int | None = None) -> bool:
-            return (isinstance(value, int) and not isinstance(value, bool) and value >= lo
-                    and (hi is None or value <= hi))
-
-        def number(value: Any) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        problems = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
-            ("epochs", self.epochs, whole(self.epochs, 1), "a whole number >= 1"),
-            ("batch_size", self.batch_size, whole(self.batch_size, 1), "a whole number >= 1"),
-            ("lr", self.lr, number(self.lr) and self.lr > 0, "a finite number > 0"),
-            ("dropout", self.dropout, number(self.dropout) and 0 <= self.dropout < 1, "in [0, 1)"),
-            ("hidden", self.hidden, whole(self.hidden, 1), "a whole number >= 1"),
-            ("seed", self.seed, whole(self.seed, 0, 2**32 - 1), "a whole number in 0..2**32-1"),
-            ("threads", self.threads, whole(self.threads, 0), "a whole number >= 0 (0: torch's default)"),
-            ("memory_budget", self.memory_budget, whole(self.memory_budget, 0),
-             "a whole number of bytes >= 0 (0: half the available memory)"),
-            ("device", self.device, isinstance(self.device, str) and bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)),
-             "auto, cpu, cuda or cuda:N"),
-            ("fusion", self.fusion, self.fusion in FUSIONS, f"one of {', '.join(sorted(FUSIONS))}"),
-            ("folds", self.folds, isinstance(self.folds, str) and bool(self.folds.strip(" ,")),
-             "'all' or comma-separated fold names"),
-        ) if not ok]
-        if problems:
-            raise ConfigError("; ".join(problems))
-
-
-class ConfigError(NserError):
-    """A TrainConfig value no run can use."""
-
-
-# Settings that do not change results: a rerun with other values still resumes the same run.
-# memory_budget only decides whether the states fit in memory; a run streamed for want of memory
-# (other batches) records that as its data mode, and is not resumed in the other mode.
-NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memory_budget")
 
 
 def resolve_device(device: str) -> str:
@@ -232,13 +175,13 @@ class RunLog:
 
 def _test_fold(model: torch.nn.Module, data: RunData | PerUtteranceData, selection: LayerSelection, class_ids: dict[str, int],
                cfg: TrainConfig, test_fold: str, test_idx: list[int], best_val: float, best_epoch: int, n_train: int,
-               n_val: int) -> dict[str, Any]:
+               n_val: int) -> FoldMetrics:
     loader = _loader(data, test_idx, selection, class_ids, cfg, f"test fold {test_fold}")
     test = classification_metrics(*_evaluate(model, loader, cfg.device), len(class_ids))
-    test.update(best_epoch=best_epoch, val_uar=best_val, n_train=n_train, n_val=n_val)
-    if hasattr(model, "layer_weights"):
-        test["layer_weights"] = dict(zip(selection.names, model.layer_weights().detach().tolist()))
-    return test
+    weights = (dict(zip(selection.names, model.layer_weights().detach().tolist()))
+               if hasattr(model, "layer_weights") else None)
+    return FoldMetrics(**test, best_epoch=best_epoch, val_uar=best_val, n_train=n_train, n_val=n_val,
+                       layer_weights=weights)
 
 
 def check_cache_for_training(reader: CacheReader, cfg: TrainConfig, folds: set[str]) -> None:
@@ -270,17 +213,57 @@ def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: Tr
         return _train_on_reader(reader, out_dir, cfg, progress, per_utterance)
 
 
+_Trained = tuple[torch.nn.Module, float, int]  # a fold's model at its best epoch, that validation UAR, the epoch
+
+
+@dataclass
+class _Run:
+    """What a run's steps share, fixed before training starts (by _prepare_run)."""
+
+    reader: CacheReader
+    out: Path
+    cfg: TrainConfig  # with the device resolved
+    spec: FusionSpec
+    candidates: list[LayerSelection]
+    layer_names: list[str]  # of every candidate
+    class_ids: dict[str, int]
+    plan: list[tuple[str, list[int], list[int], list[int]]]  # (test fold, train, validation, test) per fold
+    used_folds: set[str]
+    warnings: list[str]
+    data: RunData | PerUtteranceData
+    ckpt: RunCheckpoints
+    log: RunLog
+    progress: bool
+
+    def train_fold(self, selection: LayerSelection, train_idx: list[int], val_idx: list[int],
+                   tag: dict[str, Any]) -> _Trained:
+        return _train_fold(self.reader, self.data, selection, self.class_ids, self.cfg, train_idx, val_idx,
+                           self.log, tag, self.progress, self.ckpt)
+
+
 def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig, progress: bool,
                      per_utterance: bool = False) -> dict[str, Any]:
-    out = Path(out_dir)
+    run = _prepare_run(reader, Path(out_dir), cfg, progress, per_utterance)
+    t_run = time.perf_counter()
+    selection, trained, choice = _choose_layer(run)
+    per_fold = _train_and_test_folds(run, selection, trained)
+    run.log.close()
+    metrics = _run_metrics(run, per_fold, choice, time.perf_counter() - t_run)
+    _write_metrics(run.out / "metrics.json", metrics)
+    run.ckpt.clear()
+    return metrics.to_dict()
+
+
+def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: bool, per_utterance: bool) -> _Run:
+    """Check the cache and settings, claim the run dir (or resume it), read the states as the
+    data mode allows, and write config.json."""
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    requested = reader.selection(cfg.layers)
-    candidates = resolve_layers(cfg.fusion, requested, reader.n_encoder_states, reader.n_decoder_states)
+    spec = fusion_spec(cfg.fusion)
+    candidates = spec.candidates(reader.selection(cfg.layers), reader.n_encoder_states, reader.n_decoder_states)
     layer_names = [n for sel in candidates for n in sel.names]
     classes = reader.classes
-    class_ids = {c: i for i, c in enumerate(classes)}
     present = set(map(str, reader.table["label"]))
     if present - set(classes):
         raise NserError(f"cache labels {sorted(present - set(classes))} are not in its class list {classes}")
@@ -309,54 +292,68 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
     if isinstance(data, RunData):
         data.prepare()
     (out / "config.json").write_text(json.dumps(run_info, indent=2))
-    log = RunLog(out / "log.jsonl")
-    t_run = time.perf_counter()
-    extra: dict[str, Any] = {}
-    trained: dict[str, tuple[torch.nn.Module, float, int]] = {}
-    if cfg.fusion == "best":
-        # Choose on validation only: every candidate trains on every fold, the mean best-epoch
-        # validation UAR ranks them (ties: the earlier layer), and the test parts are read only
-        # afterwards, for the chosen layer's models.
-        chosen: tuple[float, LayerSelection, dict] = (-1.0, candidates[0], {})
-        val_uar: dict[str, dict[str, float]] = {}
-        for sel in candidates:
-            name = sel.names[0]
-            trained = {}
-            for test_fold, train_idx, val_idx, _ in plan:
-                trained[test_fold] = _train_fold(reader, data, sel, class_ids, cfg, train_idx, val_idx, log,
-                                                 {"layer": name, "fold": test_fold}, progress, ckpt)
-            val_uar[name] = {fold: t[1] for fold, t in trained.items()}
-            score = float(np.mean(list(val_uar[name].values())))
-            if score > chosen[0]:
-                chosen = (score, sel, trained)
-        _, selection, trained = chosen
-        extra = {"best_layer": selection.names[0],
-                 "layer_val_uar": {n: float(np.mean(list(v.values()))) for n, v in val_uar.items()},
-                 "layer_val_uar_folds": val_uar}
-    else:
-        (selection,) = candidates
-    per_fold: dict[str, dict] = {}
-    for test_fold, train_idx, val_idx, test_idx in plan:
-        # Other fusions train here, one fold's model in memory at a time; `best` trained its above.
+    return _Run(reader=reader, out=out, cfg=cfg, spec=spec, candidates=candidates, layer_names=layer_names,
+                class_ids={c: i for i, c in enumerate(classes)}, plan=plan, used_folds=used_folds,
+                warnings=data_warnings, data=data, ckpt=ckpt, log=RunLog(out / "log.jsonl"), progress=progress)
+
+
+def _choose_layer(run: _Run) -> tuple[LayerSelection, dict[str, _Trained], LayerChoice | None]:
+    """The selection whose models are scored on the test folds, the models already trained for it
+    (fold -> _Trained), and how it was chosen. A fusion not chosen on validation has one candidate
+    and trains nothing here.
+
+    Chosen on validation only: every candidate trains on every fold, the mean best-epoch
+    validation UAR ranks them (ties: the earlier layer), and the test parts are read only
+    afterwards, for the chosen layer's models."""
+    if not run.spec.chosen_on_validation:
+        (selection,) = run.candidates
+        return selection, {}, None
+    chosen: tuple[float, LayerSelection, dict[str, _Trained]] = (-1.0, run.candidates[0], {})
+    val_uar: dict[str, dict[str, float]] = {}
+    for sel in run.candidates:
+        name = sel.names[0]
+        trained = {test_fold: run.train_fold(sel, train_idx, val_idx, {"layer": name, "fold": test_fold})
+                   for test_fold, train_idx, val_idx, _ in run.plan}
+        val_uar[name] = {fold: t[1] for fold, t in trained.items()}
+        score = float(np.mean(list(val_uar[name].values())))
+        if score > chosen[0]:
+            chosen = (score, sel, trained)
+    _, selection, trained = chosen
+    return selection, trained, LayerChoice(
+        best_layer=selection.names[0], layer_val_uar={n: float(np.mean(list(v.values()))) for n, v in val_uar.items()},
+        layer_val_uar_folds=val_uar)
+
+
+def _train_and_test_folds(run: _Run, selection: LayerSelection, trained: dict[str, _Trained]) -> dict[str, FoldMetrics]:
+    """Score each fold's model on its test part, training it first unless _choose_layer did."""
+    per_fold: dict[str, FoldMetrics] = {}
+    for test_fold, train_idx, val_idx, test_idx in run.plan:
+        # One fold's model in memory at a time, unless the layer choice trained them all already.
         if test_fold in trained:
             model, best_val, best_epoch = trained.pop(test_fold)
         else:
-            model, best_val, best_epoch = _train_fold(reader, data, selection, class_ids, cfg, train_idx, val_idx,
-                                                      log, {"fold": test_fold}, progress, ckpt)
-        per_fold[test_fold] = _test_fold(model, data, selection, class_ids, cfg, test_fold, test_idx, best_val,
-                                         best_epoch, len(train_idx), len(val_idx))
-    log.close()
-    metrics = {**summarize_folds(per_fold), "folds": per_fold, "classes": classes,
-               "layers": layer_names, "fusion": cfg.fusion, **extra, "epochs": cfg.epochs, "seed": cfg.seed,
-               "cache_identity": reader.identity_hash, "seconds": time.perf_counter() - t_run,
-               # entries of the manifest that are not in these numbers (--allow-missing), per fold
-               "left_out": reader.errors_by_fold(used_folds),
-               "warnings": data_warnings, "data": data.describe()}
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out / "metrics.json")
-    ckpt.clear()
-    return metrics
+            model, best_val, best_epoch = run.train_fold(selection, train_idx, val_idx, {"fold": test_fold})
+        per_fold[test_fold] = _test_fold(model, run.data, selection, run.class_ids, run.cfg, test_fold, test_idx,
+                                         best_val, best_epoch, len(train_idx), len(val_idx))
+    return per_fold
+
+
+def _run_metrics(run: _Run, per_fold: dict[str, FoldMetrics], choice: LayerChoice | None,
+                 seconds: float) -> RunMetrics:
+    summary = summarize_folds({fold: m.to_dict() for fold, m in per_fold.items()})
+    return RunMetrics(**summary, folds=per_fold, classes=run.reader.classes, layers=run.layer_names,
+                      fusion=run.cfg.fusion, layer_choice=choice, epochs=run.cfg.epochs, seed=run.cfg.seed,
+                      cache_identity=run.reader.identity_hash, seconds=seconds,
+                      # entries of the manifest that are not in these numbers (--allow-missing), per fold
+                      left_out=run.reader.errors_by_fold(run.used_folds), warnings=run.warnings,
+                      data=run.data.describe())
+
+
+def _write_metrics(path: Path, metrics: RunMetrics) -> None:
+    """Temp file, then rename: a run killed while writing leaves no partial metrics.json."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(metrics.to_dict(), indent=2))
+    os.replace(tmp, path)
 
 
 def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) -> None:
@@ -367,8 +364,7 @@ def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) ->
     old = json.loads(previous.read_text())
 
     def result_config(info: dict[str, Any]) -> dict[str, Any]:
-        cfg = {k: v for k, v in info["config"].items() if k not in NON_RESULT_FIELDS}
-        return {"config": cfg, "cache": info["cache"]["identity_hash"]}
+        return {"config": result_settings(info["config"]), "cache": info["cache"]["identity_hash"]}
 
     if result_config(old) != result_config(run_info):
         raise NserError(f"{out} holds checkpoints of a run with other settings; use another --out or delete "

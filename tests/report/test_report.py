@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from pipeline.report.aggregate import load_results, method_cells, pooled
 from pipeline.report.build import build_report
 from pipeline.report.cli import report_command
+from pipeline.train.run_metrics import RunMetrics
 from tests.grid.fake_cache import make_cache
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
@@ -124,7 +125,10 @@ def test_partial_results_skip_sections_with_reasons(tmp_path):
     best = df.loc[df["uar"].idxmax()]
     run_dir = tmp_path / "runs" / best["run_key"]
     run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps({"classes": ["N", "H", "S", "A"]}))
+    record = RunMetrics(uar=0.5, uar_std=0.0, macro_f1=0.5, macro_f1_std=0.0, confusion=[[1] * 4] * 4, folds={},
+                        classes=["N", "H", "S", "A"], layers=["enc1"], fusion="mean", epochs=1, seed=0,
+                        cache_identity="c", seconds=1.0)
+    (run_dir / "metrics.json").write_text(json.dumps(record.to_dict()))
     df.to_parquet(tmp_path / "results.parquet", index=False)
     res = CliRunner().invoke(report_command, [str(tmp_path)])
     assert res.exit_code == 0, res.output

@@ -12,7 +12,8 @@ from pipeline.cache.writer import CacheLayout, CacheWriter
 from pipeline.errors import LayerSelectionError
 from pipeline.layers import LayerSelection
 from pipeline.train import trainer
-from pipeline.train.fusion import FUSIONS, build_fusion, resolve_layers
+from pipeline.train.fusion import FUSIONS, build_fusion
+from pipeline.train.fusion_specs import resolve_layers
 from tests.cache.test_cache_roundtrip import attrs as fake_cache_attrs
 
 D, HIDDEN, N_CLASSES = 12, 6, 3

@@ -18,8 +18,9 @@ from pipeline.cli import main
 from pipeline.errors import NserError
 from pipeline.folds import ClassCoverageWarning
 from pipeline.train.checkpoint import CheckpointError, RunCheckpoints
+from pipeline.train.config import ConfigError, TrainConfig
 from pipeline.train.dataset import NonFiniteError
-from pipeline.train.trainer import ConfigError, TrainConfig, train_on_cache
+from pipeline.train.trainer import train_on_cache
 from tests.grid.fake_cache import make_cache, poison
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,76 @@
+"""TrainConfig: the settings of one training run, without torch (the grid and the CLIs build and
+check them before any model code is imported)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import NserError
+from pipeline.train.fusion_specs import FUSION_SPECS
+
+
+@dataclass
+class TrainConfig:
+    fusion: str = "l-adapter"
+    layers: str = "enc:all,dec:all"
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-4
+    dropout: float = 0.5
+    hidden: int = 256
+    seed: int = 0
+    folds: str = "all"  # comma-separated test folds to run, or all
+    device: str = "auto"  # auto: cuda when available, else cpu
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    allow_missing: bool = False  # train even if utterances of the selected folds failed extraction
+    expect_model: str | None = None  # refuse a cache made with another model
+    memory_budget: int = 0  # bytes for the run's states in memory (0: half the available RAM); else streamed
+
+    def check(self) -> None:
+        """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
+        data is read, batch size 0 or a NaN lr fails deep in torch, and a negative seed in numpy.
+        nser-train, the API and grid specs all come through here."""
+        def whole(value: Any, lo: int, hi: int | None = None) -> bool:
+            return (isinstance(value, int) and not isinstance(value, bool) and value >= lo
+                    and (hi is None or value <= hi))
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        problems = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
+            ("epochs", self.epochs, whole(self.epochs, 1), "a whole number >= 1"),
+            ("batch_size", self.batch_size, whole(self.batch_size, 1), "a whole number >= 1"),
+            ("lr", self.lr, number(self.lr) and self.lr > 0, "a finite number > 0"),
+            ("dropout", self.dropout, number(self.dropout) and 0 <= self.dropout < 1, "in [0, 1)"),
+            ("hidden", self.hidden, whole(self.hidden, 1), "a whole number >= 1"),
+            ("seed", self.seed, whole(self.seed, 0, 2**32 - 1), "a whole number in 0..2**32-1"),
+            ("threads", self.threads, whole(self.threads, 0), "a whole number >= 0 (0: torch's default)"),
+            ("memory_budget", self.memory_budget, whole(self.memory_budget, 0),
+             "a whole number of bytes >= 0 (0: half the available memory)"),
+            ("device", self.device, isinstance(self.device, str) and bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)),
+             "auto, cpu, cuda or cuda:N"),
+            ("fusion", self.fusion, self.fusion in FUSION_SPECS, f"one of {', '.join(sorted(FUSION_SPECS))}"),
+            ("folds", self.folds, isinstance(self.folds, str) and bool(self.folds.strip(" ,")),
+             "'all' or comma-separated fold names"),
+        ) if not ok]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+class ConfigError(NserError):
+    """A TrainConfig value no run can use."""
+
+
+# Settings that do not change results: a rerun with other values still resumes the same run.
+# memory_budget only decides whether the states fit in memory; a run streamed for want of memory
+# (other batches) records that as its data mode, and is not resumed in the other mode.
+NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memory_budget")
+
+
+def result_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A TrainConfig as a dict (`asdict`, or read back from a run's config.json) less
+    NON_RESULT_FIELDS: two runs with equal result settings on one cache give the same results."""
+    return {k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}

@@ -1,0 +1,101 @@
+"""What each `--fusion` name means apart from its model, without torch: which layer selections it
+trains on and how the trainer, the grid and the report treat it. The models register against
+these names in pipeline/train/fusion.py.
+
+The registry's order is the report's order of methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pipeline.errors import LayerSelectionError
+from pipeline.layers import LayerSelection
+
+# (fusion name, the selection asked for, stored encoder states, stored decoder states) -> candidates
+CandidateRule = Callable[[str, LayerSelection, int, int], list[LayerSelection]]
+
+
+def as_given(name: str, selection: LayerSelection, n_encoder_states: int,
+             n_decoder_states: int) -> list[LayerSelection]:
+    return [selection]
+
+
+def exactly_one(name: str, selection: LayerSelection, n_encoder_states: int,
+                n_decoder_states: int) -> list[LayerSelection]:
+    if len(selection) != 1:
+        raise LayerSelectionError(f"--fusion {name} needs exactly one layer, got {len(selection)} "
+                                  f"({', '.join(selection.names)}); e.g. --layers enc:6")
+    return [selection]
+
+
+def stack_last(name: str, selection: LayerSelection, n_encoder_states: int,
+               n_decoder_states: int) -> list[LayerSelection]:
+    """The final state of the one selected stack, which the selection must include."""
+    if selection.encoder and selection.decoder:
+        raise LayerSelectionError(f"--fusion {name} takes the last state of one stack; select one: "
+                                  "--layers enc:all or --layers dec:all")
+    stack, chosen, count = (("enc", selection.encoder, n_encoder_states) if selection.encoder
+                            else ("dec", selection.decoder, n_decoder_states))
+    last = count - 1
+    if last not in chosen:
+        one_layer = ", ".join(layer_sweep_fusions())
+        raise LayerSelectionError(
+            f"--fusion {name} uses {stack}{last}, the stack's last state, which --layers does not select "
+            f"({', '.join(selection.names)}); use --layers {stack}:all, or --fusion {one_layer} for another layer")
+    return [LayerSelection((last,), ()) if stack == "enc" else LayerSelection((), (last,))]
+
+
+def each_layer(name: str, selection: LayerSelection, n_encoder_states: int,
+               n_decoder_states: int) -> list[LayerSelection]:
+    return ([LayerSelection((i,), ()) for i in selection.encoder]
+            + [LayerSelection((), (i,)) for i in selection.decoder])
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    name: str
+    rule: CandidateRule = as_given
+    # Trains on the one layer the selection names: a layer sweep is one run of it per layer
+    # (grid `each:`), and the report draws its layer-wise curves from these runs.
+    one_layer: bool = False
+    # Trains a model per candidate on every fold and keeps the candidate with the best mean
+    # validation UAR; only the kept candidate's models see the test folds.
+    chosen_on_validation: bool = False
+
+    def candidates(self, selection: LayerSelection, n_encoder_states: int,
+                   n_decoder_states: int) -> list[LayerSelection]:
+        """The selection(s) this fusion trains on, given the one asked for and the cache's state
+        counts; exactly one unless `chosen_on_validation`."""
+        return self.rule(self.name, selection, n_encoder_states, n_decoder_states)
+
+
+FUSION_SPECS: dict[str, FusionSpec] = {s.name: s for s in (
+    FusionSpec("single", exactly_one, one_layer=True),
+    FusionSpec("last", stack_last),
+    FusionSpec("best", each_layer, chosen_on_validation=True),
+    FusionSpec("mean"),
+    FusionSpec("attention"),
+    FusionSpec("scalar-mix"),
+    FusionSpec("weighted-sum"),
+    FusionSpec("l-adapter"),
+)}
+
+
+def fusion_spec(name: str) -> FusionSpec:
+    if name not in FUSION_SPECS:
+        raise ValueError(f"unknown fusion {name!r}; known: {', '.join(sorted(FUSION_SPECS))}")
+    return FUSION_SPECS[name]
+
+
+def layer_sweep_fusions() -> list[str]:
+    return [name for name, spec in FUSION_SPECS.items() if spec.one_layer]
+
+
+def resolve_layers(fusion: str, selection: LayerSelection, n_encoder_states: int,
+                   n_decoder_states: int) -> list[LayerSelection]:
+    """The selection(s) `fusion` trains on: `best` gets one single-layer candidate per selected
+    layer (the trainer keeps the best by validation), `last` the final state of the one selected
+    stack, the others the selection as given."""
+    return fusion_spec(fusion).candidates(selection, n_encoder_states, n_decoder_states)

@@ -1,0 +1,96 @@
+"""metrics.json, a training run's scores, as a typed record: written by the trainer, read by the
+grid's results table and the report (no torch)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class FoldMetrics:
+    """One test fold: its scores, and the epoch whose validation UAR picked the model scored."""
+
+    uar: float
+    macro_f1: float
+    confusion: list[list[int]]
+    n: int  # test utterances
+    best_epoch: int
+    val_uar: float
+    n_train: int
+    n_val: int
+    layer_weights: dict[str, float] | None = None  # layer -> weight, for fusions with static learned weights
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.layer_weights is None:
+            del out["layer_weights"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FoldMetrics:
+        return cls(**data)
+
+
+@dataclass
+class LayerChoice:
+    """How a fusion chosen on validation picked its layer: each candidate's validation UAR, mean
+    and per fold (at each fold's best epoch)."""
+
+    best_layer: str
+    layer_val_uar: dict[str, float]
+    layer_val_uar_folds: dict[str, dict[str, float]]
+
+
+@dataclass
+class RunMetrics:
+    """Pooled scores (mean and population std over the test folds, summed confusion), the folds'
+    own, and what the run was."""
+
+    uar: float
+    uar_std: float
+    macro_f1: float
+    macro_f1_std: float
+    confusion: list[list[int]]
+    folds: dict[str, FoldMetrics]
+    classes: list[str]
+    layers: list[str]  # every layer the run trained on (all candidates, for a fusion chosen on validation)
+    fusion: str
+    epochs: int
+    seed: int
+    cache_identity: str
+    seconds: float
+    left_out: dict[str, int] = field(default_factory=dict)  # fold -> manifest entries not in these numbers
+    warnings: list[str] = field(default_factory=list)  # the data's (a fold part missing classes)
+    data: dict[str, Any] = field(default_factory=dict)  # how the states were read (memory, stream, ...)
+    layer_choice: LayerChoice | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON's key order: scores first, the layer choice (if any) right after `fusion`."""
+        return {"uar": self.uar, "uar_std": self.uar_std, "macro_f1": self.macro_f1,
+                "macro_f1_std": self.macro_f1_std, "confusion": self.confusion,
+                "folds": {name: fold.to_dict() for name, fold in self.folds.items()},
+                "classes": self.classes, "layers": self.layers, "fusion": self.fusion,
+                **(asdict(self.layer_choice) if self.layer_choice else {}),
+                "epochs": self.epochs, "seed": self.seed, "cache_identity": self.cache_identity,
+                "seconds": self.seconds, "left_out": self.left_out, "warnings": self.warnings, "data": self.data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunMetrics:
+        """left_out, warnings and data came later than the rest: files of older runs lack them.
+        A mapping that is no metrics record (keys missing or unknown) is a ValueError, as is a
+        file that is no JSON."""
+        try:
+            data = dict(data)
+            folds = {name: FoldMetrics.from_dict(fold) for name, fold in data.pop("folds").items()}
+            choice_keys = [f for f in LayerChoice.__dataclass_fields__ if f in data]
+            choice = LayerChoice(**{k: data.pop(k) for k in choice_keys}) if choice_keys else None
+            return cls(folds=folds, layer_choice=choice, **data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a metrics record: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunMetrics:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,50 @@
+"""TrainConfig's module: torch-free, and what it counts as a run's result settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+
+from pipeline.grid.spec import run_key
+from pipeline.train.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, result_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_config_and_grid_spec_import_without_torch():
+    """The grid expands and checks runs, and the report reads their records, without torch."""
+    modules = ["pipeline.train.config", "pipeline.train.fusion_specs", "pipeline.train.run_metrics",
+               "pipeline.grid.spec", "pipeline.report.aggregate"]
+    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    assert json.loads(out.stdout.replace("'", '"')) == []
+    # the check itself can fail: the trainer does pull torch in
+    code = "import sys, pipeline.train.trainer; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_result_settings_leave_out_exactly_the_non_result_fields():
+    cfg = TrainConfig(fusion="mean", layers="enc:1-2", seed=3)
+    settings = result_settings(asdict(cfg))
+    assert set(settings) == set(asdict(cfg)) - set(NON_RESULT_FIELDS)
+    assert settings["fusion"] == "mean" and settings["seed"] == 3
+    other_machine = replace(cfg, threads=4, device="cuda", allow_missing=True, expect_model="m", memory_budget=1)
+    assert result_settings(asdict(other_machine)) == settings
+    assert run_key(other_machine, "id") == run_key(cfg, "id")
+    assert result_settings(asdict(replace(cfg, lr=1e-3))) != settings
+    assert run_key(replace(cfg, lr=1e-3), "id") != run_key(cfg, "id")
+
+
+def test_check_knows_the_fusions_without_their_models():
+    TrainConfig(fusion="best").check()
+    with pytest.raises(ConfigError, match=r"fusion must be one of attention, best, .*weighted-sum, got 'sum'"):
+        TrainConfig(fusion="sum").check()
