@@ -35,7 +35,7 @@ DONE, ERROR, RUN_INFO = "done.json", "error.txt", "run.json"
 COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition", "noise_type", "snr_db", "model",
            "fusion", "layers", "n_layers", "best_layer", "seed", "epochs", "uar", "uar_std", "macro_f1",
            "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "code_version",
-           # beyond the list: what the report and a human debugging a run need
+           # what the report and a human debugging a run need besides the numbers
            "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error"]
 _FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds"]
 

@@ -20,7 +20,7 @@ from pipeline.folds import ClassCoverageWarning
 from pipeline.train.checkpoint import CheckpointError, RunCheckpoints
 from pipeline.train.dataset import NonFiniteError
 from pipeline.train.trainer import ConfigError, TrainConfig, train_on_cache
-from tests.grid.fake_cache import make_cache, poison
+from tests.helpers import make_cache, poison
 
 REPO = Path(__file__).resolve().parents[2]
 SPEAKERS = ["张三", "李四", "王五"]  # differ only outside ASCII: one name each once sanitised to ASCII
