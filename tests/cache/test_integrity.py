@@ -374,7 +374,6 @@ def test_overwrite_refused_while_another_process_reads(tmp_path):
 
 def test_reader_works_where_no_lock_file_can_be_made(tmp_path, monkeypatch):
     """Best effort: a cache on a read-only file system is read without the lock."""
-    import pipeline.cache.lock as lock_module
     path = tmp_path / "c.zarr"
     write_cache(path, 3)
     for lock in tmp_path.glob(".c.zarr.nser-*"):
@@ -386,7 +385,7 @@ def test_reader_works_where_no_lock_file_can_be_made(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, "Read-only file system", str(file))
         return real_open(file, flags, *args)
 
-    monkeypatch.setattr(lock_module.os, "open", read_only_fs)
+    monkeypatch.setattr(os, "open", read_only_fs)  # the os module the locks use
     with CacheReader(path) as r:
         assert r.n == 3 and r.read_states(0, r.selection("enc:0"))[0].shape[0] == 10
     assert not list(tmp_path.glob(".c.zarr.nser-readers"))
