@@ -173,3 +173,23 @@ def test_release_with_a_forked_child_holding_a_copy(tmp_path, last_copy_releases
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     Flock(path).acquire()
+
+
+def test_a_file_system_without_flock(tmp_path, monkeypatch):
+    """Flock reports it as an OSError (not LockBusy); the cache's readers then read unlocked."""
+    import errno
+    import fcntl
+
+    from pipeline.cache.lock import ReadersLock
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    lock = Flock(tmp_path / ".lock")
+    with pytest.raises(OSError) as raised:
+        lock.acquire(shared=True)
+    assert raised.value.errno == errno.ENOSYS and not lock.held
+    readers = ReadersLock(tmp_path / "c.zarr")
+    readers.share()
+    assert not readers.held

@@ -1,6 +1,6 @@
 """Training refuses what would end in a meaningless number: NaN/Inf states or losses, checkpoints of
 another fold or not written by nser-train, settings no run can use, one-class data, unknown folds.
-Every test injects the fault into a real Zarr cache (tests/grid/fake_cache.py) or a real run dir."""
+Every test injects the fault into a real Zarr cache (tests/helpers.py) or a real run dir."""
 
 from __future__ import annotations
 
