@@ -16,14 +16,14 @@ pytest.importorskip("xarray")
 
 from pipeline.cache.reader import CacheReader  # noqa: E402
 from pipeline.probe import probe_layers, probe_report, write_probe_outputs  # noqa: E402
-from tests.test_probe import write_fake_cache  # noqa: E402
+from tests.helpers import probe_cache  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 @pytest.fixture(scope="module")
 def fake_cache(tmp_path_factory) -> Path:
-    return write_fake_cache(tmp_path_factory.mktemp("nb") / "fake.zarr")
+    return probe_cache(tmp_path_factory.mktemp("nb") / "fake.zarr")
 
 
 @pytest.fixture

@@ -12,45 +12,14 @@ import numpy as np
 import pytest
 
 from pipeline.cache.reader import CacheReader
-from pipeline.cache.writer import CacheLayout, CacheWriter
 from pipeline.probe import pool_layer, probe_layers
 from pipeline.train.trainer import fold_plan
-from tests.cache.test_cache_roundtrip import attrs as fake_cache_attrs
-
-CLASSES = ["a", "b", "c"]
-N_FOLDS, PER_CELL = 5, 4  # 5 folds x 3 classes x 4 utterances = 60
-SIGNAL = ("encoder", 2)
-
-
-def write_fake_cache(path: Path, seed: int = 0) -> Path:
-    """A small cache where only encoder layer 2 carries the label (a class-dependent offset on one
-    dimension); every other layer is noise. Small shards, so pooling crosses shard boundaries."""
-    rng = np.random.default_rng(seed)
-    n_enc, n_dec, d = 4, 3, 16
-    attrs = fake_cache_attrs(n_enc, n_dec, d, identity={"fake": seed}, classes=CLASSES)
-    layout = CacheLayout(encoder_chunk_frames=16, encoder_shard_frames=64, decoder_chunk_tokens=4,
-                         decoder_shard_tokens=16)
-    with CacheWriter(path, attrs, layout=layout) as w:
-        k = 0
-        for fold in range(N_FOLDS):
-            for c, label in enumerate(CLASSES):
-                for _ in range(PER_CELL):
-                    nf, nt = int(rng.integers(8, 40)), int(rng.integers(2, 9))
-                    enc = [rng.normal(size=(nf, d)) for _ in range(n_enc)]
-                    dec = [rng.normal(size=(nt, d)) for _ in range(n_dec)]
-                    enc[SIGNAL[1]][:, c] += 2.0
-                    row = dict(utt_id=f"u{k:03d}", speaker=f"s{fold}{k % 2}", label=label, fold=str(fold),
-                               language="en", transcript="t", hypothesis="h", duration=nf / 50.0,
-                               truncated_s=0.0, hyp_loop=False, hyp_capped=False, noise_file="", noise_offset=0,
-                               realized_snr_db=float("nan"))
-                    w.add(row, enc, dec, np.arange(nt))
-                    k += 1
-    return path
+from tests.helpers import PROBE_FOLDS as N_FOLDS, PROBE_SIGNAL as SIGNAL, probe_cache
 
 
 @pytest.fixture(scope="module")
 def fake_cache(tmp_path_factory) -> Path:
-    return write_fake_cache(tmp_path_factory.mktemp("probe") / "fake.zarr")
+    return probe_cache(tmp_path_factory.mktemp("probe") / "fake.zarr")
 
 
 @pytest.mark.parametrize("pooling", ["mean", "mean+std"])
@@ -168,7 +137,7 @@ def test_probe_on_real_cache(small_cache):
 def test_non_finite_state_is_named_not_fitted(tmp_path):
     """A NaN state made sklearn fail with a bare ValueError; the probe names the layer and utterance."""
     from pipeline.errors import NserError
-    from tests.grid.fake_cache import make_cache, poison
+    from tests.helpers import make_cache, poison
 
     cache = make_cache(tmp_path / "c.zarr")
     poison(cache, "u7", "decoder", 1, float("inf"))
@@ -182,7 +151,7 @@ def test_one_class_and_bad_settings_are_refused(tmp_path, fake_cache):
     from click.testing import CliRunner
 
     from pipeline.probe import probe_command
-    from tests.grid.fake_cache import make_cache
+    from tests.helpers import make_cache
 
     one = make_cache(tmp_path / "one.zarr", labels="a")
     res = CliRunner().invoke(probe_command, ["--cache", str(one), "--quiet"])

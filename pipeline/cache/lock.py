@@ -14,12 +14,10 @@ cache locked; the writer lock file keeps the holder's pid and host for the error
 
 from __future__ import annotations
 
-import fcntl
-import os
-import socket
 from pathlib import Path
 
 from pipeline.errors import CacheError
+from pipeline.safe_files import Flock, LockBusy
 
 
 def _lock_file(cache_path: Path, suffix: str) -> Path:
@@ -31,29 +29,17 @@ class WriterLock:
     def __init__(self, cache_path: Path):
         self.cache = Path(cache_path).resolve()
         self.path = _lock_file(self.cache, "nser-lock")
-        self._fd: int | None = None
+        self._lock = Flock(self.path)
 
     def acquire(self) -> None:
-        if self._fd is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)  # the cache's parent folder
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise CacheError(f"{self.cache.name} in {self.cache.parent} is being written by {holder}; one writer "
-                             "per cache (the lock is released when that process ends)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        self._fd = fd
+            self._lock.acquire()
+        except LockBusy as busy:
+            raise CacheError(f"{self.cache.name} in {self.cache.parent} is being written by {busy.holder}; one "
+                             "writer per cache (the lock is released when that process ends)") from None
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()
 
 
 class ReadersLock:
@@ -67,59 +53,31 @@ class ReadersLock:
     def __init__(self, cache_path: Path):
         self.cache = Path(cache_path).resolve()
         self.path = _lock_file(self.cache, "nser-readers")
-        self._fd: int | None = None
-        self._pid = 0
+        self._lock = Flock(self.path, last_copy_releases=True)
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock.held
 
     def share(self) -> None:
-        """Best effort: where the lock file cannot be opened (a read-only folder), read unlocked."""
-        if self._fd is not None:
-            return
-        fd = self._open(required=False)
-        if fd is None:
-            return
+        """Best effort: where the lock file cannot be opened (a read-only folder) or the file system
+        has no flock, read unlocked."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            self._lock.acquire(shared=True)
+        except LockBusy:
             raise CacheError(f"{self.cache} is being replaced (nser-extract --overwrite); open it once that "
                              "run has finished") from None
-        except OSError:  # a file system without flock: read unlocked
-            os.close(fd)
+        except OSError:
             return
-        self._fd, self._pid = fd, os.getpid()
 
     def exclude(self) -> None:
         """Taken by `--overwrite` before it deletes anything; refused while any reader holds the cache."""
-        if self._fd is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = self._open(required=True)
-        assert fd is not None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            self._lock.acquire()
+        except LockBusy:
             raise CacheError(f"{self.cache} is open for reading (a training run, a notebook, nser cache ...); "
                              "--overwrite would replace the data under it. Let that process finish or close "
                              "the cache, or write to another --out") from None
-        self._fd, self._pid = fd, os.getpid()
-
-    def _open(self, required: bool) -> int | None:
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            if required:
-                raise
-        try:
-            return os.open(self.path, os.O_RDONLY)  # flock works on a read-only descriptor
-        except OSError:
-            return None
 
     def release(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
+        self._lock.release()

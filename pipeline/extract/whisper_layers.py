@@ -21,11 +21,11 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import logging as transformers_logging
 
+from pipeline.audio import SAMPLE_RATE
 from pipeline.errors import NserError
 from pipeline.models.loader import LoadedWhisper
 
 FRAME_RATE = 50.0  # encoder frames per second (10 ms mel hop, stride-2 conv)
-HOP = 160
 MAX_TARGET = 448
 # Utterances per encoder call on the fast path. Results are bit-identical for any value (checked by
 # tests/extract/test_fast_path.py); 4 was as fast as 8 or faster on 2 shared cores
@@ -55,7 +55,7 @@ class ExtractedUtterance:
 
 
 def n_encoder_frames(n_samples: int) -> int:
-    return min(1500, math.ceil(n_samples / 16000 * FRAME_RATE))
+    return min(1500, math.ceil(n_samples / SAMPLE_RATE * FRAME_RATE))
 
 
 def hypothesis_token_bound(duration: float, prompt_len: int) -> int:
@@ -153,7 +153,7 @@ class WhisperLayerExtractor:
 
     def features(self, audios: Sequence[np.ndarray]) -> torch.Tensor:
         """Whisper's log-mel features of the batch, zero-padded to 30 s."""
-        feats = self.feature_extractor(list(audios), sampling_rate=16000, return_tensors="pt").input_features
+        feats = self.feature_extractor(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         return feats.to(self.device, self.dtype)
 
     @staticmethod
@@ -182,7 +182,7 @@ class WhisperLayerExtractor:
                 st = self.encode(feats[b:b + 1, :, : 2 * nf])
                 per_utt.append([s[0, :nf] for s in st])
                 cross.append(st[-1])
-        durations = [len(a) / 16000 for a in audios]
+        durations = [len(a) / SAMPLE_RATE for a in audios]
         if self.token_source == "hypothesis":
             texts, loops, capped = self._finish_hypotheses(self._greedy(cross, durations), durations)
         else:
@@ -217,7 +217,7 @@ class WhisperLayerExtractor:
             seqs = out.sequences if hasattr(out, "sequences") else out
             for row, i in enumerate(idx):
                 toks = seqs[row].tolist()
-                # generate() may or may not return the prompt (pitfall 3): drop any special prefix
+                # generate() may or may not return the prompt: drop any special prefix
                 while toks and toks[0] in self.prompt:
                     toks = toks[1:]
                 texts[i] = toks
@@ -357,7 +357,7 @@ class WhisperLayerExtractor:
     def extract_fast(self, audios: Sequence[np.ndarray], transcripts: Sequence[str]) -> list[ExtractedUtterance]:
         feats = self.features(audios)
         frames = [n_encoder_frames(len(a)) for a in audios]
-        durations = [len(a) / 16000 for a in audios]
+        durations = [len(a) / SAMPLE_RATE for a in audios]
         bounds = [hypothesis_token_bound(d, len(self.prompt)) for d in durations]
         if self.context == "padded":
             enc_fp16, last = self._encode_chunks(feats, frames)

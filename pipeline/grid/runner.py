@@ -10,7 +10,6 @@ and in the table with status `failed`; the other runs go on.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -28,6 +27,8 @@ from tqdm import tqdm
 from pipeline.errors import NserError
 from pipeline.failpoints import failpoint
 from pipeline.grid.spec import RunSpec
+from pipeline.safe_files import Flock, LockBusy
+from pipeline.safe_files import atomic_write as _write_atomic  # readers see the old file or the new one
 from pipeline.train.run_metrics import RunMetrics
 
 DONE, ERROR, RUN_INFO = "done.json", "error.txt", "run.json"
@@ -35,7 +36,7 @@ DONE, ERROR, RUN_INFO = "done.json", "error.txt", "run.json"
 COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition", "noise_type", "snr_db", "model",
            "fusion", "layers", "n_layers", "best_layer", "seed", "epochs", "uar", "uar_std", "macro_f1",
            "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "code_version",
-           # beyond the issue's list: what the report and a human debugging a run need
+           # what the report and a human debugging a run need besides the numbers
            "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error"]
 _FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds"]
 
@@ -46,37 +47,18 @@ class GridBusyError(NserError):
 
 # --- small file helpers -------------------------------------------------------------------------
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder + fsync + os.replace: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 @contextlib.contextmanager
 def _exclusive(lock_path: Path, what: str) -> Iterator[None]:
     """Non-blocking flock; the OS drops it when the holder dies, even by SIGKILL."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = Flock(lock_path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise GridBusyError(f"{what} is in use by {holder}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        lock.acquire()
+    except LockBusy as busy:
+        raise GridBusyError(f"{what} is in use by {busy.holder}") from None
+    try:
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def is_done(run: RunSpec) -> bool:

@@ -15,11 +15,11 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import NserError
+from pipeline.safe_files import staged
 
 from .whisper_convert import CONVERSION_VERSION, PROVENANCE_FILE, convert_ctranslate2_whisper
 
@@ -174,7 +174,7 @@ def _is_complete(path: Path) -> bool:
 
 
 def _share_like_umask(folder: Path) -> None:
-    """mkdtemp and atomic file writes create private (0700/0600) entries; a model cache is data
+    """Files written through private temp files can land with 0600 modes; a model cache is data
     like any other file, so give it the modes the user's umask gives new files."""
     umask = os.umask(0)
     os.umask(umask)
@@ -196,8 +196,7 @@ def bundled_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = None
         return final
 
     models.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=models))
-    try:
+    with staged(final, folder=True) as tmp:
         convert_ctranslate2_whisper(
             list(source.bin_parts),
             tmp,
@@ -212,7 +211,4 @@ def bundled_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = None
         except OSError:
             if not _is_complete(final):  # lost a race to a concurrent converter: fine
                 raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -17,8 +17,6 @@ import pandas as pd
 from pipeline.report import aggregate as agg
 from pipeline.report import plots
 
-SECTIONS = ("layerwise", "fusions", "snr", "confusion", "wer_vs_f1")
-
 
 @dataclass
 class Report:

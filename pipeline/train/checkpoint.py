@@ -15,7 +15,6 @@ run dir cannot run code when the run resumes.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import re
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import NserError
+from pipeline.safe_files import atomic_open
 
 _READABLE_CHARS = 40  # of the key, in the file name; the hash after it is what tells keys apart
 
@@ -45,9 +45,8 @@ class RunCheckpoints:
 
     def _save(self, path: Path, key: str, state: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({**state, "key": key}, tmp)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            torch.save({**state, "key": key}, f)
 
     def _load(self, path: Path, key: str) -> dict[str, Any] | None:
         if not path.exists():

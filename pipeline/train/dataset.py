@@ -71,21 +71,19 @@ class PerUtteranceData:
         """Shuffled (reproducibly) exactly when a generator is given: the training part."""
         return DataLoader(CachedLayerDataset(self.reader, indices, selection, class_ids, part),
                           batch_size=batch_size, shuffle=generator is not None, generator=generator,
-                          collate_fn=make_collate(len(selection.encoder)))
+                          collate_fn=collate)
 
     def describe(self) -> dict:
         return {"mode": self.mode}
 
 
-def make_collate(n_encoder: int):
+def collate(items: list[tuple[list[np.ndarray], int, int]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """Pads each layer to the batch's longest sequence; encoder and decoder have their own lengths."""
-    def collate(items: list[tuple[list[np.ndarray], int, int]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        n_layers = len(items[0][0])
-        layers, lengths = [], []
-        for j in range(n_layers):
-            seqs = [torch.from_numpy(np.asarray(it[0][j], dtype=np.float32)) for it in items]
-            layers.append(torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True))
-            lengths.append(torch.tensor([s.shape[0] for s in seqs]))
-        return {"layers": layers, "lengths": lengths, "labels": torch.tensor([it[1] for it in items]),
-                "index": torch.tensor([it[2] for it in items])}
-    return collate
+    n_layers = len(items[0][0])
+    layers, lengths = [], []
+    for j in range(n_layers):
+        seqs = [torch.from_numpy(np.asarray(it[0][j], dtype=np.float32)) for it in items]
+        layers.append(torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True))
+        lengths.append(torch.tensor([s.shape[0] for s in seqs]))
+    return {"layers": layers, "lengths": lengths, "labels": torch.tensor([it[1] for it in items]),
+            "index": torch.tensor([it[2] for it in items])}

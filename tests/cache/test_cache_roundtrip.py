@@ -9,52 +9,14 @@ import zarr
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.records import REJECTED, ErrorRecord
 from pipeline.cache.schema import ATTR_KEY
-from pipeline.cache.writer import CacheLayout, CacheWriter
+from pipeline.cache.writer import CacheWriter
 from pipeline.errors import CacheError
-
-
-def attrs(n_enc=3, n_dec=2, d=8, identity=None, classes=("a", "b")):
-    """Attributes of a fake cache (for tests that build caches with CacheWriter)."""
-    return {
-        "code_version": "test", "identity": identity or {"k": 1},
-        "corpus": {"name": "t", "protocol": "cv", "language": "en", "manifest_hash": "m"},
-        "classes": list(classes),
-        "model": {"name": "m", "weights_hash": "h", "n_encoder_states": n_enc, "n_decoder_states": n_dec,
-                  "d_model": d, "frame_rate": 50.0},
-        "extraction": {"context": "padded", "token_source": "hypothesis", "dtype": "float16", "max_seconds": 30.0},
-        "condition": {"name": "clean", "noise_type": None, "snr_db": None, "seed": 0},
-    }
-
-
-def row(k):
-    return dict(utt_id=f"u{k}", speaker=f"s{k % 3}", label="ab"[k % 2], fold=str(k % 3), language="en",
-                transcript=f"text {k}", hypothesis=f"hyp {k}", duration=1.0 + k, truncated_s=0.0,
-                hyp_loop=False, hyp_capped=False, noise_file="", noise_offset=0, realized_snr_db=float("nan"))
-
-
-def fake_states(rng, k):
-    nf, nt = 10 + 7 * k, 4 + k % 5
-    return ([rng.normal(size=(nf, 8)).astype(np.float16) for _ in range(3)],
-            [rng.normal(size=(nt, 8)).astype(np.float16) for _ in range(2)], np.arange(nt) + k)
-
-
-LAYOUT = CacheLayout(encoder_chunk_frames=16, encoder_shard_frames=128, decoder_chunk_tokens=4,
-                     decoder_shard_tokens=32)
-
-
-def write(path, n, start=0, **kw):
-    rng = np.random.default_rng(0)
-    data = [fake_states(rng, k) for k in range(n)]
-    with CacheWriter(path, attrs(**kw), layout=LAYOUT) as w:
-        for k in range(start, n):
-            if f"u{k}" not in w.done_ids:
-                w.add(row(k), *data[k])
-    return data
+from tests.helpers import LAYOUT, attrs, fake_states, row, write_cache
 
 
 def test_round_trip_values_and_table(tmp_path):
     path = tmp_path / "c.zarr"
-    data = write(path, 25)
+    data = write_cache(path, 25)
     r = CacheReader(path)
     assert r.n == 25
     sel = r.selection("enc:all,dec:all")
@@ -73,7 +35,7 @@ def test_round_trip_values_and_table(tmp_path):
 
 def test_resume_drops_uncommitted_rows_and_continues(tmp_path):
     path = tmp_path / "c.zarr"
-    data = write(path, 10)
+    data = write_cache(path, 10)
     # A crash after array writes but before the commit: rows exist past n_committed.
     g = zarr.open_group(str(path), mode="r+")
     g["encoder/layer_00"].resize((g["encoder/layer_00"].shape[0] + 50, 8))
@@ -81,7 +43,7 @@ def test_resume_drops_uncommitted_rows_and_continues(tmp_path):
     g["utterances/utt_id"].resize((11,))
     meta = dict(g.attrs[ATTR_KEY])
     assert meta["n_committed"] == 10
-    data = write(path, 14)
+    data = write_cache(path, 14)
     r = CacheReader(path)
     assert r.n == 14 and list(r.table["utt_id"])[-1] == "u13"
     sel = r.selection("enc:0")
@@ -103,7 +65,7 @@ def test_reopen_takes_the_current_manifest_count(tmp_path):
 
 def test_other_settings_refused(tmp_path):
     path = tmp_path / "c.zarr"
-    write(path, 2)
+    write_cache(path, 2)
     with pytest.raises(CacheError, match="other settings"):
         CacheWriter(path, attrs(identity={"k": 2}), layout=LAYOUT)
 
@@ -115,7 +77,7 @@ def test_schema_checks_on_open(tmp_path):
     with pytest.raises(CacheError, match="not an nser-pipeline cache"):
         CacheReader(tmp_path / "plain.zarr")
     path = tmp_path / "c.zarr"
-    write(path, 3)
+    write_cache(path, 3)
     g = zarr.open_group(str(path), mode="r+")
     meta = dict(g.attrs[ATTR_KEY])
     g.attrs[ATTR_KEY] = dict(meta, schema_version=99)
@@ -137,7 +99,7 @@ def test_one_utterance_reads_few_chunks(tmp_path):
     """Reading one utterance of one layer touches only the inner chunks it overlaps."""
     from pipeline.cache.counting_store import CountingStore
     path = tmp_path / "c.zarr"
-    data = write(path, 25)
+    data = write_cache(path, 25)
     store = CountingStore.open(path)
     r = CacheReader(store)
     k = 12

@@ -13,13 +13,13 @@ import pytest
 from pipeline.cache.export import export_cache
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import CacheError
-from tests.cache.test_cache_roundtrip import write
+from tests.helpers import write_cache
 
 
 @pytest.fixture
 def cache(tmp_path):
     path = tmp_path / "c.zarr"
-    write(path, 25)  # utterances of 10..178 frames: blocks of whole utterances span shard edges
+    write_cache(path, 25)  # utterances of 10..178 frames: blocks of whole utterances span shard edges
     return path
 
 

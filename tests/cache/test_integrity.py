@@ -21,7 +21,7 @@ from pipeline.cache.schema import ATTR_KEY, table_columns
 from pipeline.cache.verify import verify_cache
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import CacheError, NonFiniteStatesError
-from tests.cache.test_cache_roundtrip import LAYOUT, attrs, fake_states, row, write
+from tests.helpers import LAYOUT, attrs, fake_states, row, write_cache
 
 
 def verify_cli(path):
@@ -54,7 +54,7 @@ def assert_same_cache(a, b):
 
 def test_missing_shard_refused_on_read_and_reported_by_verify(tmp_path):
     path = tmp_path / "c.zarr"
-    write(path, 25)
+    write_cache(path, 25)
     shard = path / "encoder/layer_02/c/1/0"  # rows 128-255
     hit = utterances_overlapping(path, (128, 256))
     shard.unlink()  # a partial copy
@@ -77,7 +77,7 @@ def test_missing_shard_refused_on_read_and_reported_by_verify(tmp_path):
 
 def test_missing_shard_stops_training(tmp_path):
     from pipeline.train.trainer import TrainConfig, train_on_cache
-    from tests.grid.fake_cache import make_cache
+    from tests.helpers import make_cache
     path = make_cache(tmp_path / "c.zarr")
     (path / "encoder/layer_01/c/0/0").unlink()
     with pytest.raises(CacheError, match="encoder/layer_01/c/0/0"):
@@ -88,7 +88,7 @@ def test_missing_shard_stops_training(tmp_path):
 
 def test_missing_tokens_and_table_chunks_refused(tmp_path):
     path = tmp_path / "c.zarr"
-    write(path, 25)
+    write_cache(path, 25)
     (path / "decoder/tokens/c/0").unlink()
     r = CacheReader(path)
     with pytest.raises(CacheError, match="decoder/tokens/c/0"):
@@ -112,7 +112,7 @@ def test_all_zero_rows_store_every_chunk_also_when_appended(tmp_path):
             for k in range(stop):
                 if f"u{k}" not in w.done_ids:
                     w.add(row(k), *zeros(k))
-    write(rand, 25)
+    write_cache(rand, 25)
     r = CacheReader(zero)
     for name in ["encoder/layer_00", "encoder/layer_02", "decoder/layer_01", "decoder/tokens"] + \
             [f"utterances/{c}" for c in table_columns()]:
@@ -147,7 +147,7 @@ def test_non_finite_attributes_refused(tmp_path, where, value):
 def test_cache_holding_nan_attributes_refused_on_open(tmp_path):
     """A cache written before the check (`--snr nan` put a bare NaN into zarr.json)."""
     path = tmp_path / "c.zarr"
-    write(path, 3)
+    write_cache(path, 3)
     meta = path / "zarr.json"
     meta.write_text(meta.read_text().replace('"snr_db": null', '"snr_db": NaN'))
     with pytest.raises(CacheError, match="non-finite number.*condition/snr_db.*re-extract"):
@@ -180,7 +180,7 @@ def test_non_finite_states_refused_naming_the_utterance(tmp_path):
 
 def test_verify_flags_non_finite_values(tmp_path):
     path = tmp_path / "c.zarr"
-    write(path, 25)
+    write_cache(path, 25)
     r = CacheReader(path)
     k = 7
     lo, hi = r.utterance_rows("decoder", k)
@@ -255,7 +255,7 @@ def test_second_writer_bypassing_the_lock_stops_the_first(tmp_path, monkeypatch)
 
 def test_failed_commit_point_write_never_commits_twice(tmp_path, monkeypatch):
     ref, path = tmp_path / "ref.zarr", tmp_path / "c.zarr"
-    write(ref, 25)
+    write_cache(ref, 25)
     rng = np.random.default_rng(0)
     data = [fake_states(rng, k) for k in range(25)]
     real_set = LocalStore.set
@@ -281,7 +281,7 @@ def test_failed_commit_point_write_never_commits_twice(tmp_path, monkeypatch):
     assert list(r.table["utt_id"]) == ["u0", "u1", "u2", "u3"]
     assert verify_cache(str(path)).ok
     r.close()
-    write(path, 25)  # the rerun resumes from the commit point on disk
+    write_cache(path, 25)  # the rerun resumes from the commit point on disk
     assert_same_cache(ref, path)
     assert verify_cache(str(path)).ok
 
@@ -313,13 +313,13 @@ def test_failed_final_commit_is_not_retried_on_exit(tmp_path, monkeypatch):
 
 def test_overwrite_refused_while_a_reader_holds_the_cache(tmp_path):
     path = tmp_path / "c.zarr"
-    data = write(path, 25)
+    data = write_cache(path, 25)
     other = attrs(identity={"k": 2})
     reader = CacheReader(path)
     with pytest.raises(CacheError, match="open for reading.*--overwrite would replace"):
         CacheWriter(path, other, layout=LAYOUT, overwrite=True)
     np.testing.assert_array_equal(reader.read_states(3, reader.selection("enc:0"))[0], data[3][0][0])
-    write(path, 26)  # an appending writer is not blocked by readers
+    write_cache(path, 26)  # an appending writer is not blocked by readers
     reader.close()
     CacheWriter(path, other, layout=LAYOUT, overwrite=True).close()
     assert CacheReader(path).n == 0
@@ -334,7 +334,7 @@ def test_overwrite_killed_mid_delete_leaves_a_cache_or_none(tmp_path, monkeypatc
     """The old cache is renamed aside before deletion, so a crash while deleting it leaves no
     half-deleted folder at --out; the rerun finishes the job and cleans up."""
     path = tmp_path / "c.zarr"
-    write(path, 5)
+    write_cache(path, 5)
     real_rmtree = shutil.rmtree
 
     def killed(p, *a, **k):
@@ -355,7 +355,7 @@ def test_overwrite_killed_mid_delete_leaves_a_cache_or_none(tmp_path, monkeypatc
 
 def test_overwrite_refused_while_another_process_reads(tmp_path):
     path = tmp_path / "c.zarr"
-    write(path, 5)
+    write_cache(path, 5)
     (tmp_path / "alias.zarr").symlink_to(path)
     code = ("import sys; from pipeline.cache.reader import CacheReader; "
             f"r = CacheReader({str(tmp_path / 'alias.zarr')!r}); print('open', flush=True); sys.stdin.read()")
@@ -374,9 +374,8 @@ def test_overwrite_refused_while_another_process_reads(tmp_path):
 
 def test_reader_works_where_no_lock_file_can_be_made(tmp_path, monkeypatch):
     """Best effort: a cache on a read-only file system is read without the lock."""
-    import pipeline.cache.lock as lock_module
     path = tmp_path / "c.zarr"
-    write(path, 3)
+    write_cache(path, 3)
     for lock in tmp_path.glob(".c.zarr.nser-*"):
         lock.unlink()
     real_open = os.open
@@ -386,7 +385,7 @@ def test_reader_works_where_no_lock_file_can_be_made(tmp_path, monkeypatch):
             raise OSError(errno.EROFS, "Read-only file system", str(file))
         return real_open(file, flags, *args)
 
-    monkeypatch.setattr(lock_module.os, "open", read_only_fs)
+    monkeypatch.setattr(os, "open", read_only_fs)  # the os module the locks use
     with CacheReader(path) as r:
         assert r.n == 3 and r.read_states(0, r.selection("enc:0"))[0].shape[0] == 10
     assert not list(tmp_path.glob(".c.zarr.nser-readers"))
@@ -394,7 +393,7 @@ def test_reader_works_where_no_lock_file_can_be_made(tmp_path, monkeypatch):
 
 def test_trainer_releases_the_cache_when_done(tmp_path):
     from pipeline.train.trainer import TrainConfig, train_on_cache
-    from tests.grid.fake_cache import make_cache
+    from tests.helpers import make_cache
     path = make_cache(tmp_path / "c.zarr")
     train_on_cache(path, tmp_path / "run", TrainConfig(fusion="single", layers="enc:1", epochs=1, batch_size=4,
                                                        threads=1), progress=False)

@@ -11,13 +11,13 @@ from pipeline.cache.reader import CacheReader
 from pipeline.cache.verify import verify_cache
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import CacheError
-from tests.cache.test_cache_roundtrip import LAYOUT, attrs, write
+from tests.helpers import LAYOUT, attrs, write_cache
 
 
 @pytest.fixture
 def cache(tmp_path):
     path = tmp_path / "c.zarr"
-    write(path, 25)
+    write_cache(path, 25)
     return path
 
 

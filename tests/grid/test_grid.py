@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from pipeline.grid.cli import grid_command
 from pipeline.grid.runner import COLUMNS, DONE, ERROR, run_grid
 from pipeline.grid.spec import GridSpecError, expand, load_grid, parse_grid, run_key
-from tests.grid.fake_cache import make_cache
+from tests.helpers import make_cache
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"epochs": 1, "hidden": 8, "batch_size": 4, "lr": 0.01}

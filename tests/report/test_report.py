@@ -14,7 +14,7 @@ from pipeline.report.aggregate import load_results, method_cells, pooled
 from pipeline.report.build import build_report
 from pipeline.report.cli import report_command
 from pipeline.train.run_metrics import RunMetrics
-from tests.grid.fake_cache import make_cache
+from tests.helpers import make_cache
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from pipeline.cache.reader import CacheReader
-from pipeline.cache.writer import CacheLayout, CacheWriter
+from pipeline.cache.writer import CacheLayout
 from pipeline.errors import LayerSelectionError
 from pipeline.layers import LayerSelection
 from pipeline.train import trainer
 from pipeline.train.fusion import FUSIONS, build_fusion
 from pipeline.train.fusion_specs import resolve_layers
-from tests.cache.test_cache_roundtrip import attrs as fake_cache_attrs
+from tests.helpers import Signal, row, write_cache
 
 D, HIDDEN, N_CLASSES = 12, 6, 3
 MULTI = ["mean", "attention", "scalar-mix", "weighted-sum", "l-adapter"]
@@ -174,21 +174,13 @@ N_ENC, N_DEC, D_CACHE, SIGNAL_LAYER = 3, 2, 8, 1
 def tiny_cache(tmp_path_factory):
     """3 folds x 12 utterances, 2 classes; only encoder layer 1 carries the label (a shift of +-1.5)."""
     path = tmp_path_factory.mktemp("fusions") / "tiny.zarr"
-    attrs = fake_cache_attrs(N_ENC, N_DEC, D_CACHE, identity={"test": "fusions"})
     layout = CacheLayout(encoder_chunk_frames=16, encoder_shard_frames=64, decoder_chunk_tokens=8,
                          decoder_shard_tokens=32)
-    rng = np.random.default_rng(0)
-    with CacheWriter(path, attrs, layout=layout) as w:
-        for k in range(36):
-            fold, label = k % 3, "ab"[(k // 3) % 2]
-            n_frames, n_tokens = int(rng.integers(6, 16)), int(rng.integers(3, 7))
-            enc = [rng.normal(size=(n_frames, D_CACHE)) for _ in range(N_ENC)]
-            enc[SIGNAL_LAYER] += 1.5 if label == "a" else -1.5
-            dec = [rng.normal(size=(n_tokens, D_CACHE)) for _ in range(N_DEC)]
-            row = dict(utt_id=f"u{k:02d}", speaker=f"s{fold}{k % 2}", label=label, fold=str(fold), language="en",
-                       transcript="", hypothesis="", duration=n_frames / 50, truncated_s=0.0, hyp_loop=False,
-                       hyp_capped=False, noise_file="", noise_offset=0, realized_snr_db=float("nan"))
-            w.add(row, enc, dec, np.arange(n_tokens))
+    write_cache(path, 36, rows=lambda k: row(k, utt_id=f"u{k:02d}", speaker=f"s{k % 3}{k % 2}",
+                                             label="ab"[(k // 3) % 2], transcript="", hypothesis="", duration=None),
+                lengths=lambda rng, k: (int(rng.integers(6, 16)), int(rng.integers(3, 7))),
+                signal=Signal("encoder", SIGNAL_LAYER, {"a": 1.5, "b": -1.5}), n_enc=N_ENC, n_dec=N_DEC, d=D_CACHE,
+                identity={"test": "fusions"}, layout=layout)
     return path
 
 

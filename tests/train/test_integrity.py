@@ -1,6 +1,6 @@
 """Training refuses what would end in a meaningless number: NaN/Inf states or losses, checkpoints of
 another fold or not written by nser-train, settings no run can use, one-class data, unknown folds.
-Every test injects the fault into a real Zarr cache (tests/grid/fake_cache.py) or a real run dir."""
+Every test injects the fault into a real Zarr cache (tests/helpers.py) or a real run dir."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pipeline.train.checkpoint import CheckpointError, RunCheckpoints
 from pipeline.train.config import ConfigError, TrainConfig
 from pipeline.train.dataset import NonFiniteError
 from pipeline.train.trainer import train_on_cache
-from tests.grid.fake_cache import make_cache, poison
+from tests.helpers import make_cache, poison
 
 REPO = Path(__file__).resolve().parents[2]
 SPEAKERS = ["张三", "李四", "王五"]  # differ only outside ASCII: one name each once sanitised to ASCII

@@ -17,7 +17,7 @@ from pipeline.folds import fold_plan
 from pipeline.train.dataset import NonFiniteError, PerUtteranceData
 from pipeline.train.resident import RunData, parse_size
 from pipeline.train.trainer import TrainConfig, train_on_cache
-from tests.grid.fake_cache import make_cache, poison
+from tests.helpers import make_cache, poison
 
 
 def log_without_times(run: Path) -> list[dict]:

@@ -10,25 +10,18 @@ import pytest
 import zarr
 
 from pipeline.cache.schema import ATTR_KEY
-from pipeline.cache.writer import CacheWriter
 from pipeline.errors import NserError
 from pipeline.train.trainer import TrainConfig, train_on_cache
-from tests.cache.test_cache_roundtrip import LAYOUT, attrs, row
+from tests.helpers import Signal, row, write_cache
 
 
 @pytest.fixture
 def signal_cache(tmp_path):
     """3 folds x 12 utterances, d=8; the label is visible in encoder layer 1."""
     path = tmp_path / "c.zarr"
-    rng = np.random.default_rng(0)
-    with CacheWriter(path, attrs(), layout=LAYOUT) as w:
-        for k in range(36):
-            r = row(k)
-            r["label"] = "ab"[(k // 3) % 2]
-            nf, nt = 12 + k % 5, 5
-            enc = [rng.normal(size=(nf, 8)).astype(np.float16) for _ in range(3)]
-            enc[1][:, 0] += 2.0 if r["label"] == "a" else -2.0
-            w.add(r, enc, [rng.normal(size=(nt, 8)).astype(np.float16) for _ in range(2)], np.arange(nt))
+    shift = 2.0 * np.eye(8)[0]
+    write_cache(path, 36, rows=lambda k: row(k, label="ab"[(k // 3) % 2]), lengths=lambda rng, k: (12 + k % 5, 5),
+                signal=Signal("encoder", 1, {"a": shift, "b": -shift}))
     return path
 
 
