@@ -13,7 +13,7 @@ from pipeline.cache.records import (FAILED, REJECTED, CacheAttrs, ConditionRecor
 from pipeline.cache.schema import ATTR_KEY, committed_rows, layer_array_name
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import CacheError
-from tests.cache.test_cache_roundtrip import LAYOUT, attrs, fake_states, row, write
+from tests.helpers import LAYOUT, attrs, fake_states, row, write_cache
 
 CORPUS = CorpusRecord("emodb", "cv", "de", "0123456789abcdef")
 MODEL = ModelRecord("bundled:base", "feedc0de", 3, 2, 8, 50.0)
@@ -63,7 +63,7 @@ def test_older_attributes_read_without_optional_fields(tmp_path):
     """A cache without n_manifest, compute dtype, device, prompt or noise details opens, and the
     optional extraction fields stay absent when written back (the schema refuses them as null)."""
     path = tmp_path / "c.zarr"
-    write(path, 2)
+    write_cache(path, 2)
     reader = CacheReader(path)
     old = attrs()
     assert reader.meta.n_manifest is None and reader.complete is None
@@ -105,7 +105,7 @@ def test_spans_match_the_stored_rows(tmp_path):
     reading them gives back what was written; the committed end agrees for the reader's table and
     the store's table group."""
     path = tmp_path / "c.zarr"
-    data = write(path, 25)  # several shards per stack, reopened by nothing: one writer
+    data = write_cache(path, 25)  # several shards per stack, reopened by nothing: one writer
     reader = CacheReader(path)
     table = zarr.open_group(str(path), mode="r")["utterances"]
     for stack, pick in (("encoder", 0), ("decoder", 1)):

@@ -12,7 +12,7 @@ from pipeline.report import aggregate
 from pipeline.train import fusion_specs
 from pipeline.train.fusion import FUSIONS, SingleLayerFusion, register_fusion
 from pipeline.train.fusion_specs import FUSION_SPECS, FusionSpec, exactly_one, fusion_spec, layer_sweep_fusions
-from tests.grid.fake_cache import make_cache
+from tests.helpers import make_cache
 
 BOTH = LayerSelection((1, 2), (0,))
 

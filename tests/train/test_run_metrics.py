@@ -1,7 +1,7 @@
 """metrics.json as RunMetrics: the same JSON as the trainer wrote before the record existed.
 
 data/metrics_best.json and data/metrics_weighted-sum.json were written by that trainer (1 epoch on
-tests.grid.fake_cache.make_cache): `best` has the layer choice, `weighted-sum` per-fold layer weights.
+tests.helpers.make_cache): `best` has the layer choice, `weighted-sum` per-fold layer weights.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pipeline.grid.spec import expand, parse_grid
 from pipeline.report.aggregate import class_names
 from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics
 from pipeline.train.trainer import train_on_cache
-from tests.grid.fake_cache import make_cache
+from tests.helpers import make_cache
 
 DATA = Path(__file__).parent / "data"
 WRITTEN_BEFORE = [DATA / "metrics_best.json", DATA / "metrics_weighted-sum.json"]
