@@ -14,7 +14,6 @@ import ipaddress
 import json
 import os
 import socket
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from pipeline.errors import NserError
 from pipeline.failpoints import failpoint
 from pipeline.grid.spec import RunSpec
-from pipeline.safe_files import Flock, LockBusy
+from pipeline.safe_files import Flock, LockBusy, atomic_open
 from pipeline.safe_files import atomic_write as _write_atomic  # readers see the old file or the new one
 from pipeline.train.run_metrics import RunMetrics
 
@@ -165,15 +164,8 @@ def write_results(df: pd.DataFrame, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     csv, parquet = out / "results.csv", out / "results.parquet"
     _write_atomic(csv, df.to_csv(index=False))
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".results.", suffix=".parquet.tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, parquet)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(parquet, "wb") as f:
+        df.to_parquet(f, index=False)
     return csv, parquet
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import sys
 import time
@@ -39,6 +38,7 @@ from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.train.resident import RunData, default_memory_budget
 from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics
+from pipeline.safe_files import atomic_write
 from pipeline.version import code_version
 
 
@@ -350,10 +350,8 @@ def _run_metrics(run: _Run, per_fold: dict[str, FoldMetrics], choice: LayerChoic
 
 
 def _write_metrics(path: Path, metrics: RunMetrics) -> None:
-    """Temp file, then rename: a run killed while writing leaves no partial metrics.json."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics.to_dict(), indent=2))
-    os.replace(tmp, path)
+    """Atomically: a run killed while writing leaves no partial metrics.json."""
+    atomic_write(path, json.dumps(metrics.to_dict(), indent=2))
 
 
 def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) -> None:
