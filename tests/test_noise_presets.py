@@ -125,7 +125,7 @@ def test_preset_errors(demand_root, tmp_path):
 def test_cli_has_preset_and_corpora():
     from click.testing import CliRunner
 
-    from pipeline.cli import extract_command
+    from pipeline.cli.extract import extract_command
 
     out = CliRunner().invoke(extract_command, ["--help"]).output
     assert "--noise-preset" in out and "iemocap" in out and "ravdess" in out
