@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from pipeline.cache.reader import CacheReader
-from pipeline.cli_common import storage_options_option
 from pipeline.errors import NserError
 from pipeline.layers import LayerSelection
 
@@ -246,36 +243,3 @@ def write_probe_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str
     plot_probe(report["rows"], paths["png"], n_classes=len(report["classes"]),
                title=f"linear probe ({report['pooling']} pooling): {report['model']}, {report['condition']}")
     return paths
-
-
-@click.command("probe")
-@click.option("--cache", "cache", required=True, help="Cache made by nser-extract: a path, or a URL (read-only).")
-@storage_options_option
-@click.option("--layers", default="enc:all,dec:all", show_default=True, help="Layers to probe, e.g. enc:all,dec:0-4.")
-@click.option("--out", type=click.Path(file_okay=False), help="Write probe.csv, probe.json and probe.png here.")
-@click.option("--pooling", type=click.Choice(POOLINGS), default="mean", show_default=True,
-              help="Utterance features: mean of the states, or mean and std concatenated.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print probe.json's object instead of the table.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def probe_command(cache, storage_options, layers, out, pooling, seed, as_json, quiet):
-    """Linear probe per layer (pooled states, logistic regression) on the training folds: a fast layer scan."""
-    from pipeline.folds import echo_coverage_warnings
-
-    try:
-        t0 = time.perf_counter()
-        reader = CacheReader(cache, storage_options)
-        selection = reader.selection(layers)
-        with echo_coverage_warnings(lambda line: click.echo(line, err=True)):
-            rows = probe_layers(reader, selection, seed, pooling=pooling, progress=not quiet)
-        report = probe_report(reader, rows, seed=seed, pooling=pooling, layers=selection.spec(),
-                              seconds=time.perf_counter() - t0)
-        paths = write_probe_outputs(report, out) if out else {}
-    except NserError as exc:  # same contract as the other commands: a message, no traceback
-        raise click.ClickException(str(exc)) from exc
-    if as_json:
-        click.echo(json.dumps(report))
-    else:
-        click.echo(format_probe_table(rows))
-    click.echo(f"{len(rows)} layers x {len(rows[0]['folds'])} folds in {report['seconds']:.1f} s"
-               + (f"; wrote {', '.join(str(p) for p in paths.values())}" if paths else ""), err=True)

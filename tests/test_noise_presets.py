@@ -132,7 +132,7 @@ def test_demand_root_without_preset_is_refused(demand_root):
 def test_cli_has_preset_and_corpora():
     from click.testing import CliRunner
 
-    from pipeline.cli import extract_command
+    from pipeline.cli.extract import extract_command
 
     out = CliRunner().invoke(extract_command, ["--help"]).output
     assert "--noise-preset" in out and "iemocap" in out and "ravdess" in out

@@ -150,7 +150,7 @@ def test_non_finite_state_is_named_not_fitted(tmp_path):
 def test_one_class_and_bad_settings_are_refused(tmp_path, fake_cache):
     from click.testing import CliRunner
 
-    from pipeline.probe import probe_command
+    from pipeline.cli.probe import probe_command
     from tests.helpers import make_cache
 
     one = make_cache(tmp_path / "one.zarr", labels="a")

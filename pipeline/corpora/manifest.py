@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -52,6 +53,8 @@ class Corpus:
 
 CorpusReader = Callable[[Path], Corpus]
 CORPORA: dict[str, CorpusReader] = {}
+# Each module registers its readers when imported; corpus_readers() imports them all.
+READER_MODULES = ("casia", "csv_manifest", "emodb", "iemocap", "meld", "ravdess")
 
 
 def register_corpus(name: str) -> Callable[[CorpusReader], CorpusReader]:
@@ -61,15 +64,22 @@ def register_corpus(name: str) -> Callable[[CorpusReader], CorpusReader]:
     return deco
 
 
+def corpus_readers() -> dict[str, CorpusReader]:
+    """The name-keyed registry, complete: readers live in their own modules, imported only here
+    (they pull in audio libraries that listing the commands does not need)."""
+    for module in READER_MODULES:
+        importlib.import_module(f"pipeline.corpora.{module}")
+    return CORPORA
+
+
 def read_corpus(name: str, data_root: str | Path) -> Corpus:
-    # Importing the readers fills the registry.
-    from pipeline.corpora import casia, csv_manifest, emodb, iemocap, meld, ravdess  # noqa: F401
-    if name not in CORPORA:
-        raise NserError(f"unknown corpus {name!r}; known: {', '.join(sorted(CORPORA))}")
+    readers = corpus_readers()
+    if name not in readers:
+        raise NserError(f"unknown corpus {name!r}; known: {', '.join(sorted(readers))}")
     root = Path(data_root)
     if not root.is_dir():
         raise NserError(f"--data-root {root} is not a folder")
-    corpus = CORPORA[name](root)
+    corpus = readers[name](root)
     check_unique_ids(corpus)
     if not corpus.utterances:
         detail = (f"; {len(corpus.rejected)} rejected, e.g. {corpus.rejected[0].utt_id}: {corpus.rejected[0].reason}"

@@ -1,6 +1,5 @@
 """Round trips through real Zarr v3 stores written by CacheWriter."""
 
-import json
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 
 import functools
 import json
-import shutil
 import subprocess
 import sys
 import threading

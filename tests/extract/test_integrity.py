@@ -15,7 +15,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from pipeline.cache.reader import CacheReader
-from pipeline.cli import extract_command
+from pipeline.cli.extract import extract_command
 from pipeline.corpora.manifest import read_corpus
 from pipeline.errors import CacheError, NserError
 from pipeline.extract import whisper_layers

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.grid.cli import grid_command
+from pipeline.cli.grid import grid_command
 from pipeline.grid.runner import COLUMNS, DONE, ERROR, run_grid
 from pipeline.grid.spec import GridSpecError, expand, load_grid, parse_grid, run_key
 from tests.helpers import make_cache
@@ -171,7 +171,7 @@ def test_grid_on_dask_records_failures_and_resumes(tmp_path, caches):
 
 def _cli(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
-    return subprocess.run([sys.executable, "-m", "pipeline.grid.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "grid", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

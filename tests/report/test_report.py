@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from pipeline.report.aggregate import load_results, method_cells, pooled
 from pipeline.report.build import build_report
-from pipeline.report.cli import report_command
+from pipeline.cli.report import report_command
 from pipeline.train.run_metrics import RunMetrics
 from tests.helpers import make_cache
 

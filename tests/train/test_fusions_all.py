@@ -3,7 +3,6 @@ on validation only (on a tiny fake cache written with CacheWriter)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,9 +1,5 @@
-"""`nser-grid GRID.yaml`: expand a grid spec, run what is unfinished on Dask, write the results table.
-
-Heavy imports (torch, dask, pandas) happen inside the command so that `nser --help` stays fast.
-This module must not import pipeline.cli at import time: pipeline.cli registers this command as
-`nser grid`, and the import cycle would break the `nser-grid` entry point.
-"""
+"""`nser-grid GRID.yaml` (`nser grid`): expand a grid spec, run what is unfinished on Dask, write the
+results table."""
 
 from __future__ import annotations
 
@@ -11,11 +7,12 @@ import sys
 
 import click
 
-from pipeline.errors import NserError
+from pipeline.cli.common import NserCommand, quiet_option
 
 
-@click.command("grid")
-@click.argument("grid_file", metavar="GRID.yaml", type=click.Path(dir_okay=False))
+@click.command("grid", cls=NserCommand)
+@click.argument("grid_file", metavar="GRID.yaml", type=click.Path(dir_okay=False),
+                help="Grid spec: caches, fusions, layers, seeds and training settings (docs/grid.md).")
 @click.option("--scheduler", metavar="ADDRESS",
               help="Dask scheduler to use (e.g. tls://host:8786); default: a local cluster of worker processes. "
                    "Dask runs pickled code on its workers: only use a cluster you trust (docs/grid.md).")
@@ -28,22 +25,16 @@ from pipeline.errors import NserError
 @click.option("--workers", type=click.IntRange(min=1), help="Local cluster workers (default: 1-2, one per core).")
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (overrides the spec's `out`).")
 @click.option("--dry-run", is_flag=True, help="List the runs (and which are finished) without running anything.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, dry_run, quiet):
     """Run an ablation grid (fusions x layers x caches x seeds) and aggregate its results.
 
     Finished runs (a done.json in their run dir) are skipped, so rerunning the same command
     resumes an interrupted grid and retries failed runs. Exits with status 1 if any run failed."""
-    try:
-        _grid(grid_file, scheduler, (tls_ca_file, tls_cert, tls_key), workers, out, dry_run, quiet)
-    except NserError as exc:  # a user's mistake: its message, no traceback
-        raise click.ClickException(str(exc)) from exc
-
-
-def _grid(grid_file, scheduler, tls, workers, out, dry_run, quiet) -> None:
     from pipeline.grid.runner import is_done, run_grid, scheduler_security, scheduler_warning
     from pipeline.grid.spec import expand, load_grid
 
+    tls = (tls_ca_file, tls_cert, tls_key)
     if scheduler and workers:
         raise click.UsageError("--workers sizes the local cluster; with --scheduler the cluster has its own workers")
     if any(tls) and not scheduler:
@@ -70,7 +61,3 @@ def _grid(grid_file, scheduler, tls, workers, out, dry_run, quiet) -> None:
                    f"{row['error']}; see {row['run_dir']}/error.txt", err=True)
     if len(failed):
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    grid_command()

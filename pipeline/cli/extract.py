@@ -1,0 +1,100 @@
+"""`nser-extract` (`nser extract`): one Whisper pass per (noisy) utterance into a layer cache."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli.common import NserCommand, RegistryChoice, quiet_option
+from pipeline.errors import NserError
+
+
+def _corpus_names() -> list[str]:
+    from pipeline.corpora.manifest import corpus_readers
+    return sorted(corpus_readers())
+
+
+def _preset_names() -> list[str]:
+    from pipeline.noise_presets import load_presets
+    return sorted(load_presets()["presets"])
+
+
+def _dtype_names() -> list[str]:
+    from pipeline.extract.run import DTYPES  # torch: only when --dtype is parsed or shown
+    return ["auto", *DTYPES]
+
+
+def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Refused at parsing (NaN, inf, beyond the documented range), not at the first file."""
+    if value is None:
+        return None
+    from pipeline.noise import check_snr
+    try:
+        return check_snr(value)
+    except NserError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+@click.command("extract", cls=NserCommand)
+@click.option("--corpus", required=True, type=RegistryChoice(_corpus_names),
+              help="Corpus reader (layouts: docs/corpora.md).")
+@click.option("--data-root", required=True, type=click.Path(file_okay=False), help="Corpus folder.")
+@click.option("--model", default="openai/whisper-small", show_default=True,
+              help="Hugging Face id, local model dir, or bundled:tiny.en / bundled:base.")
+@click.option("--out", required=True, type=click.Path(), help="Cache path (a .zarr folder).")
+@click.option("--noise", type=click.Path(exists=True), help="Folder of noise recordings, or one recording.")
+@click.option("--snr", type=float, callback=_snr_option, help="SNR in dB for --noise, -50 to 50.")
+@click.option("--noise-type", help="Name of the noise recorded in the cache (default: folder name).")
+@click.option("--noise-preset", type=RegistryChoice(_preset_names),
+              help="DEMAND environment by paper name; --noise is then the DEMAND root. Only channel ch01 is used.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for noise file/offset choice.")
+@click.option("--context", type=click.Choice(["padded", "trimmed"]), default="padded", show_default=True,
+              help="Encoder input: Whisper's 30 s padded window, or the utterance alone (docs/extraction.md).")
+@click.option("--tokens", "token_source", type=click.Choice(["hypothesis", "transcript"]), default="hypothesis",
+              show_default=True, help="Decoder input: Whisper's greedy hypothesis or the ground-truth text.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Utterances per Whisper forward.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=RegistryChoice(_dtype_names), default="auto", show_default=True,
+              help="Compute dtype (auto: fp16 on GPU, fp32 on CPU); storage is fp16.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N utterances of the manifest (quick runs).")
+@click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any file failed (default: only if none worked).")
+@click.option("--commit-frames", type=click.IntRange(min=1), hidden=True,
+              help="Encoder frames buffered per commit (tests).")
+@quiet_option
+def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
+                    batch_size, device, dtype, limit, overwrite, strict, commit_frames, quiet):
+    """Run Whisper once per (noisy) utterance and cache every encoder and decoder layer."""
+    from pipeline.cache.records import FAILED, REJECTED
+    from pipeline.corpora.manifest import read_corpus
+    from pipeline.extract.run import ExtractionOptions, run_extraction
+    from pipeline.noise_presets import resolve_noise
+
+    noise, preset_type = resolve_noise(noise, noise_preset)
+    noise_type = noise_type or preset_type
+    c = read_corpus(corpus, data_root)
+    if limit is not None:
+        c.utterances = c.utterances[:limit]
+        c.rejected = []  # a quick run covers only its first N entries; the rest are not its failures
+    click.echo(c.summary(), err=True)
+    opts = ExtractionOptions(model=model, noise=noise, noise_type=noise_type, snr_db=snr, seed=seed,
+                             context=context, token_source=token_source, batch_size=batch_size,
+                             device=device, dtype=dtype, overwrite=overwrite, commit_frames=commit_frames)
+    rep = run_extraction(c, out, opts, progress=not quiet)
+    rejected = [e for e in rep.errors if e.kind == REJECTED]
+    n_rejected = len(rejected)
+    click.echo(f"{rep.path}: {rep.n_done} utterances cached ({rep.n_new} new) in {rep.seconds:.1f} s; "
+               f"{len(rep.errors)} failed ({n_rejected} rejected by the corpus reader, "
+               f"{len(rep.errors) - n_rejected} during extraction)", err=True)
+    # Both kinds are shown, so many rejections (a whole unknown folder) cannot hide audio failures.
+    for part in ([e for e in rep.errors if e.kind == FAILED], rejected):
+        for e in part[:10]:
+            click.echo(f"  error {e.utt_id}: {e.error}", err=True)
+        if len(part) > 10:
+            click.echo(f"  ... {len(part) - 10} more", err=True)
+    if len(rep.errors) > 10:
+        click.echo(f"  full list: nser cache errors {rep.path}", err=True)
+    if rep.n_done == 0:
+        raise click.ClickException("nothing usable was extracted")
+    if strict and rep.errors:
+        raise click.ClickException(f"--strict: {len(rep.errors)} file(s) failed")

@@ -1,0 +1,84 @@
+"""`nser-train` (`nser train`): fusion training on a cache with speaker-independent cross-validation."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import NserCommand, RegistryChoice, cache_option, layers_option, quiet_option, \
+    seed_option, storage_options_option
+
+
+def _fusion_names():
+    from pipeline.train.fusion import FUSIONS  # torch: only when --fusion is parsed or shown
+    return FUSIONS
+
+
+class DeviceType(click.ParamType):
+    """auto, cpu, cuda or cuda:N, checked at parsing; whether that GPU exists is the trainer's to say."""
+
+    name = "device"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "[auto|cpu|cuda|cuda:N]"
+
+    def convert(self, value, param, ctx) -> str:
+        if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            return value
+        self.fail(f"{value!r} is not one of auto, cpu, cuda, cuda:N (N: a GPU index)", param, ctx)
+
+
+def _positive_finite(ctx, param, value: float) -> float:
+    """click.FloatRange lets nan and inf through; a learning rate must be neither."""
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number > 0, got {value}")
+    return value
+
+
+@click.command("train", cls=NserCommand)
+@cache_option
+@storage_options_option
+@click.option("--out", required=True, type=click.Path(), help="Run dir for config, log and metrics.")
+@click.option("--fusion", type=RegistryChoice(_fusion_names), default="l-adapter", show_default=True,
+              help="single: one layer; last: a stack's last state; best: the single layer with the best "
+                   "validation UAR; mean / attention / scalar-mix / weighted-sum: layers mixed per frame "
+                   "before one shared head; l-adapter: the paper's adapter per layer (docs/fusions.md).")
+@layers_option("e.g. enc:all,dec:all | dec:0-4 | enc:10,12 | enc:last")
+@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Epochs per fold; the epoch with the best validation UAR is tested.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Utterances per training step.")
+@click.option("--lr", type=float, default=1e-4, show_default=True, callback=_positive_finite,
+              help="Learning rate (Adam).")
+@seed_option("Seed of weight initialisation and batch order.")
+@click.option("--folds", default="all", show_default=True, help="Test folds to run (comma-separated).")
+@click.option("--device", type=DeviceType(), default="auto", show_default=True,
+              help="auto: cuda when torch sees a GPU (said on stderr), else cpu; cuda:N picks a GPU; the states "
+                   "then live on the GPU when they fit (docs/gpu.md).")
+@click.option("--memory-budget", default="0", show_default=True,
+              help="Bytes for the run's states in memory, e.g. 8G (0: half the available memory); larger "
+                   "selections are streamed from the cache every epoch, in other batches (docs/training.md).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: default).")
+@click.option("--model", "expect_model", help="Refuse a cache extracted with another model.")
+@click.option("--allow-missing", is_flag=True, help="Train even if some utterances failed extraction.")
+@quiet_option
+def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, seed, folds, device,
+                  memory_budget, threads, expect_model, allow_missing, quiet):
+    """Train a fusion model on cached layers with speaker-independent cross-validation."""
+    from pipeline.cache.reader import CacheReader
+    from pipeline.folds import echo_coverage_warnings
+    from pipeline.train.resident import parse_size
+    from pipeline.train.trainer import TrainConfig, format_metrics_table, train_on_cache
+
+    cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      folds=folds, device=device, threads=threads, expect_model=expect_model,
+                      allow_missing=allow_missing, memory_budget=parse_size(memory_budget))
+    cfg.check()  # before the cache is opened: a bad setting is named even if the cache is also wrong
+    with CacheReader(cache, storage_options) as reader, \
+            echo_coverage_warnings(lambda line: click.echo(line, err=True)):  # when they happen, not hours later
+        metrics = train_on_cache(reader, out, cfg, progress=not quiet)
+    click.echo(format_metrics_table(metrics))
+    click.echo(f"metrics: {Path(out) / 'metrics.json'}")

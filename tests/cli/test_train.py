@@ -1,0 +1,33 @@
+"""nser-train's option parsing: --device and the registry-backed --fusion."""
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli.train import train_command
+
+
+def parsed(*args: str) -> dict:
+    """The parameters as the command would receive them, without running it."""
+    return train_command.make_context("nser-train", ["--cache", "c.zarr", "--out", "run", *args]).params
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_accepts_a_gpu_index(device):
+    assert parsed("--device", device)["device"] == device
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:-1", "cuda:x", "CPU", "mps"])
+def test_device_refuses_other_values(tmp_path, device):
+    res = CliRunner().invoke(train_command, ["--cache", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "run"),
+                                             "--device", device])
+    assert res.exit_code == 2 and f"Invalid value for '--device': {device!r} is not one of" in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_fusion_choices_are_the_registry():
+    from pipeline.train.fusion import FUSIONS
+
+    assert set(train_command.params[[p.name for p in train_command.params].index("fusion")].type.choices) \
+        == set(FUSIONS)
+    for name in FUSIONS:
+        assert parsed("--fusion", name)["fusion"] == name
