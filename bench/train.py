@@ -23,13 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline.cache.reader import CacheReader
 from pipeline.folds import fold_plan, select_folds
 from pipeline.train.fusion import build_fusion
-from pipeline.train.trainer import TrainConfig, seed_everything, train_on_cache
+from pipeline.train.config import TrainConfig
+from pipeline.train.trainer import seed_everything, train_on_cache
 
 
 def cached_epochs(reader: CacheReader, cfg: TrainConfig, per_utterance: bool) -> dict[str, float]:
@@ -52,13 +52,13 @@ def naive_epoch(reader: CacheReader, cfg: TrainConfig, fold: str, data_root: str
     from pipeline.models.loader import load_whisper
     from pipeline.noise import NoiseBank
 
-    attrs = reader.attrs
+    meta = reader.meta
     sel = reader.selection(cfg.layers)
-    corpus_name = attrs["corpus"]["name"]
+    corpus_name = meta.corpus.name
     by_id = {u.utt_id: u for u in read_corpus(corpus_name, data_root).utterances}
-    cond = attrs["condition"]
-    bank = NoiseBank(cond["noise_folder"], seed=int(cond["seed"])) if cond.get("noise_folder") else None
-    whisper = load_whisper(reader.model["name"])
+    cond = meta.condition
+    bank = NoiseBank(cond.noise_folder, seed=int(cond.seed)) if cond.noise_folder else None
+    whisper = load_whisper(meta.model.name)
     model_w, fe = whisper.model.eval(), whisper.processor.feature_extractor
     eot = whisper.processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     (_, train_idx, _, _), = select_folds(fold_plan(reader), fold)
@@ -76,7 +76,7 @@ def naive_epoch(reader: CacheReader, cfg: TrainConfig, fold: str, data_root: str
         audios = []
         for u in utts:
             samples = load_audio(u.path, start=u.start, end=u.end).samples
-            audios.append(bank.mix(samples, u.utt_id, float(cond["snr_db"])).samples if bank else samples)
+            audios.append(bank.mix(samples, u.utt_id, float(cond.snr_db)).samples if bank else samples)
         feats = fe(audios, sampling_rate=16000, return_tensors="pt").input_features
         frames = [n_encoder_frames(len(a)) for a in audios]
         with torch.no_grad():
@@ -130,7 +130,7 @@ def main() -> None:
     fold = args.fold or plan[0][0]
     (_, train_idx, val_idx, _), = select_folds(plan, fold)
     last_enc = f"enc:{reader.n_encoder_states - 1}"
-    print(f"cache {args.cache}: {reader.n} utterances, model {reader.model['name']}; fold {fold}: "
+    print(f"cache {args.cache}: {reader.n} utterances, model {reader.meta.model.name}; fold {fold}: "
           f"{len(train_idx)} train + {len(val_idx)} val; batch {args.batch_size}; torch threads "
           f"{torch.get_num_threads()}")
     ratios: dict[str, dict[str, float]] = {}
@@ -146,7 +146,7 @@ def main() -> None:
         ratios[fusion] = {"streaming": b["train"] / c["train"]}
         if not args.skip_naive:
             root = args.data_root or str(Path(__file__).resolve().parents[2] / "shared" / "data"
-                                         / reader.attrs["corpus"]["name"])
+                                         / reader.meta.corpus.name)
             seconds, n = naive_epoch(reader, cfg, fold, root, args.naive_batches or None)
             n_all = -(-len(train_idx) // args.batch_size)
             a = seconds * n_all / n

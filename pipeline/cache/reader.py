@@ -99,11 +99,6 @@ class CacheReader:
 
     # --- identity -------------------------------------------------------------------------
     @property
-    def model(self) -> dict[str, Any]:
-        """The model record as stored (JSON); typed: `meta.model`."""
-        return self.meta.model.to_dict()
-
-    @property
     def n_encoder_states(self) -> int:
         return int(self.meta.model.n_encoder_states)
 

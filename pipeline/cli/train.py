@@ -13,8 +13,8 @@ from pipeline.cli.common import NserCommand, RegistryChoice, cache_option, layer
 
 
 def _fusion_names():
-    from pipeline.train.fusion import FUSIONS  # torch: only when --fusion is parsed or shown
-    return FUSIONS
+    from pipeline.train.fusion_specs import FUSION_SPECS
+    return FUSION_SPECS
 
 
 class DeviceType(click.ParamType):
@@ -71,7 +71,8 @@ def train_command(cache, storage_options, out, fusion, layers, epochs, batch_siz
     from pipeline.cache.reader import CacheReader
     from pipeline.folds import echo_coverage_warnings
     from pipeline.train.resident import parse_size
-    from pipeline.train.trainer import TrainConfig, format_metrics_table, train_on_cache
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.trainer import format_metrics_table, train_on_cache
 
     cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       folds=folds, device=device, threads=threads, expect_model=expect_model,

@@ -317,10 +317,10 @@ def _selections(reader: CacheReader, fusion: str, text: str, where: str,
 
 def _run(out: Path, key: str, path: str, reader: CacheReader, cfg: TrainConfig, label: str,
          selection: LayerSelection) -> RunSpec:
-    cond = reader.attrs["condition"]
-    snr = cond.get("snr_db")
+    meta = reader.meta
+    cond = meta.condition
     return RunSpec(key=key, run_dir=out / "runs" / key, cache=str(path), cache_identity=reader.identity_hash,
                    config=cfg, layers=label, selection=selection.spec(), stack=_stack(selection),
-                   n_layers=len(selection), corpus=str(reader.attrs["corpus"]["name"]), condition=str(cond["name"]),
-                   noise_type=cond.get("noise_type"), snr_db=None if snr is None else float(snr),
-                   model=str(reader.model["name"]))
+                   n_layers=len(selection), corpus=meta.corpus.name, condition=cond.name,
+                   noise_type=cond.noise_type, snr_db=None if cond.snr_db is None else float(cond.snr_db),
+                   model=meta.model.name)

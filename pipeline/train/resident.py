@@ -57,12 +57,6 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def _row_ranges(reader: CacheReader, stack: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per cached utterance, its first row and its row count in the stack's arrays."""
-    off, cnt = ("frame_offset", "n_frames") if stack == "encoder" else ("token_offset", "n_tokens")
-    return reader.table[off].astype(np.int64), reader.table[cnt].astype(np.int64)
-
-
 def _pieces(a: int, b: int, step: int) -> Iterator[tuple[int, int]]:
     """[a, b) cut at multiples of `step` (shard boundaries), so each read covers whole shards."""
     while a < b:
@@ -84,7 +78,7 @@ class RunData:
         self.layers = {"encoder": sorted({i for s in selections for i in s.encoder}),
                        "decoder": sorted({i for s in selections for i in s.decoder})}
         self.indices = np.array(sorted(set(int(i) for i in indices)), dtype=np.int64)
-        self.rows = {stack: _row_ranges(reader, stack) for stack in STACKS}
+        self.rows = {stack: reader.spans(stack) for stack in STACKS}
         self.nbytes = sum(len(self.layers[s]) * int(self.rows[s][1][self.indices].sum()) * self.d * _ITEM
                           for s in STACKS)
         self.budget = int(budget)

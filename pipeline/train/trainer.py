@@ -186,17 +186,17 @@ def _test_fold(model: torch.nn.Module, data: RunData | PerUtteranceData, selecti
 
 def check_cache_for_training(reader: CacheReader, cfg: TrainConfig, folds: set[str]) -> None:
     """Refuse caches that cannot give the numbers asked for, with the reason and the way out."""
-    if cfg.expect_model and reader.model["name"] != cfg.expect_model:
-        raise NserError(f"cache {reader.where} was extracted with {reader.model['name']}, not {cfg.expect_model}")
+    if cfg.expect_model and reader.meta.model.name != cfg.expect_model:
+        raise NserError(f"cache {reader.where} was extracted with {reader.meta.model.name}, not {cfg.expect_model}")
     if cfg.allow_missing:
         return
-    failed = [e for e in reader.errors if str(e["fold"]) in folds]
+    failed = [e for e in reader.errors if str(e.fold) in folds]
     if failed:
         raise NserError(f"{len(failed)} utterance(s) of the selected folds failed extraction "
-                        f"(e.g. {failed[0]['utt_id']}: {failed[0]['error']}); fix them and rerun nser-extract, "
+                        f"(e.g. {failed[0].utt_id}: {failed[0].error}); fix them and rerun nser-extract, "
                         "or pass --allow-missing to train without them")
     if reader.complete is False:
-        raise NserError(f"cache {reader.where} is incomplete ({reader.n} of {reader.attrs['n_manifest']} "
+        raise NserError(f"cache {reader.where} is incomplete ({reader.n} of {reader.meta.n_manifest} "
                         "utterances): rerun the same nser-extract command to finish it, or pass --allow-missing")
 
 
@@ -273,7 +273,7 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     data_warnings = check_class_coverage(reader, plan)  # also issued as ClassCoverageWarning
     run_info = {"config": asdict(cfg), "seed": cfg.seed, "code_version": code_version(),
                 "cache": {"path": reader.location, "identity_hash": reader.identity_hash,
-                          "identity": reader.attrs["identity"], "n_utterances": reader.n},
+                          "identity": reader.meta.identity, "n_utterances": reader.n},
                 "layers": layer_names, "classes": classes, "torch": torch.__version__}
     device = resolve_device(cfg.device)
     if cfg.device == "auto":

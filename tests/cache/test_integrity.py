@@ -76,7 +76,8 @@ def test_missing_shard_refused_on_read_and_reported_by_verify(tmp_path):
 
 
 def test_missing_shard_stops_training(tmp_path):
-    from pipeline.train.trainer import TrainConfig, train_on_cache
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.trainer import train_on_cache
     from tests.helpers import make_cache
     path = make_cache(tmp_path / "c.zarr")
     (path / "encoder/layer_01/c/0/0").unlink()
@@ -392,7 +393,8 @@ def test_reader_works_where_no_lock_file_can_be_made(tmp_path, monkeypatch):
 
 
 def test_trainer_releases_the_cache_when_done(tmp_path):
-    from pipeline.train.trainer import TrainConfig, train_on_cache
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.trainer import train_on_cache
     from tests.helpers import make_cache
     path = make_cache(tmp_path / "c.zarr")
     train_on_cache(path, tmp_path / "run", TrainConfig(fusion="single", layers="enc:1", epochs=1, batch_size=4,

@@ -53,7 +53,7 @@ def test_stored_json_is_the_records_dict_in_order(tmp_path):
     assert list(stored)[:8] == list(a.to_dict())  # the writer's bookkeeping comes after
     reader = CacheReader(path)
     assert reader.meta == a
-    assert reader.model == MODEL.to_dict() and reader.classes == ["a", "b"] and reader.complete is False
+    assert reader.meta.model == MODEL and reader.classes == ["a", "b"] and reader.complete is False
     assert (reader.n_encoder_states, reader.n_decoder_states, reader.d_model) == (3, 2, 8)
     # noise_folder is where the recordings were found: not part of the identity, the rest is
     assert "noise_folder" not in a.identity["condition"] and a.identity["condition"]["noise_fingerprint"] == "f00d"

@@ -13,7 +13,8 @@ import pytest
 
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import CacheError
-from pipeline.train.trainer import TrainConfig, train_on_cache
+from pipeline.train.config import TrainConfig
+from pipeline.train.trainer import train_on_cache
 from tests.helpers import make_cache
 
 pytest.importorskip("aiohttp", reason="https:// caches need aiohttp (pip install 'nser-pipeline[remote]')")

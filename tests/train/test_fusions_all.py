@@ -11,6 +11,7 @@ from pipeline.cache.writer import CacheLayout
 from pipeline.errors import LayerSelectionError
 from pipeline.layers import LayerSelection
 from pipeline.train import trainer
+from pipeline.train.config import TrainConfig
 from pipeline.train.fusion import FUSIONS, build_fusion
 from pipeline.train.fusion_specs import resolve_layers
 from tests.helpers import Signal, row, write_cache
@@ -183,8 +184,8 @@ def tiny_cache(tmp_path_factory):
     return path
 
 
-def cfg(**kw) -> trainer.TrainConfig:
-    return trainer.TrainConfig(**{"epochs": 3, "batch_size": 4, "lr": 1e-2, "hidden": 8, "threads": 1, **kw})
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 3, "batch_size": 4, "lr": 1e-2, "hidden": 8, "threads": 1, **kw})
 
 
 def test_best_chooses_on_validation_only(tiny_cache, tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ from pipeline.errors import NserError
 from pipeline.folds import fold_plan
 from pipeline.train.dataset import NonFiniteError, PerUtteranceData
 from pipeline.train.resident import RunData, parse_size
-from pipeline.train.trainer import TrainConfig, train_on_cache
+from pipeline.train.config import TrainConfig
+from pipeline.train.trainer import train_on_cache
 from tests.helpers import make_cache, poison
 
 

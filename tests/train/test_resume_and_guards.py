@@ -11,7 +11,8 @@ import zarr
 
 from pipeline.cache.schema import ATTR_KEY
 from pipeline.errors import NserError
-from pipeline.train.trainer import TrainConfig, train_on_cache
+from pipeline.train.config import TrainConfig
+from pipeline.train.trainer import train_on_cache
 from tests.helpers import Signal, row, write_cache
 
 

@@ -3,7 +3,8 @@
 import json
 
 from pipeline.cache.reader import CacheReader
-from pipeline.train.trainer import TrainConfig, fold_plan, train_on_cache
+from pipeline.train.config import TrainConfig
+from pipeline.train.trainer import fold_plan, train_on_cache
 from pipeline.cache.counting_store import CountingStore
 
 
