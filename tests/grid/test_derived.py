@@ -155,3 +155,12 @@ def test_cli_dry_run_shows_derived_runs(tmp_path, cache):
     res = CliRunner().invoke(grid_command, [str(grid), "--dry-run", "--no-derive"])
     assert res.exit_code == 0 and "derived from" not in res.output.split("\n", 1)[1]
     assert not (tmp_path / "out").exists()
+
+
+def test_fusions_derived_from_one_layer_runs_share_their_model():
+    from pipeline.train.fusion import FUSIONS
+    from pipeline.train.fusion_specs import FUSION_SPECS
+
+    derivable = {n: s.candidates_train_as for n, s in FUSION_SPECS.items() if s.candidates_train_as}
+    assert derivable == {"last": "single", "best": "single"}
+    assert all(FUSION_SPECS[source].one_layer and FUSIONS[n] is FUSIONS[source] for n, source in derivable.items())
