@@ -25,8 +25,10 @@ from pipeline.cli.common import NserCommand, quiet_option
 @click.option("--workers", type=click.IntRange(min=1), help="Local cluster workers (default: 1-2, one per core).")
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (overrides the spec's `out`).")
 @click.option("--dry-run", is_flag=True, help="List the runs (and which are finished) without running anything.")
+@click.option("--no-derive", is_flag=True,
+              help="Train every best/last run, even where the grid's single runs give its results (docs/grid.md).")
 @quiet_option
-def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, dry_run, quiet):
+def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, dry_run, no_derive, quiet):
     """Run an ablation grid (fusions x layers x caches x seeds) and aggregate its results.
 
     Finished runs (a done.json in their run dir) are skipped, so rerunning the same command
@@ -42,9 +44,11 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
                                "cluster listens on 127.0.0.1 only")
     security = scheduler_security(scheduler, *tls) if scheduler else None  # settings checked before the spec
     spec = load_grid(grid_file, out=out)
-    runs = expand(spec)
+    runs = expand(spec, derive=not no_derive)
     n_done = sum(is_done(r) for r in runs)
-    click.echo(f"{grid_file}: {len(runs)} runs, {n_done} already finished; out: {spec.out}", err=True)
+    n_derived = sum(r.derived for r in runs)
+    click.echo(f"{grid_file}: {len(runs)} runs ({len(runs) - n_derived} trained, {n_derived} derived from them), "
+               f"{n_done} already finished; out: {spec.out}", err=True)
     if dry_run:
         for r in runs:
             click.echo(("done    " if is_done(r) else "todo    ") + r.describe())

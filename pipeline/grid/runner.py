@@ -5,6 +5,9 @@ only after `train_on_cache` has returned, i.e. after metrics.json is complete, s
 any point is resumed by running it again: finished runs are skipped, everything else (failed,
 interrupted, never started) runs again. A run that raises is recorded in `<run dir>/error.txt`
 and in the table with status `failed`; the other runs go on.
+
+Derived runs (RunSpec.sources) are not trained: once their source runs are finished, the client
+writes their outputs from the sources' (pipeline/grid/derive.py), with the same done.json marker.
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline.errors import NserError
 from pipeline.failpoints import failpoint
+from pipeline.grid.derive import derived_metrics
 from pipeline.grid.spec import RunSpec
 from pipeline.safe_files import Flock, LockBusy, atomic_open
 from pipeline.safe_files import atomic_write as _write_atomic  # readers see the old file or the new one
+from pipeline.train.fusion_specs import fusion_spec
 from pipeline.train.run_metrics import RunMetrics
 
 DONE, ERROR, RUN_INFO = "done.json", "error.txt", "run.json"
@@ -42,6 +47,10 @@ _FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "secon
 
 class GridBusyError(NserError):
     """Another process is running the same grid folder or the same run."""
+
+
+class DerivedRunError(NserError):
+    """A derived run's source runs did not all finish."""
 
 
 # --- small file helpers -------------------------------------------------------------------------
@@ -100,6 +109,57 @@ def execute_run(run: RunSpec) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any failure of one run is data for the table
         record_failure(run, traceback.format_exc(), where=f"worker pid {os.getpid()} on {socket.gethostname()}")
         return {"key": run.key, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+# --- derived runs (on the client) ----------------------------------------------------------------
+
+def derive_run(run: RunSpec, rows: dict[str, dict[str, Any]]) -> None:
+    """Write a derived run's outputs from its sources' (their current `rows`), as a worker writes a
+    trained run's: run.json first, then config.json and metrics.json, done.json last. A source
+    that is not done fails the run, with the sources' errors as the reason."""
+    run_dir = Path(run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _exclusive(run_dir / ".lock", f"run dir {run_dir}"):
+            if is_done(run):
+                return
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / ERROR).unlink()
+            _write_atomic(run_dir / RUN_INFO, json.dumps(run_record(run), indent=2))
+            _check_sources(run, rows)
+            sources = {k: RunMetrics.read(Path(rows[k]["run_dir"]) / "metrics.json") for k in run.sources}
+            derived = derived_metrics(fusion_spec(run.config.fusion), sources)
+            metrics = derived.metrics
+            # the chosen source's record (code version, cache, device, data mode): its scores are these
+            source_info = json.loads((Path(rows[derived.chosen]["run_dir"]) / "config.json").read_text())
+            _write_atomic(run_dir / "config.json", json.dumps({
+                **source_info, "config": asdict(run.config), "layers": metrics.layers,
+                "derived_from": metrics.data["derived_from"]}, indent=2))
+            _write_atomic(run_dir / "metrics.json", json.dumps(metrics.to_dict(), indent=2))
+            _write_atomic(run_dir / DONE, json.dumps({
+                "key": run.key, "uar": metrics.uar, "macro_f1": metrics.macro_f1, "seconds": metrics.seconds,
+                "derived_from": list(run.sources), "host": socket.gethostname(), "pid": os.getpid(),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+    except Exception:  # noqa: BLE001 - as for a trained run: the reason goes to error.txt and the table
+        record_failure(run, traceback.format_exc(), where=f"the grid client (pid {os.getpid()}), deriving it")
+
+
+def _check_sources(run: RunSpec, rows: dict[str, dict[str, Any]]) -> None:
+    unfinished = [k for k in run.sources if rows[k]["status"] != "done"]
+    if unfinished:
+        raise DerivedRunError(f"{len(unfinished)} of the {len(run.sources)} runs it is derived from did not finish: "
+                              + "; ".join(f"{k} ({rows[k]['fusion']} {rows[k]['layers']}): "
+                                          f"{rows[k]['error'] or rows[k]['status']}" for k in unfinished))
+
+
+def _derive_ready(waiting: list[RunSpec], training: set[str], rows: dict[str, dict[str, Any]],
+                  derived: list[str]) -> None:
+    """Derive each waiting run none of whose sources is still `training` in this call."""
+    for run in [r for r in waiting if not training.intersection(r.sources)]:
+        waiting.remove(run)
+        derive_run(run, rows)
+        rows[run.key] = run_row(run)
+        derived.append(run.key)
 
 
 def record_failure(run: RunSpec, tb: str, where: str) -> None:
@@ -275,7 +335,8 @@ class GridOutcome:
     table: pd.DataFrame
     csv: Path
     parquet: Path
-    ran: list[str] = field(default_factory=list)  # keys executed by this call
+    ran: list[str] = field(default_factory=list)  # keys executed (trained) by this call
+    derived: list[str] = field(default_factory=list)  # keys of derived runs written (or failed) by this call
     skipped: list[str] = field(default_factory=list)  # keys already finished before this call
 
     @property
@@ -294,29 +355,40 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
              write_every_s: float = 5.0) -> GridOutcome:
     """Run every unfinished run on Dask (the given client, else `scheduler` with `security`, else a local cluster)
     and write `<out>/results.{csv,parquet}`: during the grid at most every `write_every_s` seconds,
-    and at the end (also when interrupted)."""
+    and at the end (also when interrupted). A derived run is written here as soon as its sources
+    are finished (or failed), before, during or after the training."""
     out = Path(out)
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
         raise NserError("run_grid got the same run twice; expand() drops duplicates")
     with _exclusive(out / ".nser-grid.lock", f"grid folder {out}"):
         rows = {r.key: run_row(r) for r in runs}
-        pending = [r for r in runs if rows[r.key]["status"] != "done"]
+        pending = [r for r in runs if rows[r.key]["status"] != "done" and not r.derived]
+        waiting = [r for r in runs if rows[r.key]["status"] != "done" and r.derived]
         skipped = [r.key for r in runs if rows[r.key]["status"] == "done"]
+        training = {r.key for r in pending}
         ran: list[str] = []
+        derived: list[str] = []
+
+        def finished(key: str) -> None:
+            training.discard(key)
+            _derive_ready(waiting, training, rows, derived)
+
         try:
+            _derive_ready(waiting, training, rows, derived)
             if pending:
                 with (contextlib.nullcontext(client) if client is not None
                       else dask_client(scheduler, n_workers, security)) as c:
-                    _run_pending(c, pending, rows, ran, out, progress, write_every_s)
+                    _run_pending(c, pending, rows, ran, out, progress, write_every_s, finished)
         finally:
             table = results_frame(list(rows.values()))
             csv, parquet = write_results(table, out)
-        return GridOutcome(table=table, csv=csv, parquet=parquet, ran=ran, skipped=skipped)
+        return GridOutcome(table=table, csv=csv, parquet=parquet, ran=ran, derived=derived, skipped=skipped)
 
 
 def _run_pending(client: Any, pending: list[RunSpec], rows: dict[str, dict], ran: list[str], out: Path,
-                 progress: bool, write_every_s: float) -> None:
+                 progress: bool, write_every_s: float, finished: Callable[[str], None]) -> None:
+    """Submit `pending`, and record each run as it completes; `finished(key)` after its row."""
     from dask.distributed import as_completed
 
     by_key = {r.key: r for r in pending}
@@ -335,6 +407,7 @@ def _run_pending(client: Any, pending: list[RunSpec], rows: dict[str, dict], ran
                 fut.release()
             rows[key] = run_row(run)
             ran.append(key)
+            finished(key)
             n_failed += rows[key]["status"] == "failed"
             bar.set_postfix(failed=n_failed, refresh=False)
             bar.update()

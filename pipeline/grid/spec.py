@@ -13,7 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # opened at expansion only: reading caches needs Zarr, slow t
 EACH = "each:"
 # TrainConfig fields a grid sets itself; `train:` may set the others.
 _PER_RUN_FIELDS = ("fusion", "layers", "seed", "folds")
-_GRID_KEYS = ("caches", "fusions", "layers", "seeds", "folds", "per_fold", "train")
+_GRID_KEYS = ("caches", "fusions", "layers", "seeds", "folds", "per_fold", "derive", "train")
 
 
 class GridSpecError(NserError):
@@ -49,6 +49,8 @@ class SubGrid:
     seeds: tuple[int, ...] = (0,)
     folds: str | tuple[str, ...] = "all"
     per_fold: bool = False
+    # false: its `best`/`last` runs train even when the grid's `single` runs could give their results
+    derive: bool = True
     train: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,11 +80,19 @@ class RunSpec:
     noise_type: str | None
     snr_db: float | None
     model: str
+    # Keys of the grid's one-layer runs this run's results are taken from, in candidate order
+    # (FusionSpec.candidates_train_as); empty: the run trains.
+    sources: tuple[str, ...] = ()
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.sources)
 
     def describe(self) -> str:
         c = self.config
+        how = f"  derived from {len(self.sources)} run{'s' * (len(self.sources) != 1)}" if self.derived else ""
         return (f"{self.key}  {self.corpus}/{self.condition}  {c.fusion:<12} {self.layers:<18} "
-                f"seed {c.seed} folds {c.folds}")
+                f"seed {c.seed} folds {c.folds}{how}")
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -111,16 +121,17 @@ def _subgrid(entry: dict[str, Any], defaults: dict[str, Any], where: str) -> Sub
     seeds = _as_tuple(merged.get("seeds", [0]), "seeds", where)
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise GridSpecError(f"{where}: seeds must be integers, got {list(seeds)}")
-    per_fold = merged.get("per_fold", False)
-    if not isinstance(per_fold, bool):
-        raise GridSpecError(f"{where}: per_fold must be true or false, got {per_fold!r}")
+    flags = {k: merged.get(k, default) for k, default in (("per_fold", False), ("derive", True))}
+    for k, v in flags.items():
+        if not isinstance(v, bool):
+            raise GridSpecError(f"{where}: {k} must be true or false, got {v!r}")
     train = merged["train"]
     if not isinstance(train, dict):
         raise GridSpecError(f"{where}: 'train' must be a mapping of TrainConfig fields")
     return SubGrid(caches=tuple(map(str, _as_tuple(merged["caches"], "caches", where))),
                    fusions=tuple(map(str, _as_tuple(merged["fusions"], "fusions", where))),
                    layers=tuple(map(str, _as_tuple(merged["layers"], "layers", where))),
-                   seeds=seeds, folds=folds, per_fold=per_fold, train=dict(train))
+                   seeds=seeds, folds=folds, **flags, train=dict(train))
 
 
 def parse_grid(data: dict[str, Any], out: str | Path | None = None, source: str = "<dict>") -> GridSpec:
@@ -231,13 +242,18 @@ def _coerce(value: Any, kind: type, what: str) -> Any:
     raise GridSpecError(f"{what} must be {kind.__name__}, got {value!r}")
 
 
-def expand(spec: GridSpec) -> list[RunSpec]:
+def expand(spec: GridSpec, derive: bool = True) -> list[RunSpec]:
     """Every run of the grid, in spec order, duplicates (same key) dropped. Raises GridSpecError
-    for anything that would fail for a reason the spec alone decides."""
+    for anything that would fail for a reason the spec alone decides.
+
+    A run whose fusion's candidates train as one-layer runs that the grid also has is derived
+    from them (RunSpec.sources), unless `derive` (the CLI's --no-derive) or its subgrid's
+    `derive:` is false."""
     from pipeline.cache.reader import CacheReader
 
     readers: dict[str, CacheReader] = {}
     runs: dict[str, RunSpec] = {}
+    wanted: dict[str, tuple[str, ...]] = {}  # run key -> keys of the one-layer runs it could be derived from
     for i, sub in enumerate(spec.subgrids):
         where = spec.source if len(spec.subgrids) == 1 else f"{spec.source} subgrids[{i}]"
         unknown = [f for f in sub.fusions if f not in FUSION_SPECS]
@@ -267,7 +283,21 @@ def expand(spec: GridSpec) -> list[RunSpec]:
                                 key = run_key(cfg, reader.identity_hash)
                                 if key not in runs:
                                     runs[key] = _run(spec.out, key, path, reader, cfg, label, selection)
-    return list(runs.values())
+                                    if derive and sub.derive:
+                                        wanted[key] = _candidate_run_keys(reader, cfg, selection)
+    return [replace(run, sources=wanted[key]) if wanted.get(key) and all(k in runs for k in wanted[key]) else run
+            for key, run in runs.items()]
+
+
+def _candidate_run_keys(reader: CacheReader, cfg: TrainConfig, selection: LayerSelection) -> tuple[str, ...]:
+    """Keys of the one-layer runs, with this run's other settings, that train exactly what this
+    run trains per candidate; () for a fusion that trains a model of its own."""
+    fusion = FUSION_SPECS[cfg.fusion]
+    if fusion.candidates_train_as is None:
+        return ()
+    candidates = fusion.candidates(selection, reader.n_encoder_states, reader.n_decoder_states)
+    return tuple(run_key(replace(cfg, fusion=fusion.candidates_train_as, layers=c.spec()), reader.identity_hash)
+                 for c in candidates)
 
 
 def _fold_names(reader: CacheReader, sub: SubGrid, where: str, path: str) -> list[str]:

@@ -63,6 +63,10 @@ class FusionSpec:
     # Trains a model per candidate on every fold and keeps the candidate with the best mean
     # validation UAR; only the kept candidate's models see the test folds.
     chosen_on_validation: bool = False
+    # The one-layer fusion whose run on each candidate trains exactly this fusion's model for it
+    # (same model, seeds and folds): a grid that has those runs derives this run from them
+    # instead of training it again (docs/grid.md). None: the fusion trains a model of its own.
+    candidates_train_as: str | None = None
 
     def candidates(self, selection: LayerSelection, n_encoder_states: int,
                    n_decoder_states: int) -> list[LayerSelection]:
@@ -73,8 +77,8 @@ class FusionSpec:
 
 FUSION_SPECS: dict[str, FusionSpec] = {s.name: s for s in (
     FusionSpec("single", exactly_one, one_layer=True),
-    FusionSpec("last", stack_last),
-    FusionSpec("best", each_layer, chosen_on_validation=True),
+    FusionSpec("last", stack_last, candidates_train_as="single"),
+    FusionSpec("best", each_layer, chosen_on_validation=True, candidates_train_as="single"),
     FusionSpec("mean"),
     FusionSpec("attention"),
     FusionSpec("scalar-mix"),

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @dataclass
 class FoldMetrics:
@@ -42,6 +44,15 @@ class LayerChoice:
     best_layer: str
     layer_val_uar: dict[str, float]
     layer_val_uar_folds: dict[str, dict[str, float]]
+
+
+def choose_on_validation(val_uar_folds: dict[str, dict[str, float]]) -> LayerChoice:
+    """The candidate (layer -> fold -> best-epoch validation UAR, in candidate order) with the best
+    mean validation UAR; ties go to the earlier candidate. The trainer and the grid's derived runs
+    both choose here, so a derived `best` picks what training it would have picked."""
+    means = {name: float(np.mean(list(folds.values()))) for name, folds in val_uar_folds.items()}
+    return LayerChoice(best_layer=max(means, key=means.__getitem__), layer_val_uar=means,
+                       layer_val_uar_folds=val_uar_folds)
 
 
 @dataclass

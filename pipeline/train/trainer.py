@@ -37,7 +37,7 @@ from pipeline.train.fusion import build_fusion
 from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.train.resident import RunData, default_memory_budget
-from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics
+from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
 from pipeline.safe_files import atomic_write
 from pipeline.version import code_version
 
@@ -308,20 +308,17 @@ def _choose_layer(run: _Run) -> tuple[LayerSelection, dict[str, _Trained], Layer
     if not run.spec.chosen_on_validation:
         (selection,) = run.candidates
         return selection, {}, None
-    chosen: tuple[float, LayerSelection, dict[str, _Trained]] = (-1.0, run.candidates[0], {})
+    kept: tuple[LayerSelection, dict[str, _Trained]] = (run.candidates[0], {})
     val_uar: dict[str, dict[str, float]] = {}
     for sel in run.candidates:
         name = sel.names[0]
         trained = {test_fold: run.train_fold(sel, train_idx, val_idx, {"layer": name, "fold": test_fold})
                    for test_fold, train_idx, val_idx, _ in run.plan}
         val_uar[name] = {fold: t[1] for fold, t in trained.items()}
-        score = float(np.mean(list(val_uar[name].values())))
-        if score > chosen[0]:
-            chosen = (score, sel, trained)
-    _, selection, trained = chosen
-    return selection, trained, LayerChoice(
-        best_layer=selection.names[0], layer_val_uar={n: float(np.mean(list(v.values()))) for n, v in val_uar.items()},
-        layer_val_uar_folds=val_uar)
+        if choose_on_validation(val_uar).best_layer == name:  # only the leader's models stay in memory
+            kept = (sel, trained)
+    selection, trained = kept
+    return selection, trained, choose_on_validation(val_uar)
 
 
 def _train_and_test_folds(run: _Run, selection: LayerSelection, trained: dict[str, _Trained]) -> dict[str, FoldMetrics]:
