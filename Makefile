@@ -13,7 +13,7 @@ DEVICE ?= auto
 BATCH ?= 8
 EPOCHS ?= 50
 FUSION ?= l-adapter
-LAYERS ?= enc:all,dec:all
+LAYERS ?= enc:blocks,dec:blocks
 RUN_DIR ?= runs/$(DATASET)/$(CONDITION)/$(MODEL_TAG)/$(FUSION)
 GRID ?= grids/emodb_fusions.yaml
 GRID_OUT ?=
@@ -119,7 +119,7 @@ demo:
 	nser-extract --corpus csv --data-root $(DEMO_DIR)/corpus --model $(DEMO_MODEL) \
 	  --noise $(DEMO_DIR)/noise/babble --noise-type babble --snr $(DEMO_SNR) --out $(DEMO_DIR)/cache.zarr
 	nser cache info $(DEMO_DIR)/cache.zarr
-	nser-train --cache $(DEMO_DIR)/cache.zarr --layers enc:all,dec:all --epochs $(DEMO_EPOCHS) \
+	nser-train --cache $(DEMO_DIR)/cache.zarr --layers enc:blocks,dec:blocks --epochs $(DEMO_EPOCHS) \
 	  --out $(DEMO_DIR)/run --quiet
 
 clean-demo:

@@ -1,8 +1,9 @@
-"""Layer selection syntax: ``enc:all``, ``dec:0-4``, ``enc:10,12``, combined with commas.
+"""Layer selection syntax: ``enc:blocks``, ``enc:all``, ``dec:0-4``, ``enc:10,12``, combined with commas.
 
 Index 0 is the embedding output (before the first transformer block); index L is the last
 block's output (after the final LayerNorm, as transformers returns it), so a model with L
-blocks stores L+1 hidden states per stack.
+blocks stores L+1 hidden states per stack. ``blocks`` is 1..L, the blocks' outputs the paper's
+adapters and layer-wise figures use (whisper-small: 12 + 12); ``all`` adds the embedding output.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pipeline.errors import LayerSelectionError
 
 _STACKS = {"enc": "encoder", "encoder": "encoder", "dec": "decoder", "decoder": "decoder"}
+# The paper's selection: every block of both stacks, without the embedding outputs.
+PAPER_LAYERS = "enc:blocks,dec:blocks"
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,11 @@ def parse_layers(text: str, n_encoder_states: int, n_decoder_states: int) -> Lay
     for raw in text.replace(";", ",").replace(" ", "").split(","):
         if not raw:
             continue
-        m = re.fullmatch(r"(?:(enc|encoder|dec|decoder):)?(all|last|(-?\d{1,9})(?:-(-?\d{1,9}))?)", raw)
+        m = re.fullmatch(r"(?:(enc|encoder|dec|decoder):)?(all|blocks|last|(-?\d{1,9})(?:-(-?\d{1,9}))?)", raw)
         if m is None:
             raise LayerSelectionError(
                 f"bad layer selection item {_short(raw)!r} in {_short(text)!r}; "
-                "use e.g. 'enc:all,dec:all', 'dec:0-4', 'enc:10,12', 'enc:last'"
+                "use e.g. 'enc:blocks,dec:blocks', 'enc:all', 'dec:0-4', 'enc:10,12', 'enc:last'"
             )
         if m.group(1):
             stack = _STACKS[m.group(1)]
@@ -62,6 +65,11 @@ def parse_layers(text: str, n_encoder_states: int, n_decoder_states: int) -> Lay
         limit = limits[stack]
         if m.group(2) == "all":
             idx = list(range(limit))
+        elif m.group(2) == "blocks":
+            if limit < 2:
+                raise LayerSelectionError(f"'{stack[:3]}:blocks' needs a stack with blocks; the cache stores "
+                                          f"{limit} {stack} state(s)")
+            idx = list(range(1, limit))
         elif m.group(2) == "last":
             idx = [limit - 1]
         else:
@@ -85,3 +93,21 @@ def parse_layers(text: str, n_encoder_states: int, n_decoder_states: int) -> Lay
     if not chosen["encoder"] and not chosen["decoder"]:
         raise LayerSelectionError(f"layer selection {text!r} selects no layer")
     return LayerSelection(tuple(sorted(chosen["encoder"])), tuple(sorted(chosen["decoder"])))
+
+
+def stack_label(selection: LayerSelection, n_encoder_states: int, n_decoder_states: int) -> str | None:
+    """`enc:blocks`, `enc:all,dec:blocks`, ... when each selected stack is whole (all its blocks,
+    with or without the embedding output), whatever the spelling; None for a partial selection.
+    Reports label runs by it, so `enc:1-6` and `enc:blocks` on whisper-base are one method."""
+    parts = []
+    for prefix, chosen, count in (("enc", selection.encoder, n_encoder_states),
+                                  ("dec", selection.decoder, n_decoder_states)):
+        if not chosen:
+            continue
+        if chosen == tuple(range(count)):
+            parts.append(f"{prefix}:all")
+        elif count > 1 and chosen == tuple(range(1, count)):
+            parts.append(f"{prefix}:blocks")
+        else:
+            return None
+    return ",".join(parts)

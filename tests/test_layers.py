@@ -46,3 +46,24 @@ def test_range_bounds_are_checked_before_the_range_is_built():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 1 << 20, f"{peak} bytes allocated to refuse a range"
+
+
+def test_blocks_are_the_papers_layers_without_the_embeddings():
+    from pipeline.layers import PAPER_LAYERS
+
+    sel = parse_layers(PAPER_LAYERS, 13, 13)  # whisper-small: 12 + 12 blocks, 13 + 13 stored states
+    assert sel.encoder == tuple(range(1, 13)) and sel.decoder == tuple(range(1, 13)) and len(sel) == 24
+    assert parse_layers("enc:blocks,dec:0", 7, 7).names == [f"enc{i}" for i in range(1, 7)] + ["dec0"]
+    with pytest.raises(LayerSelectionError, match="'dec:blocks' needs a stack with blocks"):
+        parse_layers("dec:blocks", 7, 1)
+
+
+@pytest.mark.parametrize("text,label", [
+    ("enc:blocks", "enc:blocks"), ("enc:1-6", "enc:blocks"), ("enc:0-6", "enc:all"), ("enc:all", "enc:all"),
+    ("dec:all,enc:1-6", "enc:blocks,dec:all"), ("enc:blocks,dec:blocks", "enc:blocks,dec:blocks"),
+    ("enc:2-6", None), ("enc:all,dec:0-3", None), ("enc:6", None),
+])
+def test_whole_stacks_get_one_label_whatever_the_spelling(text, label):
+    from pipeline.layers import stack_label
+
+    assert stack_label(parse_layers(text, 7, 7), 7, 7) == label

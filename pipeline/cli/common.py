@@ -78,8 +78,8 @@ def seed_option(help: str) -> Callable:
     return click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help=help)
 
 
-def layers_option(help: str) -> Callable:
-    return click.option("--layers", default="enc:all,dec:all", show_default=True, help=help)
+def layers_option(help: str, default: str = "enc:all,dec:all") -> Callable:
+    return click.option("--layers", default=default, show_default=True, help=help)
 
 
 def json_option(help: str = "One JSON object.") -> Callable:

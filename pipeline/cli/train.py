@@ -10,6 +10,7 @@ import click
 
 from pipeline.cli.common import NserCommand, RegistryChoice, cache_option, layers_option, quiet_option, \
     seed_option, storage_options_option
+from pipeline.layers import PAPER_LAYERS
 
 
 def _fusion_names():
@@ -46,7 +47,8 @@ def _positive_finite(ctx, param, value: float) -> float:
               help="single: one layer; last: a stack's last state; best: the single layer with the best "
                    "validation UAR; mean / attention / scalar-mix / weighted-sum: layers mixed per frame "
                    "before one shared head; l-adapter: the paper's adapter per layer (docs/fusions.md).")
-@layers_option("e.g. enc:all,dec:all | dec:0-4 | enc:10,12 | enc:last")
+@layers_option("Default: every block of both stacks, as the paper (enc:blocks = 1..L); enc:all adds the "
+               "embedding output (0). E.g. enc:all,dec:all | dec:0-4 | enc:10,12 | enc:last", default=PAPER_LAYERS)
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True,
               help="Epochs per fold; the epoch with the best validation UAR is tested.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,

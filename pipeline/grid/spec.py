@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pipeline.errors import NserError
-from pipeline.layers import LayerSelection
+from pipeline.layers import LayerSelection, stack_label
 from pipeline.train.config import TrainConfig, result_settings
 from pipeline.train.fusion_specs import FUSION_SPECS, layer_sweep_fusions, resolve_layers
 
@@ -342,7 +342,7 @@ def _selections(reader: CacheReader, fusion: str, text: str, where: str,
         hint = (f"; for one run per layer write layers: ['each:{body}']"
                 if one_layer and len(selection) > 1 else "")
         raise GridSpecError(f"{where}: fusion {fusion!r} with layers {text!r}: {exc}{hint}") from exc
-    return [(text, selection)]
+    return [(stack_label(selection, reader.n_encoder_states, reader.n_decoder_states) or text, selection)]
 
 
 def _run(out: Path, key: str, path: str, reader: CacheReader, cfg: TrainConfig, label: str,

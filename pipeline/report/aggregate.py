@@ -25,7 +25,10 @@ METRICS = {"uar": "UAR", "macro_f1": "F1"}
 STACK_ORDER = {"enc": 0, "dec": 1, "enc+dec": 2}
 # A layer sweep's summary rows in the fusion comparison, in their order before the fusions' own rows.
 SWEEP_ROWS = (", last", ", best†")
-WHOLE_STACKS = {"enc:all", "dec:all", "enc:all,dec:all", "dec:all,enc:all"}
+# Whole-stack selections as the grid labels them (pipeline.layers.stack_label), shown by fusion name
+# alone; "dec:all,enc:all" as older or hand-made tables may spell it.
+WHOLE_STACKS = {"enc:all", "dec:all", "enc:all,dec:all", "dec:all,enc:all", "enc:blocks", "dec:blocks",
+                "enc:blocks,dec:blocks", "enc:blocks,dec:all", "enc:all,dec:blocks"}
 _SINGLE = re.compile(r"^(enc|dec):(\d+)$")
 
 

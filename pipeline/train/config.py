@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import NserError
+from pipeline.layers import PAPER_LAYERS
 from pipeline.train.fusion_specs import FUSION_SPECS
 
 
 @dataclass
 class TrainConfig:
     fusion: str = "l-adapter"
-    layers: str = "enc:all,dec:all"
+    layers: str = PAPER_LAYERS
     epochs: int = 50
     batch_size: int = 32
     lr: float = 1e-4

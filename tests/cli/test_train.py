@@ -31,3 +31,10 @@ def test_fusion_choices_are_the_registry():
         == set(FUSIONS)
     for name in FUSIONS:
         assert parsed("--fusion", name)["fusion"] == name
+
+
+def test_default_layers_are_the_papers():
+    from pipeline.train.config import TrainConfig
+
+    assert parsed()["layers"] == TrainConfig().layers == "enc:blocks,dec:blocks"
+    assert "enc:blocks,dec:blocks" in CliRunner().invoke(train_command, ["--help"]).output

@@ -38,6 +38,16 @@ def spec(tmp_path, cache, **grid):
 
 # --- expansion ----------------------------------------------------------------------------------
 
+def test_whole_stack_selections_get_one_label(tmp_path, caches):
+    runs = expand(parse_grid({"out": str(tmp_path), "caches": [str(caches["good"])], "train": TINY,
+                              "fusions": ["mean"], "layers": ["enc:1-2", "enc:0-2", "dec:blocks,enc:all", "enc:1"]}))
+    assert [r.layers for r in runs] == ["enc:blocks", "enc:all", "enc:all,dec:blocks", "enc:1"]
+    # enc:blocks,dec:blocks and enc:1-2,dec:1 are one run: the key follows the selection, not its spelling
+    again = expand(parse_grid({"out": str(tmp_path), "caches": [str(caches["good"])], "train": TINY,
+                               "fusions": ["mean"], "layers": ["enc:blocks,dec:blocks", "enc:1-2,dec:1"]}))
+    assert [r.layers for r in again] == ["enc:blocks,dec:blocks"]
+
+
 def test_expansion_counts_each_and_keys(tmp_path, caches):
     s = parse_grid({"out": str(tmp_path / "out"), "caches": [str(caches["good"])], "seeds": [0, 1], "train": TINY,
                     "subgrids": [{"fusions": ["single"], "layers": ["each:enc:all", "each:dec:all"]},

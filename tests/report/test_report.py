@@ -10,7 +10,7 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from pipeline.report.aggregate import load_results, method_cells, pooled
+from pipeline.report.aggregate import load_results, method_cells, normalize, pooled
 from pipeline.report.build import build_report
 from pipeline.cli.report import report_command
 from pipeline.train.run_metrics import RunMetrics
@@ -148,3 +148,10 @@ def test_bad_inputs_are_clear(tmp_path):
     pd.DataFrame({"fusion": ["mean"]}).to_csv(tmp_path / "results.csv", index=False)
     res = CliRunner().invoke(report_command, [str(tmp_path / "results.csv")])
     assert res.exit_code == 1 and "lack column(s)" in res.output
+
+
+def test_whole_stacks_are_shown_by_fusion_name_with_or_without_the_embeddings():
+    df = normalize(pd.DataFrame({"condition": "clean", "fusion": ["mean", "mean", "l-adapter", "mean"],
+                                 "layers": ["enc:blocks", "enc:all,dec:blocks", "enc:blocks,dec:blocks", "enc:2-6"],
+                                 "uar": 0.5, "macro_f1": 0.5}))
+    assert list(df["method"]) == ["mean", "mean", "l-adapter", "mean [enc:2-6]"]
