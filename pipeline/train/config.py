@@ -20,7 +20,8 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 32
     lr: float = 1e-4
-    dropout: float = 0.5
+    dropout: float = 0.5  # before the classifier
+    adapter_dropout: float = 0.5  # on each layer adapter's BiGRU output (the paper's 0.5; 0: none)
     hidden: int = 256
     seed: int = 0
     folds: str = "all"  # comma-separated test folds to run, or all
@@ -46,6 +47,8 @@ class TrainConfig:
             ("batch_size", self.batch_size, whole(self.batch_size, 1), "a whole number >= 1"),
             ("lr", self.lr, number(self.lr) and self.lr > 0, "a finite number > 0"),
             ("dropout", self.dropout, number(self.dropout) and 0 <= self.dropout < 1, "in [0, 1)"),
+            ("adapter_dropout", self.adapter_dropout, number(self.adapter_dropout) and 0 <= self.adapter_dropout < 1,
+             "in [0, 1)"),
             ("hidden", self.hidden, whole(self.hidden, 1), "a whole number >= 1"),
             ("seed", self.seed, whole(self.seed, 0, 2**32 - 1), "a whole number in 0..2**32-1"),
             ("threads", self.threads, whole(self.threads, 0), "a whole number >= 0 (0: torch's default)"),

@@ -67,17 +67,22 @@ class BiGRU(nn.Module):
 
 
 class LayerAdapter(nn.Module):
-    """BiGRU (256 per direction) -> max-pool over valid frames -> ReLU -> LayerNorm (paper eq. 5-6).
+    """BiGRU (256 per direction) -> dropout -> max-pool over valid frames -> ReLU -> LayerNorm
+    (paper eq. 5-6).
 
-    Padded frames never reach a real frame's GRU state (see BiGRU) and are masked out of the max-pool."""
+    The paper gives the adapter's BiGRU a dropout of 0.5; a one-layer GRU has no inner dropout, so
+    it is read as dropout on the BiGRU's output frames (`dropout`; 0 turns it off and draws no
+    random numbers). Padded frames never reach a real frame's GRU state (see BiGRU) and are masked
+    out of the max-pool."""
 
-    def __init__(self, d_in: int, hidden: int = 256):
+    def __init__(self, d_in: int, hidden: int = 256, dropout: float = 0.0):
         super().__init__()
         self.gru = BiGRU(d_in, hidden)
+        self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(2 * hidden)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        out = self.gru(x, lengths)
+        out = self.dropout(self.gru(x, lengths))
         mask = valid_mask(lengths, x.shape[1], x.device)
         out = out.masked_fill(~mask[:, :, None], float("-inf"))
         return self.norm(torch.relu(out.max(dim=1).values))
@@ -91,9 +96,9 @@ class LayerAdapterFusion(nn.Module):
     `n_encoder`/`n_decoder` are accepted (every fusion gets them) and ignored."""
 
     def __init__(self, n_layers: int, d_in: int, n_classes: int, hidden: int = 256, dropout: float = 0.5,
-                 n_encoder: int | None = None, n_decoder: int | None = None):
+                 n_encoder: int | None = None, n_decoder: int | None = None, adapter_dropout: float = 0.0):
         super().__init__()
-        self.adapters = nn.ModuleList(LayerAdapter(d_in, hidden) for _ in range(n_layers))
+        self.adapters = nn.ModuleList(LayerAdapter(d_in, hidden, adapter_dropout) for _ in range(n_layers))
         self.layer_logits = nn.Parameter(torch.zeros(n_layers))
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(2 * hidden, n_classes)
@@ -192,13 +197,14 @@ class FrameFusion(nn.Module):
     mixer: type[nn.Module] = MeanMix
 
     def __init__(self, n_layers: int, d_in: int, n_classes: int, hidden: int = 256, dropout: float = 0.5,
-                 n_encoder: int | None = None, n_decoder: int | None = None, **mixer_kwargs):
+                 n_encoder: int | None = None, n_decoder: int | None = None, adapter_dropout: float = 0.0,
+                 **mixer_kwargs):
         super().__init__()
         if n_layers < 1:
             raise LayerSelectionError("a fusion needs at least one layer")
         self.stack_sizes = [k for k in _stack_sizes(n_layers, n_encoder, n_decoder) if k]
         self.mixers = nn.ModuleList(self.mixer(k, d_in, **mixer_kwargs) for k in self.stack_sizes)
-        self.heads = nn.ModuleList(LayerAdapter(d_in, hidden) for _ in self.stack_sizes)
+        self.heads = nn.ModuleList(LayerAdapter(d_in, hidden, adapter_dropout) for _ in self.stack_sizes)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(2 * hidden, n_classes)
 

@@ -90,7 +90,8 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
     key = "_".join(f"{k}-{v}" for k, v in tag.items())
     seed_everything(cfg.seed)
     model = build_fusion(cfg.fusion, n_layers=len(selection), d_in=reader.d_model, n_classes=len(class_ids),
-                         hidden=cfg.hidden, dropout=cfg.dropout, n_encoder=len(selection.encoder),
+                         hidden=cfg.hidden, dropout=cfg.dropout, adapter_dropout=cfg.adapter_dropout,
+                         n_encoder=len(selection.encoder),
                          n_decoder=len(selection.decoder)).to(cfg.device)
     done = ckpt.load_done(key)
     if done is not None:

@@ -38,3 +38,10 @@ def test_default_layers_are_the_papers():
 
     assert parsed()["layers"] == TrainConfig().layers == "enc:blocks,dec:blocks"
     assert "enc:blocks,dec:blocks" in CliRunner().invoke(train_command, ["--help"]).output
+
+
+def test_adapter_dropout_is_the_papers_and_checked(tmp_path):
+    assert parsed()["adapter_dropout"] == 0.5 and parsed("--adapter-dropout", "0")["adapter_dropout"] == 0.0
+    res = CliRunner().invoke(train_command, ["--cache", str(tmp_path / "c.zarr"), "--out", str(tmp_path / "run"),
+                                             "--adapter-dropout", "1.5"])
+    assert res.exit_code == 1 and "adapter_dropout must be in [0, 1)" in res.output

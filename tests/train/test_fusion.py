@@ -50,3 +50,27 @@ def test_bigru_equals_packed_bidirectional_gru():
     got = ours(x, lengths)
     for b, n in enumerate(lengths.tolist()):
         assert torch.allclose(got[b, :n], expected[b, :n], atol=1e-5)
+
+
+def test_adapter_dropout_acts_on_the_bigru_output_in_training_only():
+    torch.manual_seed(0)
+    x, n = torch.randn(4, 9, 6), torch.tensor([9, 7, 3, 1])
+    off, on = LayerAdapter(6, 5, dropout=0.0), LayerAdapter(6, 5, dropout=0.5)
+    on.load_state_dict(off.state_dict())  # dropout has no parameters: the same adapter twice
+    off.train(), on.train()
+    state = torch.get_rng_state()
+    assert torch.equal(off(x, n), off.eval()(x, n))  # p = 0: no effect ...
+    assert torch.equal(torch.get_rng_state(), state)  # ... and no random numbers drawn
+    on.train()
+    assert not torch.allclose(on(x, n), on.eval()(x, n))  # p = 0.5 changes training outputs
+    assert torch.equal(on(x, n), off(x, n))  # and nothing in evaluation
+
+
+def test_adapter_dropout_reaches_every_fusion_head():
+    from pipeline.train.fusion import FUSIONS
+
+    for name in FUSIONS:
+        n_layers = 1 if name in ("single", "last", "best") else 3
+        model = FUSIONS[name](n_layers=n_layers, d_in=6, n_classes=2, hidden=4, adapter_dropout=0.3)
+        adapters = [m for m in model.modules() if isinstance(m, LayerAdapter)]
+        assert adapters and all(a.dropout.p == 0.3 for a in adapters), name
