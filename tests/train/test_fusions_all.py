@@ -224,8 +224,8 @@ def test_last_resolves_against_the_cache(tiny_cache, tmp_path):
 
 
 def test_mixed_stacks_through_the_trainer(tiny_cache, tmp_path):
-    m = trainer.train_on_cache(tiny_cache, tmp_path / "run", cfg(fusion="weighted-sum", epochs=1, folds="1"),
-                               progress=False)
+    m = trainer.train_on_cache(tiny_cache, tmp_path / "run",
+                               cfg(fusion="weighted-sum", layers="enc:all,dec:all", epochs=1, folds="1"), progress=False)
     weights = m["folds"]["1"]["layer_weights"]
     assert list(weights) == ["enc0", "enc1", "enc2", "dec0", "dec1"]
     assert abs(sum(weights[n] for n in ("enc0", "enc1", "enc2")) - 1) < 1e-6
