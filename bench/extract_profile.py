@@ -58,11 +58,6 @@ def wrap(owner, attr: str, label: str) -> None:
             else timed)
 
 
-def path_option(path: str) -> dict:
-    fields = getattr(ExtractionOptions, "__dataclass_fields__", {})
-    return {"fast": path == "fast"} if "fast" in fields else {}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="bundled:base")
@@ -106,7 +101,7 @@ def main() -> None:
         t0 = time.perf_counter()
         run_extraction(corpus, Path(tmp) / "c.zarr",
                        ExtractionOptions(model=args.model, batch_size=args.batch_size, device="cpu",
-                                         dtype=args.dtype, **path_option(args.path)),
+                                         dtype=args.dtype, fast=args.path == "fast"),
                        progress=False)
         total = time.perf_counter() - t0
     n = len(corpus.utterances)
