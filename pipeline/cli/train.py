@@ -55,6 +55,9 @@ def _positive_finite(ctx, param, value: float) -> float:
               help="Utterances per training step.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, callback=_positive_finite,
               help="Learning rate (Adam).")
+@click.option("--length-buckets", is_flag=True,
+              help="Training batches of similar lengths: fewer padded GRU steps on real-length speech, other "
+                   "batches than the paper's random ones (docs/training.md); needs the states in memory.")
 @click.option("--adapter-dropout", type=float, default=0.5, show_default=True,
               help="Dropout on each layer adapter's BiGRU output, the paper's 0.5; 0 keeps only the dropout "
                    "before the classifier (this tool's behaviour before the option existed).")
@@ -70,8 +73,8 @@ def _positive_finite(ctx, param, value: float) -> float:
 @click.option("--model", "expect_model", help="Refuse a cache extracted with another model.")
 @click.option("--allow-missing", is_flag=True, help="Train even if some utterances failed extraction.")
 @quiet_option
-def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, adapter_dropout, seed, folds,
-                  device, memory_budget, threads, expect_model, allow_missing, quiet):
+def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, length_buckets, adapter_dropout,
+                  seed, folds, device, memory_budget, threads, expect_model, allow_missing, quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
     from pipeline.cache.reader import CacheReader
     from pipeline.folds import echo_coverage_warnings
@@ -80,7 +83,7 @@ def train_command(cache, storage_options, out, fusion, layers, epochs, batch_siz
     from pipeline.train.trainer import format_metrics_table, train_on_cache
 
     cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr,
-                      adapter_dropout=adapter_dropout, seed=seed,
+                      adapter_dropout=adapter_dropout, length_buckets=length_buckets, seed=seed,
                       folds=folds, device=device, threads=threads, expect_model=expect_model,
                       allow_missing=allow_missing, memory_budget=parse_size(memory_budget))
     cfg.check()  # before the cache is opened: a bad setting is named even if the cache is also wrong

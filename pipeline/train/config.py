@@ -30,6 +30,7 @@ class TrainConfig:
     allow_missing: bool = False  # train even if utterances of the selected folds failed extraction
     expect_model: str | None = None  # refuse a cache made with another model
     memory_budget: int = 0  # bytes for the run's states in memory (0: half the available RAM); else streamed
+    length_buckets: bool = False  # training batches of similar lengths (pipeline/train/batching.py)
 
     def check(self) -> None:
         """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
@@ -59,6 +60,7 @@ class TrainConfig:
             ("fusion", self.fusion, self.fusion in FUSION_SPECS, f"one of {', '.join(sorted(FUSION_SPECS))}"),
             ("folds", self.folds, isinstance(self.folds, str) and bool(self.folds.strip(" ,")),
              "'all' or comma-separated fold names"),
+            ("length_buckets", self.length_buckets, isinstance(self.length_buckets, bool), "true or false"),
         ) if not ok]
         if problems:
             raise ConfigError("; ".join(problems))
@@ -74,7 +76,14 @@ class ConfigError(NserError):
 NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memory_budget")
 
 
+# Settings added after runs existed, at the value that gives those runs' results: left out of the
+# result settings at that value, so earlier run keys and run dirs stay valid.
+LATER_NEUTRAL = {"length_buckets": False}
+
+
 def result_settings(config: dict[str, Any]) -> dict[str, Any]:
     """A TrainConfig as a dict (`asdict`, or read back from a run's config.json) less
-    NON_RESULT_FIELDS: two runs with equal result settings on one cache give the same results."""
-    return {k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}
+    NON_RESULT_FIELDS (and LATER_NEUTRAL fields at their neutral value): two runs with equal result
+    settings on one cache give the same results."""
+    return {k: v for k, v in config.items()
+            if k not in NON_RESULT_FIELDS and not (k in LATER_NEUTRAL and v == LATER_NEUTRAL[k])}

@@ -67,8 +67,12 @@ class PerUtteranceData:
         self.reader = reader
 
     def loader(self, indices: Sequence[int], selection: LayerSelection, class_ids: dict[str, int],
-               batch_size: int, part: str, generator: torch.Generator | None = None) -> DataLoader:
+               batch_size: int, part: str, generator: torch.Generator | None = None,
+               length_buckets: bool = False) -> DataLoader:
         """Shuffled (reproducibly) exactly when a generator is given: the training part."""
+        if length_buckets:
+            raise NserError("length-bucketed batches are built from the states read once into memory, "
+                            "not on the per-utterance path")
         return DataLoader(CachedLayerDataset(self.reader, indices, selection, class_ids, part),
                           batch_size=batch_size, shuffle=generator is not None, generator=generator,
                           collate_fn=collate)

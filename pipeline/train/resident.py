@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import NserError
 from pipeline.layers import LayerSelection
+from pipeline.train.batching import LengthBucketSampler
 from pipeline.train.dataset import NonFiniteError, non_finite_message
 
 STACKS = ("encoder", "decoder")
@@ -190,9 +191,20 @@ class RunData:
 
     # --- parts ---------------------------------------------------------------------------------
     def loader(self, indices: Sequence[int], selection: LayerSelection, class_ids: dict[str, int],
-               batch_size: int, part: str, generator: torch.Generator | None = None) -> Any:
-        """Batches of one part (shuffled, reproducibly, exactly when a generator is given)."""
+               batch_size: int, part: str, generator: torch.Generator | None = None,
+               length_buckets: bool = False) -> Any:
+        """Batches of one part (shuffled, reproducibly, exactly when a generator is given; grouped by
+        length when `length_buckets`, pipeline/train/batching.py)."""
         p = RunPart(self, indices, selection, class_ids, part)
+        if length_buckets and generator is not None:
+            if self.mode != "memory":
+                raise NserError(f"length-bucketed batches need the run's states in memory, but they are streamed "
+                                f"({self.nbytes} bytes > memory budget {self.budget}): raise --memory-budget, or "
+                                "train without --length-buckets")
+            stack = "encoder" if selection.encoder else "decoder"
+            lengths = self.rows[stack][1][np.asarray(p.indices, dtype=np.int64)]
+            return DataLoader(p, batch_sampler=LengthBucketSampler(lengths, batch_size, generator),
+                              collate_fn=p.collate)
         if self.mode == "memory":
             # The per-utterance path's DataLoader, sampler and generator draws: the same batches.
             return DataLoader(p, batch_size=batch_size, shuffle=generator is not None, generator=generator,

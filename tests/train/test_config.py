@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.grid.spec import run_key
-from pipeline.train.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, result_settings
+from pipeline.train.config import LATER_NEUTRAL, NON_RESULT_FIELDS, ConfigError, TrainConfig, result_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,8 @@ def test_config_and_grid_spec_import_without_torch():
 def test_result_settings_leave_out_exactly_the_non_result_fields():
     cfg = TrainConfig(fusion="mean", layers="enc:1-2", seed=3)
     settings = result_settings(asdict(cfg))
-    assert set(settings) == set(asdict(cfg)) - set(NON_RESULT_FIELDS)
+    neutral = {k for k, v in LATER_NEUTRAL.items() if asdict(cfg)[k] == v}  # later settings at their old value
+    assert neutral == {"length_buckets"} and set(settings) == set(asdict(cfg)) - set(NON_RESULT_FIELDS) - neutral
     assert settings["fusion"] == "mean" and settings["seed"] == 3
     other_machine = replace(cfg, threads=4, device="cuda", allow_missing=True, expect_model="m", memory_budget=1)
     assert result_settings(asdict(other_machine)) == settings
