@@ -10,7 +10,6 @@ greedy decoding and the teacher-forced decoder, only real-audio frames kept, wri
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -20,9 +19,10 @@ import torch
 
 from pipeline.audio import load_audio
 from pipeline.cache.reader import CacheReader
-from pipeline.corpora.manifest import read_corpus
 from pipeline.extract.run import ExtractionOptions, run_extraction
 from pipeline.models.loader import load_whisper
+
+from extraction_args import extraction_parser, first_utterances
 
 
 def naive(model_spec: str, utterances, language: str | None) -> tuple[float, int]:
@@ -42,12 +42,7 @@ def naive(model_spec: str, utterances, language: str | None) -> tuple[float, int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="bundled:base")
-    ap.add_argument("--corpus", default="emodb")
-    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared/data/emodb"))
-    ap.add_argument("--n", type=int, default=24)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap = extraction_parser(__doc__, n=24)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--dtype", default="float32", help="compute dtype of ours (naive stays float32)")
     ap.add_argument("--reference", action="store_true",
@@ -56,8 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    corpus = read_corpus(args.corpus, args.data_root)
-    corpus.utterances = corpus.utterances[: args.n]
+    corpus = first_utterances(args)
     n = len(corpus.utterances)
     load_whisper(args.model)  # convert/download once, outside both timings
 

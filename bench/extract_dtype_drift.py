@@ -9,18 +9,17 @@ are compared only for utterances whose token sequences agree (else positions mea
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.audio import load_audio
-from pipeline.corpora.manifest import read_corpus
 from pipeline.extract.run import DTYPES
 from pipeline.extract.whisper_layers import WhisperLayerExtractor
 from pipeline.models.loader import load_whisper
+
+from extraction_args import extraction_parser, first_utterances
 
 
 def run(model: str, dtype: torch.dtype, audios, language, batch: int):
@@ -39,16 +38,11 @@ def drift(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="bundled:base")
-    ap.add_argument("--corpus", default="emodb")
-    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared/data/emodb"))
-    ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap = extraction_parser(__doc__, n=16)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     args = ap.parse_args()
-    corpus = read_corpus(args.corpus, args.data_root)
-    utts = corpus.utterances[: args.n]
+    corpus = first_utterances(args)
+    utts = corpus.utterances
     audios = [load_audio(u.path).samples for u in utts]
     lang = corpus.language if corpus.language != "multi" else None
     load_whisper(args.model)

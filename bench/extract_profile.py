@@ -10,7 +10,6 @@ encoder output themselves; the fast path computes them once ("cross-attention K/
 
 from __future__ import annotations
 
-import argparse
 import functools
 import inspect
 import tempfile
@@ -21,11 +20,12 @@ from pathlib import Path
 import torch
 
 from pipeline.cache.writer import CacheWriter
-from pipeline.corpora.manifest import read_corpus
 from pipeline.extract import run as run_mod
 from pipeline.extract import whisper_layers as wl
 from pipeline.extract.run import ExtractionOptions, run_extraction
 from pipeline.models.loader import load_whisper
+
+from extraction_args import extraction_parser, first_utterances
 
 TIMES: dict[str, float] = defaultdict(float)
 CALLS: dict[str, int] = defaultdict(int)
@@ -59,17 +59,11 @@ def wrap(owner, attr: str, label: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="bundled:base")
-    ap.add_argument("--corpus", default="emodb")
-    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared/data/emodb"))
-    ap.add_argument("--n", type=int, default=24)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap = extraction_parser(__doc__, n=24)
     ap.add_argument("--path", default="fast", choices=["reference", "fast"])
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
-    corpus = read_corpus(args.corpus, args.data_root)
-    corpus.utterances = corpus.utterances[: args.n]
+    corpus = first_utterances(args)
     load_whisper(args.model)  # conversion once, outside the timing
 
     E = wl.WhisperLayerExtractor

@@ -79,9 +79,8 @@ def _evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> tuple[
 def _loader(data: RunData | PerUtteranceData, indices: list[int], selection: LayerSelection,
             class_ids: dict[str, int], cfg: TrainConfig, part: str, generator: torch.Generator | None = None):
     """Shuffled (reproducibly) exactly when a generator is given: the training part."""
-    if cfg.length_buckets and generator is not None:
-        return data.loader(indices, selection, class_ids, cfg.batch_size, part, generator, length_buckets=True)
-    return data.loader(indices, selection, class_ids, cfg.batch_size, part, generator)
+    return data.loader(indices, selection, class_ids, cfg.batch_size, part, generator,
+                       length_buckets=cfg.length_buckets and generator is not None)
 
 
 def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection: LayerSelection, class_ids: dict[str, int], cfg: TrainConfig,
