@@ -42,8 +42,9 @@ def build_report(source: str | Path, out_dir: str | Path | None = None, paper_ta
     `paper_tables` ("iv", "v") with `paper_dataset` (e.g. "iemocap"): the runs reproduce those paper
     tables on that dataset, so their paper-layout tables show the paper's values and our differences."""
     df, base = agg.load_results(source)
-    if paper_tables and paper_dataset is None:
-        raise agg.ReportError("--paper-table needs --paper-dataset (which of the paper's datasets the runs are)")
+    from pipeline.report.paper_tables import check_paper_request, paper_sections  # imports this module
+
+    check_paper_request(df, paper_tables, paper_dataset)  # refused before any figure is drawn
     out = Path(out_dir) if out_dir is not None else base / "report"
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(path=out / "report.md")
@@ -63,8 +64,6 @@ def build_report(source: str | Path, out_dir: str | Path | None = None, paper_ta
             md += [f"_Skipped: {why}._", ""]
         else:
             rep.written.append(name)
-    from pipeline.report.paper_tables import paper_sections  # imports this module's helpers
-
     md += paper_sections(df, base, out, rep, paper_tables, paper_dataset)
     md += _failures(df)
     rep.path.write_text("\n".join(md).rstrip() + "\n")

@@ -205,6 +205,21 @@ def proposed_confusions(runs: pd.DataFrame, table: PaperTable, block: Block,
 
 # --- report sections ----------------------------------------------------------------------------
 
+def check_paper_request(df: pd.DataFrame, compare: tuple[str, ...], dataset: str | None) -> None:
+    """Refuse a comparison with the paper that cannot be made: an unknown table or dataset, or none
+    of the runs on that dataset."""
+    if not compare:
+        return
+    if dataset is None:
+        raise ReportError("--paper-table needs --paper-dataset (which of the paper's datasets the runs are)")
+    tables = load_paper_values()
+    for tid in compare:
+        if tid not in tables:
+            raise ReportError(f"unknown paper table {tid!r}; known: {', '.join(tables)}")
+        layout_blocks(df, tables[tid], dataset)
+    corpus_model_groups(df, dataset)
+
+
 def paper_sections(df: pd.DataFrame, base: Path, out: Path, rep: Any, compare: tuple[str, ...],
                    dataset: str | None) -> list[str]:
     """Markdown of "Paper Table IV", "Paper Table V" and "Paper Fig. 5"; their CSV and PNG files go to
@@ -212,9 +227,6 @@ def paper_sections(df: pd.DataFrame, base: Path, out: Path, rep: Any, compare: t
     from pipeline.report.build import _md_table, _slug
 
     tables = load_paper_values()
-    unknown = set(compare) - set(tables)
-    if unknown:
-        raise ReportError(f"unknown paper table(s) {sorted(unknown)}; known: {', '.join(tables)}")
     md: list[str] = []
     fig5: list[tuple[str, str, str, pd.DataFrame, Block]] = []
     for tid in PAPER_TABLES:
