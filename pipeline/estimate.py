@@ -151,4 +151,5 @@ def dry_run_report(corpus: Corpus, opts, n_conditions: int = 1, measure: int | N
     """What `nser-extract --dry-run [N] [--measure M]` prints: this condition's cost, and N conditions'."""
     rate = time_extraction(corpus, opts, measure) if measure else None
     est = estimate(corpus, opts.model, _device_kind(opts.device), rate)
-    return "\n".join([f"dry run: nothing is extracted or written; {opts.model} on {corpus.name}", *est.lines(n_conditions)])
+    head = f"dry run: nothing is extracted or written; {opts.model} on {corpus.name}"
+    return "\n".join([head, *est.lines(n_conditions)])

@@ -139,7 +139,8 @@ def corpus_model_groups(df: pd.DataFrame, dataset: str | None) -> list[tuple[str
             found = ", ".join(sorted(set(agg.done(df)["corpus"]))) or "none"
             raise ReportError(f"--paper-dataset {dataset}: no finished runs on corpus {dataset!r} (corpora with "
                               f"finished runs: {found})")
-    return [(str(c), str(m), g.assign(where=g["condition"])) for (c, m), g in runs.groupby(["corpus", "model"], sort=True)]
+    groups = runs.groupby(["corpus", "model"], sort=True)
+    return [(str(c), str(m), g.assign(where=g["condition"])) for (c, m), g in groups]
 
 
 def block_frame(runs: pd.DataFrame, table: PaperTable, block: Block) -> pd.DataFrame:

@@ -47,9 +47,8 @@ def test_values_match_the_paper_text():
         pytest.skip(f"{PAPER} is absent (the paper text lives beside the repo, not in it)")
     t = load_paper_values()
     iemocap_iv = t["iv"].datasets["iemocap"][0].values
-    assert _paper_line("TABLE IV:", "ALL\t<b>Proposed") == [x for pair in
-                                                         t["iv"].datasets["meld"][0].values["proposed"] + iemocap_iv["proposed"]
-                                                         for x in pair]
+    proposed = t["iv"].datasets["meld"][0].values["proposed"] + iemocap_iv["proposed"]
+    assert _paper_line("TABLE IV:", "ALL\t<b>Proposed") == [x for pair in proposed for x in pair]
     assert _paper_line("TABLE IV:", "Encoder\tLast")[4:6] == iemocap_iv["enc-last"][1]  # Human: 61.96, 61.64
     traffic = t["v"].datasets["iemocap"][2]
     assert traffic.title == "IEMOCAP - Environment (Traffic)"
