@@ -147,8 +147,10 @@ def _device_kind(device: str) -> str:
     return device.split(":")[0]
 
 
-def dry_run_report(corpus: Corpus, opts, n_conditions: int = 1, measure: int | None = None) -> str:
+def dry_run_report(corpus: Corpus, opts, n_conditions: int | None = 1, measure: int | None = None) -> str:
     """What `nser-extract --dry-run [N] [--measure M]` prints: this condition's cost, and N conditions'."""
+    if not n_conditions:
+        raise NserError("--measure times a dry run: add --dry-run (nothing was extracted)")
     rate = time_extraction(corpus, opts, measure) if measure else None
     est = estimate(corpus, opts.model, _device_kind(opts.device), rate)
     head = f"dry run: nothing is extracted or written; {opts.model} on {corpus.name}"

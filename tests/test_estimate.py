@@ -34,6 +34,9 @@ def test_dry_run_prints_one_and_n_conditions_and_writes_nothing(tmp_path, emodb_
     assert "16 conditions: 5424 utterances, 3.01 h of audio, cache 4.49 GB" in res.output
     assert "7 encoder + 7 decoder states; 385 kB per audio second" in res.output
     assert not out.exists()
+    res = CliRunner().invoke(extract_command, ["--corpus", "emodb", "--data-root", str(emodb_root), "--out", str(out),
+                                               "--measure", "2"])
+    assert res.exit_code == 1 and "add --dry-run" in res.output and not out.exists()
 
 
 def test_model_sizes_without_downloading(tmp_path):

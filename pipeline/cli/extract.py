@@ -84,7 +84,7 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
     opts = ExtractionOptions(model=model, noise=noise, noise_type=noise_type, snr_db=snr, seed=seed,
                              context=context, token_source=token_source, batch_size=batch_size,
                              device=device, dtype=dtype, overwrite=overwrite, commit_frames=commit_frames)
-    if dry_run:
+    if dry_run or measure:
         from pipeline.estimate import dry_run_report
         return click.echo(dry_run_report(c, opts, dry_run, measure))
     rep = run_extraction(c, out, opts, progress=not quiet)
