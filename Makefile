@@ -28,7 +28,7 @@ DEMO_MODEL ?= bundled:base
 DEMO_SNR ?= 0
 DEMO_EPOCHS ?= 12
 
-.PHONY: help install test extract extract-all train grid report demo clean-demo
+.PHONY: help install test extract extract-all estimate train grid report paper demo clean-demo
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -48,6 +48,9 @@ help:
 	@echo "  train         nser-train on the cache \`extract\` writes (OUT), FUSION over LAYERS, EPOCHS, DEVICE"
 	@echo "  grid          nser-grid GRID [--out GRID_OUT] (a fusion/layer grid on caches already extracted)"
 	@echo "  report        nser-report of GRID's results folder (GRID_OUT, else the spec's out:)"
+	@echo "  estimate      nser-extract --dry-run: utterances, audio hours, cache GB and time for extract-all's conditions"
+	@echo "  paper         the paper's Whisper rows end to end: extract-all's caches, nser-grid PAPER_GRID into"
+	@echo "                PAPER_OUT, nser-report with the paper's values (Tables IV, V; Fig. 5); make -j N extracts N at once"
 	@echo "  demo          synthetic espeak-ng corpus -> bundled Whisper base -> layer adapter"
 	@echo "Variables (default):"
 	@echo "  DATASET=$(DATASET)  DATA_ROOT=$(DATA_ROOT)  MODEL=$(MODEL)"
@@ -56,6 +59,7 @@ help:
 	@echo "  CACHE_ROOT=$(CACHE_ROOT)  OUT=$(OUT)  DEVICE=$(DEVICE)  BATCH=$(BATCH) (extraction batch)"
 	@echo "  FUSION=$(FUSION)  LAYERS=$(LAYERS)  EPOCHS=$(EPOCHS)  RUN_DIR=$(RUN_DIR)"
 	@echo "  GRID=$(GRID)  GRID_OUT=$(GRID_OUT)"
+	@echo "  PAPER_GRID=$(PAPER_GRID)  PAPER_OUT=$(PAPER_OUT)"
 	@echo "  DEMO_DIR=$(DEMO_DIR)  DEMO_MODEL=$(DEMO_MODEL)  DEMO_SNR=$(DEMO_SNR)  DEMO_EPOCHS=$(DEMO_EPOCHS)"
 
 ## make extract DATASET=iemocap SNR=-5                       (DEMAND human, park, traffic at -5 dB)
@@ -112,6 +116,26 @@ grid:
 report:
 	@test -n "$(GRID_RESULTS)" || { echo "no results folder: set GRID_OUT=<folder> or GRID=<spec with out:>"; exit 2; }
 	nser-report $(GRID_RESULTS)
+
+## What extract-all will take, before any model run (docs/gpu.md): per condition and for all of CONDITIONS.
+estimate:
+	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) $(EXTRACT_ARGS) --out $(OUT) --dry-run $(words $(CONDITIONS))
+
+## The paper's Whisper grid on one dataset, end to end (docs/gpu.md: disk and time first: make estimate):
+##   make paper DATASET=iemocap DATA_ROOT=/data/IEMOCAP_full_release DEMAND_ROOT=/data/DEMAND [MODEL=...] [-j 2]
+## 1. extract-all: clean + DEMAND human/park/traffic at each of SNRS, one cache per condition (resumable);
+## 2. PAPER_GRID with its cache paths rewritten for CACHE_ROOT/DATASET/MODEL, written to PAPER_OUT/grid.yaml,
+##    run by nser-grid (resumable: finished runs are skipped);
+## 3. nser-report PAPER_OUT, with the paper's values beside ours where the paper has DATASET (iemocap, meld).
+PAPER_GRID ?= grids/paper_whisper.yaml
+PAPER_OUT ?= runs/paper_$(DATASET)_$(MODEL_TAG)
+PAPER_TABLES = $(if $(filter iemocap,$(DATASET)),--paper-table iv --paper-table v --paper-dataset iemocap,$(if $(filter meld,$(DATASET)),--paper-table iv --paper-dataset meld))
+paper: extract-all
+	mkdir -p $(PAPER_OUT)
+	sed -e 's|caches/iemocap/|$(CACHE_ROOT)/$(DATASET)/|g' -e 's|openai_whisper-small\.zarr|$(MODEL_TAG).zarr|g' \
+	  -e 's|^out:.*|out: $(PAPER_OUT)|' $(PAPER_GRID) > $(PAPER_OUT)/grid.yaml
+	nser-grid $(PAPER_OUT)/grid.yaml
+	nser-report $(PAPER_OUT) $(PAPER_TABLES)
 
 ## Synthetic espeak-ng corpus + synthetic babble -> bundled Whisper base -> layer adapter -> results table.
 demo:

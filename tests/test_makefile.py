@@ -65,3 +65,40 @@ def test_train_grid_and_report_targets(tmp_path):
     assert "nser-grid grids/emodb_fusions.yaml" in make("-n", "grid").stdout
     assert "nser-report runs/grid_emodb" in make("-n", "report").stdout  # the spec's out:
     assert f"nser-report {tmp_path}" in make("-n", "report", f"GRID_OUT={tmp_path}").stdout
+
+
+def test_paper_extracts_every_condition_then_runs_the_grid_and_the_report(tmp_path):
+    from pipeline.grid.spec import expand, load_grid
+    from tests.helpers import make_cache
+
+    data, demand, caches, out = tmp_path / "IEMOCAP", tmp_path / "DEMAND", tmp_path / "c", tmp_path / "paper"
+    res = make("-n", "paper", "DATASET=iemocap", f"DATA_ROOT={data}", f"DEMAND_ROOT={demand}", f"CACHE_ROOT={caches}",
+               "MODEL=bundled:base", f"PAPER_OUT={out}")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    extracts = [ln for ln in lines if ln.startswith("nser-extract")]
+    conditions = ["clean"] + [f"{n}_{s}dB" for n in ("human", "park", "traffic") for s in (-10, -5, 0, 5, 10)]
+    assert [ln.split("--out ")[1] for ln in extracts] == [f"{caches}/iemocap/{c}/bundled_base.zarr" for c in conditions]
+    assert f"--noise {demand} --noise-preset park --snr -5 " in extracts[7]
+    # the caches first, then the grid on the rewritten spec, then the report against the paper's values
+    assert lines.index(extracts[-1]) < lines.index(f"nser-grid {out}/grid.yaml")
+    assert lines[-1] == f"nser-report {out} --paper-table iv --paper-table v --paper-dataset iemocap"
+    # the rewritten spec finds the 16 caches where extract-all writes them
+    recipe = res.stdout[res.stdout.index("mkdir -p"):res.stdout.index("nser-grid")]
+    subprocess.run(["bash", "-c", recipe], cwd=ROOT, check=True, timeout=30)
+    for c in conditions:
+        noise, snr = (None, None) if c == "clean" else (c.split("_")[0], float(c.split("_")[1][:-2]))
+        make_cache(caches / "iemocap" / c / "bundled_base.zarr", n=6, condition=c, noise_type=noise, snr_db=snr)
+    spec = load_grid(out / "grid.yaml")
+    assert spec.out == out
+    runs = expand(spec)
+    by_fusion = {}
+    for r in runs:
+        by_fusion.setdefault(r.config.fusion, set()).add(r.condition)
+    assert by_fusion["single"] == {"clean", "human_0dB", "park_0dB", "traffic_0dB"}  # Table IV, Fig. 3
+    assert by_fusion["l-adapter"] == set(conditions) and by_fusion["weighted-sum"] == set(conditions)  # Table V
+    assert make("-n", "paper", "DATASET=emodb", f"DATA_ROOT={data}").stdout.splitlines()[-1].rstrip() == \
+        "nser-report runs/paper_emodb_openai_whisper-small"  # no paper values for a corpus the paper lacks
+    assert "  paper " in make("help").stdout
+    estimate = make("-n", "estimate", "DATASET=iemocap", f"DATA_ROOT={data}").stdout.strip()
+    assert estimate.startswith("nser-extract --corpus iemocap") and estimate.endswith("--dry-run 16")

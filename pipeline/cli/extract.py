@@ -61,9 +61,13 @@ def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None)
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file failed (default: only if none worked).")
 @click.option("--commit-frames", type=click.IntRange(min=1), hidden=True,
               help="Encoder frames buffered per commit (tests).")
+@click.option("--dry-run", type=click.IntRange(min=1), is_flag=False, flag_value=1,
+              help="Write nothing: print utterances, audio hours, cache size and time for this condition, "
+                   "and for N such conditions with --dry-run N (docs/gpu.md).")
+@click.option("--measure", type=click.IntRange(min=1), help="With --dry-run: time N utterances here for the rate.")
 @quiet_option
 def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
-                    batch_size, device, dtype, limit, overwrite, strict, commit_frames, quiet):
+                    batch_size, device, dtype, limit, overwrite, strict, commit_frames, dry_run, measure, quiet):
     """Run Whisper once per (noisy) utterance and cache every encoder and decoder layer."""
     from pipeline.cache.records import FAILED, REJECTED
     from pipeline.corpora.manifest import read_corpus
@@ -80,6 +84,9 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
     opts = ExtractionOptions(model=model, noise=noise, noise_type=noise_type, snr_db=snr, seed=seed,
                              context=context, token_source=token_source, batch_size=batch_size,
                              device=device, dtype=dtype, overwrite=overwrite, commit_frames=commit_frames)
+    if dry_run or measure:
+        from pipeline.estimate import dry_run_report
+        return click.echo(dry_run_report(c, opts, dry_run, measure))
     rep = run_extraction(c, out, opts, progress=not quiet)
     rejected = [e for e in rep.errors if e.kind == REJECTED]
     n_rejected = len(rejected)

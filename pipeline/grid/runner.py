@@ -232,8 +232,15 @@ def write_results(df: pd.DataFrame, out: Path) -> tuple[Path, Path]:
 # --- the client side ----------------------------------------------------------------------------
 
 def default_workers() -> int:
-    """1-2 local workers: a run is one torch thread, and the machines this targets have few cores."""
-    return max(1, min(2, os.cpu_count() or 1))
+    """One local worker per core this process may use (a run trains on one torch thread); on a CUDA
+    machine one worker: a local cluster's workers all see the same cuda:0, where each run keeps its
+    states. More GPUs: one worker per GPU, by hand or with dask-cuda (docs/gpu.md)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return max(1, len(cores))
 
 
 def _split_address(address: str) -> tuple[str, str | None]:

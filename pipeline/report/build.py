@@ -36,9 +36,15 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(source: str | Path, out_dir: str | Path | None = None) -> Report:
-    """Write the report for a grid folder or results file into `out_dir` (default: `<grid>/report`)."""
+def build_report(source: str | Path, out_dir: str | Path | None = None, paper_tables: tuple[str, ...] = (),
+                 paper_dataset: str | None = None) -> Report:
+    """Write the report for a grid folder or results file into `out_dir` (default: `<grid>/report`).
+    `paper_tables` ("iv", "v") with `paper_dataset` (e.g. "iemocap"): the runs reproduce those paper
+    tables on that dataset, so their paper-layout tables show the paper's values and our differences."""
     df, base = agg.load_results(source)
+    from pipeline.report.paper_tables import check_paper_request, paper_sections  # imports this module
+
+    check_paper_request(df, paper_tables, paper_dataset)  # refused before any figure is drawn
     out = Path(out_dir) if out_dir is not None else base / "report"
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(path=out / "report.md")
@@ -58,6 +64,7 @@ def build_report(source: str | Path, out_dir: str | Path | None = None) -> Repor
             md += [f"_Skipped: {why}._", ""]
         else:
             rep.written.append(name)
+    md += paper_sections(df, base, out, rep, paper_tables, paper_dataset)
     md += _failures(df)
     rep.path.write_text("\n".join(md).rstrip() + "\n")
     return rep

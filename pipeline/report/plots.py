@@ -98,3 +98,28 @@ def wer_f1_plot(points: dict[str, list[tuple[float, float, str]]], metric: str, 
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=120)
     return path
+
+
+def confusion_panel(panels: list[tuple[str, np.ndarray]], classes: list[str], title: str, path: Path) -> Path:
+    """Row-normalized confusion matrices side by side, one per SNR (paper Fig. 5), one colour scale."""
+    k = len(classes)
+    fig = Figure(figsize=((0.9 * k + 0.6) * len(panels) + 1.2, 0.9 * k + 1.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    im = None
+    for ax, (label, matrix) in zip(axes, panels):
+        totals = matrix.sum(axis=1, keepdims=True)
+        share = np.divide(100 * matrix, totals, out=np.zeros_like(matrix, dtype=float), where=totals > 0)
+        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 60 else "black")
+        ax.set_xticks(range(k), classes, rotation=45, ha="right")
+        ax.set_yticks(range(k), classes if ax is axes[0] else [])
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("predicted")
+    axes[0].set_ylabel("true")
+    fig.colorbar(im, ax=list(axes), label="% of true class", shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
+    return path

@@ -70,7 +70,8 @@ def test_full_report_sections_and_files(tmp_path):
     df["cache"] = df["condition"].map(caches)
     df.to_csv(tmp_path / "results.csv", index=False)
     rep = build_report(tmp_path / "results.csv", tmp_path / "rep")
-    assert rep.written == ["layerwise", "fusions", "snr", "confusion", "wer_vs_f1"] and rep.skipped == {}
+    assert rep.written == ["layerwise", "fusions", "snr", "confusion", "wer_vs_f1", "paper_iv", "paper_v", "fig5"]
+    assert rep.skipped == {}
     wer = pd.read_csv(tmp_path / "rep" / "wer_vs_f1.csv")
     assert set(wer["method"]) >= {"enc l-adapter", "enc+dec weighted-sum"}
     for _, row in wer.iterrows():

@@ -1,0 +1,146 @@
+"""The paper's values as data, and nser-report's paper-layout tables on a small real grid."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.cli.report import report_command
+from pipeline.grid.runner import run_grid
+from pipeline.grid.spec import expand, parse_grid
+from pipeline.report.aggregate import ReportError
+from pipeline.report.paper_tables import load_paper_values
+from tests.helpers import Signal, row, write_cache
+
+PAPER = Path(__file__).resolve().parents[3] / "shared" / "docs" / "paper.md"
+VALUES = Path(__file__).resolve().parents[2] / "pipeline" / "report" / "paper_values.yaml"
+
+
+def test_paper_values_follow_the_schema():
+    tables = load_paper_values()
+    assert set(tables) == {"iv", "v"}
+    iv, v = tables["iv"], tables["v"]
+    assert [r.label for r in iv.rows[:6]] == ["Last", "Best", "Mean", "Attention", "Scalar Mixing", "Weighted Sum"]
+    assert [c.condition for c in iv.datasets["iemocap"][0].columns] == ["clean", "human_0dB", "park_0dB", "traffic_0dB"]
+    assert [b.noise for b in v.datasets["iemocap"]] == ["human", "park", "traffic"]
+    assert all(len(vals) == 13 for b in iv.datasets.values() for vals in [b[0].values])
+    assert all(len(b.values) == 6 and len(b.columns) == 5 for b in v.datasets["iemocap"])
+    # Table V's Whisper-Enc at 0 dB is Table IV's encoder weighted sum (the paper prints the same numbers)
+    human = v.datasets["iemocap"][0]
+    assert human.values["whisper-enc"][2] == iv.datasets["iemocap"][0].values["enc-weighted-sum"][1]
+
+
+def _paper_line(start: str, label: str) -> list[float]:
+    lines = PAPER.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(start))
+    line = next(line for line in lines[i:] if label in line)
+    return [float(x) for x in re.findall(r"\d+\.\d+", line)]
+
+
+def test_values_match_the_paper_text():
+    if not PAPER.exists():
+        pytest.skip(f"{PAPER} is absent (the paper text lives beside the repo, not in it)")
+    t = load_paper_values()
+    iemocap_iv = t["iv"].datasets["iemocap"][0].values
+    proposed = t["iv"].datasets["meld"][0].values["proposed"] + iemocap_iv["proposed"]
+    assert _paper_line("TABLE IV:", "ALL\t<b>Proposed") == [x for pair in proposed for x in pair]
+    assert _paper_line("TABLE IV:", "Encoder\tLast")[4:6] == iemocap_iv["enc-last"][1]  # Human: 61.96, 61.64
+    traffic = t["v"].datasets["iemocap"][2]
+    assert traffic.title == "IEMOCAP - Environment (Traffic)"
+    assert _paper_line("<b>IEMOCAP - Environment (Traffic)", "HuBERT (FT)") == [x for p in traffic.values["hubert-ft"]
+                                                                                  for x in p]
+
+
+def test_a_broken_values_file_is_refused(tmp_path):
+    raw = yaml.safe_load(VALUES.read_text())
+    raw["tables"]["v"]["datasets"]["iemocap"][0]["values"]["proposed"].pop()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ReportError, match=r"row proposed: need one \[UAR, F1\] pair"):
+        load_paper_values(bad)
+
+
+CONDITIONS = (("clean", None, None), ("human_-5dB", "human", -5.0), ("human_0dB", "human", 0.0))
+
+
+@pytest.fixture(scope="module")
+def grid_out(tmp_path_factory) -> Path:
+    """A 1-epoch grid of the paper's Whisper rows on three fake IEMOCAP caches (clean, human at -5 and 0 dB)."""
+    root = tmp_path_factory.mktemp("paper_grid")
+    caches = []
+    for k, (cond, noise, snr) in enumerate(CONDITIONS):
+        path = root / f"{cond}.zarr"
+
+        def speaker_row(i: int) -> dict:
+            fold = str((i // 2) % 3)
+            return row(i, speaker=f"s{fold}", label="ab"[i % 2], fold=fold, transcript="t", hypothesis="h",
+                       duration=None)
+
+        write_cache(path, 18, rows=speaker_row, lengths=lambda rng, i: (6 + i % 5, 3 + i % 2),
+                    signal=Signal("encoder", 1, {"b": 3.0}), seed=k, identity={"paper": cond},
+                    corpus="iemocap", model="fake-whisper", condition=cond, noise_type=noise, snr_db=snr)
+        caches.append(str(path))
+    spec = parse_grid({"out": str(root / "out"), "caches": caches, "seeds": [0], "folds": ["0"],
+                       "train": {"epochs": 1, "hidden": 8, "batch_size": 4, "lr": 0.01},
+                       "subgrids": [{"fusions": ["weighted-sum"], "layers": ["enc:blocks"]},
+                                    {"fusions": ["l-adapter"], "layers": ["enc:blocks,dec:blocks"]}]})
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        outcome = run_grid(expand(spec), spec.out, client=client, progress=False)
+    assert set(outcome.table["status"]) == {"done"}
+    return spec.out
+
+
+def test_paper_layout_with_the_papers_values(grid_out, tmp_path):
+    res = CliRunner().invoke(report_command, [str(grid_out), "--out", str(tmp_path), "--paper-table", "iv",
+                                              "--paper-table", "v", "--paper-dataset", "iemocap"])
+    assert res.exit_code == 0, res.output
+    assert "paper_iv" in res.output and "fig5" in res.output
+    results = pd.read_csv(grid_out / "results.csv")
+    iv = pd.read_csv(tmp_path / "paper_table_iv.csv")
+    # the paper's rows and columns; our cell, the paper's value and the difference side by side
+    assert list(dict.fromkeys(iv["column"])) == ["IEMOCAP", "IEMOCAP (Human)", "Environment (Park)",
+                                                 "Environment (Traffic)"]
+    assert len(set(iv["row_id"])) == 13
+    prop = iv[(iv["row_id"] == "proposed") & (iv["column"] == "IEMOCAP (Human)") & (iv["metric"] == "UAR")].iloc[0]
+    ours = results[(results["fusion"] == "l-adapter") & (results["condition"] == "human_0dB")]["uar"].iloc[0]
+    assert prop["ours"] == pytest.approx(100 * ours) and prop["paper"] == 68.79
+    assert prop["diff"] == pytest.approx(100 * ours - 68.79)
+    park = iv[(iv["column"] == "Environment (Park)") & (iv["row_id"] == "proposed")]
+    assert park["ours"].isna().all() and park["paper"].tolist() == [73.00, 72.42]  # no park run: paper's alone
+    assert iv[iv["row_id"] == "enc-mean"]["ours"].isna().all()  # the grid has no `mean` runs
+    md = (tmp_path / "report.md").read_text()
+    assert f"| ALL | Proposed | " in md and f"/ 68.79 ({100 * ours - 68.79:+.2f})" in md
+    # Table V: the three SSL baselines keep the paper's numbers; ours at -5 and 0 dB
+    v = pd.read_csv(tmp_path / "paper_table_v.csv")
+    human = v[v["block"] == "IEMOCAP - Human"]
+    assert human[human["row_id"] == "wav2vec2-ft"]["ours"].isna().all()
+    enc = human[(human["row_id"] == "whisper-enc") & (human["metric"] == "F1")].set_index("column")
+    ws = results[(results["fusion"] == "weighted-sum") & (results["stack"] == "enc")].set_index("condition")
+    assert enc.loc["SNR -5 dB", "ours"] == pytest.approx(100 * ws.loc["human_-5dB", "macro_f1"])
+    assert enc.loc["SNR -5 dB", "paper"] == 60.77 and pd.isna(enc.loc["SNR 10 dB", "ours"])
+    png = tmp_path / "fig5_iemocap_fake-whisper_IEMOCAP_-_Human.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"]({png.name})" in md
+
+
+def test_ours_only_layout_and_refusals(grid_out, tmp_path):
+    res = CliRunner().invoke(report_command, [str(grid_out), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    iv = pd.read_csv(tmp_path / "paper_table_iv.csv")
+    assert list(dict.fromkeys(iv["column"])) == ["human_-5dB", "human_0dB", "clean"] and iv["paper"].isna().all()
+    assert set(iv["row_id"]) == {"enc-weighted-sum", "proposed"}
+    # refused before anything is written: no dataset named, no runs on it, a dataset the table lacks
+    refused = tmp_path / "refused"
+    for args, why in ((["--paper-table", "iv"], "--paper-table needs --paper-dataset"),
+                      (["--paper-table", "iv", "--paper-dataset", "meld"], "no finished runs on corpus 'meld'"),
+                      (["--paper-table", "v", "--paper-dataset", "meld"], "paper Table V has no dataset 'meld'")):
+        res = CliRunner().invoke(report_command, [str(grid_out), "--out", str(refused), *args])
+        assert res.exit_code == 1 and why in res.output, res.output
+    assert not refused.exists()
