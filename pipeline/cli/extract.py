@@ -61,15 +61,25 @@ def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None)
 @click.option("--strict", is_flag=True, help="Exit non-zero if any file failed (default: only if none worked).")
 @click.option("--commit-frames", type=click.IntRange(min=1), hidden=True,
               help="Encoder frames buffered per commit (tests).")
+@click.option("--parts", type=click.IntRange(min=1),
+              help="Split the manifest into N parts of whole batches; with --part K, extract only part K into "
+                   "OUT.parts/part-K-of-N.zarr (then: nser cache combine OUT.parts --out OUT).")
+@click.option("--part", type=click.IntRange(min=0), help="Which part to extract, 0 to N-1 (with --parts).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Extract N parts as Dask tasks (N local worker processes, one GPU each where there are "
+                   "several), then combine them into OUT (docs/extraction.md).")
+@click.option("--scheduler", help="Dask scheduler address for --workers (default: a local cluster).")
 @quiet_option
 def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
-                    batch_size, device, dtype, limit, overwrite, strict, commit_frames, quiet):
+                    batch_size, device, dtype, limit, overwrite, strict, commit_frames, parts, part, workers,
+                    scheduler, quiet):
     """Run Whisper once per (noisy) utterance and cache every encoder and decoder layer."""
     from pipeline.cache.records import FAILED, REJECTED
     from pipeline.corpora.manifest import read_corpus
     from pipeline.extract.run import ExtractionOptions, run_extraction
     from pipeline.noise_presets import resolve_noise
 
+    _check_split_options(parts, part, workers, scheduler)
     noise, preset_type = resolve_noise(noise, noise_preset)
     noise_type = noise_type or preset_type
     c = read_corpus(corpus, data_root)
@@ -80,7 +90,14 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
     opts = ExtractionOptions(model=model, noise=noise, noise_type=noise_type, snr_db=snr, seed=seed,
                              context=context, token_source=token_source, batch_size=batch_size,
                              device=device, dtype=dtype, overwrite=overwrite, commit_frames=commit_frames)
-    rep = run_extraction(c, out, opts, progress=not quiet)
+    if workers:
+        from pipeline.extract.parts import extract_with_workers
+        rep = extract_with_workers(c, out, opts, workers, scheduler, progress=not quiet)
+    elif parts:
+        from pipeline.extract.parts import extract_part
+        rep = extract_part(c, out, opts, part, parts, progress=not quiet)
+    else:
+        rep = run_extraction(c, out, opts, progress=not quiet)
     rejected = [e for e in rep.errors if e.kind == REJECTED]
     n_rejected = len(rejected)
     click.echo(f"{rep.path}: {rep.n_done} utterances cached ({rep.n_new} new) in {rep.seconds:.1f} s; "
@@ -98,3 +115,14 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
         raise click.ClickException("nothing usable was extracted")
     if strict and rep.errors:
         raise click.ClickException(f"--strict: {len(rep.errors)} file(s) failed")
+
+
+def _check_split_options(parts: int | None, part: int | None, workers: int | None, scheduler: str | None) -> None:
+    if (parts is None) != (part is None):
+        raise click.UsageError("--parts N and --part K go together")
+    if part is not None and part >= parts:
+        raise click.UsageError(f"--part {part}: parts are numbered 0 to {parts - 1}")
+    if workers and parts:
+        raise click.UsageError("--workers runs every part itself; leave out --parts/--part")
+    if scheduler and not workers:
+        raise click.UsageError("--scheduler goes with --workers")
