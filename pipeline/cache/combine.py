@@ -23,7 +23,7 @@ from pipeline.cache.lock import ReadersLock, WriterLock
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.records import CacheAttrs, ErrorRecord
 from pipeline.cache.schema import table_columns
-from pipeline.cache.writer import CacheLayout, CacheWriter, _identity_diff, identity_hash
+from pipeline.cache.writer import CacheLayout, CacheWriter, _identity_diff, _what_is_at, identity_hash
 from pipeline.errors import CacheError
 
 PART_KEY = "part"  # key of the part record in a part's identity
@@ -80,8 +80,7 @@ def combine_parts(parts_dir: str | Path, out: str | Path, *, overwrite: bool = F
     incomplete part, parts of different splits or settings, overlapping utterances, and an existing
     `out` unless `overwrite`."""
     out = Path(out).resolve()
-    if out.exists() and not overwrite:
-        raise CacheError(f"{out} already exists; pass --overwrite to replace it with the combined parts")
+    _check_target(out, overwrite)
     readers = _open_parts(Path(parts_dir))
     try:
         attrs, errors = _check_parts(Path(parts_dir), readers)
@@ -172,17 +171,25 @@ def _write_combined(readers: list[CacheReader], attrs: dict[str, Any], errors: l
                 _copy_rows(r, writer, layout.encoder_shard_frames)
             writer.set_errors(errors)
         n = len(writer.done_ids)
-        if out.exists():
-            if not overwrite:
-                raise CacheError(f"{out} appeared while the parts were combined; nothing was replaced")
+        if _check_target(out, overwrite) == "cache":  # again: something may have appeared meanwhile
             _replace(out, staging, trash)
         else:
-            os.replace(staging, out)
+            os.replace(staging, out)  # onto nothing, or onto an empty folder
     finally:
         staging.with_name(f".{staging.name}.nser-lock").unlink(missing_ok=True)
         if staging.exists():
             shutil.rmtree(staging)
     return n
+
+
+def _check_target(out: Path, overwrite: bool) -> str:
+    """What is at `out` ("absent", "empty" or "cache"), if the combined cache may go there."""
+    found = _what_is_at(out)
+    if found == "cache" and not overwrite:
+        raise CacheError(f"{out} already exists; pass --overwrite to replace it with the combined parts")
+    if found not in ("absent", "empty", "cache"):
+        raise CacheError(f"{out} {found}, not an nser-pipeline cache; nothing was changed. Choose another --out")
+    return found
 
 
 def _replace(out: Path, staging: Path, trash: Path) -> None:

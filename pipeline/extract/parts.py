@@ -58,13 +58,13 @@ def extract_part(corpus: Corpus, out: str | Path, opts: ExtractionOptions, index
     sub = part_corpus(corpus, opts.batch_size, index, count)
     target = part_path(out, index, count)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return run_extraction(sub, target, dataclasses.replace(opts, device=_part_device(opts.device, index)),
-                          progress=progress, amend_attrs=record.amend)
+    return run_extraction(sub, target, opts, progress=progress, amend_attrs=record.amend)
 
 
-def _part_device(device: str, index: int) -> str:
-    """On a worker that sees several GPUs (a LocalCluster on a multi-GPU machine), part K takes GPU
-    K mod count; a worker pinned to one GPU (dask-cuda, CUDA_VISIBLE_DEVICES) sees only that one.
+def local_device(device: str, index: int) -> str:
+    """The device of part `index` on a local cluster, whose workers see every GPU this process sees:
+    GPU `index` mod count where there are several. (Workers of a running cluster keep `device`:
+    pinned to one GPU each, by dask-cuda or CUDA_VISIBLE_DEVICES, their first GPU is their own.)
     The device kind, not its number, is part of the cache identity."""
     if device not in ("auto", "cuda"):
         return device
@@ -91,8 +91,12 @@ def extract_with_workers(corpus: Corpus, out: str | Path, opts: ExtractionOption
     reports: list[ExtractionReport] = []
     failed: list[str] = []
     with dask_client(scheduler, workers) as client:
-        futures = {client.submit(extract_part, corpus, out, opts, k, workers, False, pure=False,
-                                 key=f"nser-extract-part-{k}-of-{workers}"): k for k in range(workers)}
+        futures = {}
+        for k in range(workers):
+            part_opts = opts if scheduler else dataclasses.replace(opts, device=local_device(opts.device, k))
+            fut = client.submit(extract_part, corpus, out, part_opts, k, workers, False, pure=False,
+                                key=f"nser-extract-part-{k}-of-{workers}")
+            futures[fut] = k
         for fut in as_completed(futures):
             try:
                 reports.append(fut.result())

@@ -17,11 +17,12 @@ from pipeline.cache.combine import combine_parts
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.records import FAILED, REJECTED
 from pipeline.cache.schema import ATTR_KEY, table_columns
+from pipeline.cache.verify import verify_cache
 from pipeline.cli.cache import cache_group
 from pipeline.cli.extract import extract_command
 from pipeline.corpora.manifest import read_corpus
 from pipeline.errors import CacheError, NserError
-from pipeline.extract.parts import extract_with_workers, part_range
+from pipeline.extract.parts import extract_with_workers, local_device, part_range
 from pipeline.extract.run import ExtractionOptions, run_extraction
 
 OPTS = dict(model="bundled:tiny.en", context="trimmed", token_source="transcript", batch_size=2)
@@ -55,7 +56,7 @@ def corpus_root(tmp_path_factory, emodb_root) -> Path:
 def single(corpus_root, tmp_path_factory, cache_dir) -> Path:
     out = tmp_path_factory.mktemp("single") / "ref.zarr"
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as on a one-thread Dask worker: CPU kernels may sum in another order otherwise
+    torch.set_num_threads(1)  # as on a one-thread Dask worker, so the comparison holds whatever the core count
     try:
         run_extraction(read_corpus("csv", corpus_root), out, ExtractionOptions(**OPTS), progress=False)
     finally:
@@ -90,6 +91,7 @@ def assert_same_cache(a: Path, b: Path) -> None:
 
 def test_dask_parts_give_the_single_run_cache(single, dask_out):
     assert_same_cache(single, dask_out)
+    assert verify_cache(str(dask_out)).ok
     with CacheReader(dask_out) as r:
         kinds = [(e.utt_id, e.kind) for e in r.errors]
         assert r.complete is True
@@ -101,11 +103,20 @@ def test_dask_parts_give_the_single_run_cache(single, dask_out):
         assert p1.identity_hash != r.identity_hash  # a part is never mistaken for the whole
 
 
-def test_rerun_refuses_existing_out_and_overwrite_replaces_it(dask_out, single, tmp_path):
+def test_rerun_refuses_existing_out_and_overwrite_replaces_it(dask_out, single, corpus_root, tmp_path):
     with pytest.raises(CacheError, match="already exists"):
         combine_parts(dask_out.parent / "combined.zarr.parts", dask_out)
+    with pytest.raises(CacheError, match="already exists"):  # before any cluster starts
+        extract_with_workers(read_corpus("csv", corpus_root), dask_out, ExtractionOptions(**OPTS), workers=2)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(CacheError, match="not an nser-pipeline cache; nothing was changed"):
+        combine_parts(dask_out.parent / "combined.zarr.parts", tmp_path / "notes", overwrite=True)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     out = tmp_path / "again.zarr"
     shutil.copytree(single, out)
+    (tmp_path / ".again.zarr.combining").mkdir()  # left by a combine killed midway
+    (tmp_path / ".again.zarr.combining" / "zarr.json").write_text("{}")
     combine_parts(dask_out.parent / "combined.zarr.parts", out, overwrite=True)
     assert_same_cache(single, out)
     assert not list(tmp_path.glob(".again.zarr.combining*")) and not list(tmp_path.glob(".again.zarr.replaced"))
@@ -146,6 +157,27 @@ def test_combine_refuses_parts_of_other_settings(dask_out, corpus_root, tmp_path
     shutil.copytree(tmp_path / "other.zarr.parts" / "part-1-of-2.zarr", parts / "part-1-of-2.zarr")
     with pytest.raises(CacheError, match=r"part 1 was extracted with other settings .*condition\.seed: 0 -> 1"):
         combine_parts(parts, tmp_path / "out.zarr")
+
+
+def test_combine_refuses_overlapping_parts(dask_out, tmp_path):
+    parts = _copy_parts(dask_out, tmp_path / "p")
+    shutil.rmtree(parts / "part-1-of-2.zarr")
+    shutil.copytree(parts / "part-0-of-2.zarr", parts / "part-1-of-2.zarr")  # part 0 again, relabelled part 1
+    group = zarr.open_group(str(parts / "part-1-of-2.zarr"), mode="r+")
+    attrs = dict(group.attrs[ATTR_KEY])
+    attrs["identity"] = dict(attrs["identity"], part=dict(attrs["identity"]["part"], index=1))
+    group.attrs[ATTR_KEY] = attrs
+    with pytest.raises(CacheError, match="is in part 0 and part 1; parts must not overlap"):
+        combine_parts(parts, tmp_path / "out.zarr")
+
+
+def test_local_cluster_spreads_parts_over_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [local_device("auto", k) for k in (0, 1, 5)] == ["cuda:0", "cuda:1", "cuda:1"]
+    assert local_device("cpu", 3) == "cpu" and local_device("cuda:2", 3) == "cuda:2"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert local_device("auto", 3) == "auto"
 
 
 def test_parts_are_whole_batches_and_split_options_are_checked():
