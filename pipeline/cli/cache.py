@@ -133,3 +133,17 @@ def cache_asr_metrics(path, as_json, csv_path, storage_options):
     click.echo(f"{m.cache}: {m.metric.upper()} {100 * m.value:.2f}% over {m.n_scored} utterances "
                f"({m.n_skipped} without a transcript); model {m.model}, condition {m.condition}, "
                f"normaliser {m.normalizer}")
+
+
+@cache_group.command("combine")
+@click.argument("parts", type=click.Path(file_okay=False),
+                help="Folder of part caches written by nser-extract --parts N --part K (OUT.parts).")
+@click.option("--out", required=True, type=click.Path(), help="The combined cache (a .zarr folder).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing cache at --out.")
+def cache_combine(parts, out, overwrite):
+    """One cache from every complete part of a split extraction, as a single run would have written it."""
+    from pipeline.cache.combine import combine_parts
+
+    rep = combine_parts(parts, out, overwrite=overwrite)
+    click.echo(f"{rep.path}: {rep.n_utterances} utterances and {len(rep.errors)} failed from {rep.n_parts} parts; "
+               f"identity {rep.identity_hash}", err=True)

@@ -65,15 +65,25 @@ def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None)
               help="Write nothing: print utterances, audio hours, cache size and time for this condition, "
                    "and for N such conditions with --dry-run N (docs/gpu.md).")
 @click.option("--measure", type=click.IntRange(min=1), help="With --dry-run: time N utterances here for the rate.")
+@click.option("--parts", type=click.IntRange(min=1),
+              help="Split the manifest into N parts of whole batches; with --part K, extract only part K into "
+                   "OUT.parts/part-K-of-N.zarr (then: nser cache combine OUT.parts --out OUT).")
+@click.option("--part", type=click.IntRange(min=0), help="Which part to extract, 0 to N-1 (with --parts).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Extract N parts as Dask tasks (N local worker processes, one GPU each where there are "
+                   "several), then combine them into OUT (docs/extraction.md).")
+@click.option("--scheduler", help="Dask scheduler address for --workers (default: a local cluster).")
 @quiet_option
 def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
-                    batch_size, device, dtype, limit, overwrite, strict, commit_frames, dry_run, measure, quiet):
+                    batch_size, device, dtype, limit, overwrite, strict, commit_frames, dry_run, measure, parts, part,
+                    workers, scheduler, quiet):
     """Run Whisper once per (noisy) utterance and cache every encoder and decoder layer."""
     from pipeline.cache.records import FAILED, REJECTED
     from pipeline.corpora.manifest import read_corpus
     from pipeline.extract.run import ExtractionOptions, run_extraction
     from pipeline.noise_presets import resolve_noise
 
+    _check_split_options(parts, part, workers, scheduler)
     noise, preset_type = resolve_noise(noise, noise_preset)
     noise_type = noise_type or preset_type
     c = read_corpus(corpus, data_root)
@@ -87,21 +97,39 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
     if dry_run or measure:
         from pipeline.estimate import dry_run_report
         return click.echo(dry_run_report(c, opts, dry_run, measure))
-    rep = run_extraction(c, out, opts, progress=not quiet)
+    if workers:
+        from pipeline.extract.parts import extract_with_workers
+        rep = extract_with_workers(c, out, opts, workers, scheduler, progress=not quiet)
+    elif parts:
+        from pipeline.extract.parts import extract_part
+        rep = extract_part(c, out, opts, part, parts, progress=not quiet)
+    else:
+        rep = run_extraction(c, out, opts, progress=not quiet)
     rejected = [e for e in rep.errors if e.kind == REJECTED]
     n_rejected = len(rejected)
     click.echo(f"{rep.path}: {rep.n_done} utterances cached ({rep.n_new} new) in {rep.seconds:.1f} s; "
                f"{len(rep.errors)} failed ({n_rejected} rejected by the corpus reader, "
                f"{len(rep.errors) - n_rejected} during extraction)", err=True)
     # Both kinds are shown, so many rejections (a whole unknown folder) cannot hide audio failures.
-    for part in ([e for e in rep.errors if e.kind == FAILED], rejected):
-        for e in part[:10]:
+    for group in ([e for e in rep.errors if e.kind == FAILED], rejected):
+        for e in group[:10]:
             click.echo(f"  error {e.utt_id}: {e.error}", err=True)
-        if len(part) > 10:
-            click.echo(f"  ... {len(part) - 10} more", err=True)
+        if len(group) > 10:
+            click.echo(f"  ... {len(group) - 10} more", err=True)
     if len(rep.errors) > 10:
         click.echo(f"  full list: nser cache errors {rep.path}", err=True)
     if rep.n_done == 0:
         raise click.ClickException("nothing usable was extracted")
     if strict and rep.errors:
         raise click.ClickException(f"--strict: {len(rep.errors)} file(s) failed")
+
+
+def _check_split_options(parts: int | None, part: int | None, workers: int | None, scheduler: str | None) -> None:
+    if (parts is None) != (part is None):
+        raise click.UsageError("--parts N and --part K go together")
+    if part is not None and part >= parts:
+        raise click.UsageError(f"--part {part}: parts are numbered 0 to {parts - 1}")
+    if workers and parts:
+        raise click.UsageError("--workers runs every part itself; leave out --parts/--part")
+    if scheduler and not workers:
+        raise click.UsageError("--scheduler goes with --workers")

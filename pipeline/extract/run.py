@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -122,7 +122,10 @@ def condition_name(opts: ExtractionOptions) -> str:
     return "clean" if opts.noise is None else f"{noise_type(opts)}_{opts.snr_db:g}dB"
 
 
-def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, progress: bool = True) -> ExtractionReport:
+def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, progress: bool = True,
+                   amend_attrs: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ExtractionReport:
+    """`amend_attrs`: changes the cache's attributes before the writer opens it (a part of a split
+    manifest records which part it is: pipeline/extract/parts.py)."""
     check_options(opts)
     check_unique_ids(corpus)  # also for corpora built by hand, not by read_corpus
     t_start = time.perf_counter()
@@ -151,7 +154,8 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
         # Everything the stored values depend on; the git commit is provenance, not identity.
         identity={"package_version": __version__, "corpus": corpus_record.to_dict(), "model": model.to_dict(),
                   "extraction": extraction.to_dict(), "condition": condition.identity_dict()})
-    writer = CacheWriter(out, attrs.to_dict(), overwrite=opts.overwrite, commit_frames=opts.commit_frames)
+    attrs_dict = amend_attrs(attrs.to_dict()) if amend_attrs else attrs.to_dict()
+    writer = CacheWriter(out, attrs_dict, overwrite=opts.overwrite, commit_frames=opts.commit_frames)
     # Batches are fixed blocks of the manifest, so a resumed run batches the rest as the first
     # run would have, and the cache ends up identical to an uninterrupted one.
     blocks = [corpus.utterances[i:i + opts.batch_size] for i in range(0, len(corpus.utterances), opts.batch_size)]
