@@ -33,6 +33,7 @@ class TrainConfig:
     memory_budget: int = 0  # bytes for the run's states in memory (0: half the available RAM); else streamed
     length_buckets: bool = False  # training batches of similar lengths (pipeline/train/batching.py)
     validation: str = "next-fold"  # how the epoch-picking part is made (pipeline/folds.py, docs/training.md)
+    tensorboard: str | None = None  # folder for per-epoch TensorBoard scalars (needs the tensorboard package)
 
     def check(self) -> None:
         """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
@@ -78,7 +79,7 @@ class ConfigError(NserError):
 # Settings that do not change results: a rerun with other values still resumes the same run.
 # memory_budget only decides whether the states fit in memory; a run streamed for want of memory
 # (other batches) records that as its data mode, and is not resumed in the other mode.
-NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memory_budget")
+NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memory_budget", "tensorboard")
 
 
 # Settings added after runs existed, at the values that give those runs' results: left out of the

@@ -37,6 +37,7 @@ from pipeline.train.fusion import build_fusion
 from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.train.resident import RunData, default_memory_budget
+from pipeline.train.tensorboard import EpochBoard
 from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
 from pipeline.safe_files import atomic_write
 from pipeline.version import code_version
@@ -163,10 +164,11 @@ class RunLog:
     """log.jsonl, one line per epoch; on resume it is rebuilt from the checkpoints' entries, so a
     crash between an epoch's log line and its checkpoint leaves no duplicate or missing line."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, board: EpochBoard | None = None):
         self.path = path
         self._by_key: dict[str, list[dict[str, Any]]] = {}
         self._fh = path.open("w")
+        self._board = board  # --tensorboard: each entry as scalars too
 
     def entries(self, key: str) -> list[dict[str, Any]]:
         return list(self._by_key.get(key, []))
@@ -179,9 +181,13 @@ class RunLog:
         self._by_key.setdefault(key, []).append(entry)
         self._fh.write(json.dumps(entry) + "\n")
         self._fh.flush()
+        if self._board:
+            self._board.write(key, entry)
 
     def close(self) -> None:
         self._fh.close()
+        if self._board:
+            self._board.close()
 
 
 def _test_fold(model: torch.nn.Module, data: RunData | PerUtteranceData, selection: LayerSelection, class_ids: dict[str, int],
@@ -287,6 +293,7 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
                           "identity": reader.meta.identity, "n_utterances": reader.n},
                 "layers": layer_names, "classes": classes, "torch": torch.__version__,
                 "validation": resolve_validation(cfg.validation, reader.meta.corpus.protocol)}
+    board = EpochBoard(cfg.tensorboard) if cfg.tensorboard else None  # before any work: refused if not installed
     device = resolve_device(cfg.device)
     if cfg.device == "auto":
         print(f"nser-train: training on {device}"
@@ -306,7 +313,7 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     (out / "config.json").write_text(json.dumps(run_info, indent=2))
     return _Run(reader=reader, out=out, cfg=cfg, spec=spec, candidates=candidates, layer_names=layer_names,
                 class_ids={c: i for i, c in enumerate(classes)}, plan=plan, used_folds=used_folds,
-                warnings=data_warnings, data=data, ckpt=ckpt, log=RunLog(out / "log.jsonl"), progress=progress)
+                warnings=data_warnings, data=data, ckpt=ckpt, log=RunLog(out / "log.jsonl", board), progress=progress)
 
 
 def _choose_layer(run: _Run) -> tuple[LayerSelection, dict[str, _Trained], LayerChoice | None]:
