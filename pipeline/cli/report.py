@@ -12,8 +12,18 @@ from pipeline.cli.common import NserCommand
                 help="A grid's results folder (results.parquet or results.csv inside), or such a table.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for report.md and its files (default: <results dir>/report).")
-def report_command(source, out):
+@click.option("--compare", nargs=2, metavar="METHOD_A METHOD_B",
+              help="Instead of the report: a paired t-test and Wilcoxon signed-rank test of the two methods' UAR "
+                   "over their common (condition, seed, fold) scores. Methods as the fusion table names them "
+                   "(e.g. l-adapter, 'single [enc:12]'; 'enc+dec mean' where a method runs on several stacks).")
+def report_command(source, out, compare):
     """Write report.md with layer-wise curves, the fusion table, SNR robustness and confusion matrices."""
+    if compare:
+        from pipeline.report.aggregate import load_results
+        from pipeline.report.compare import compare_methods
+
+        click.echo(compare_methods(load_results(source)[0], *compare).describe())
+        return
     from pipeline.report.build import build_report  # pandas, matplotlib
 
     rep = build_report(source, out)
