@@ -3,8 +3,8 @@
 A run killed mid-way resumes from its last epoch checkpoint when the same command runs again
 (same config and cache), and ends with the same metrics as an uninterrupted run.
 
-Per test fold, a validation part is carved from the training folds (the next fold in order, so it
-stays speaker-independent) and picks the epoch; the test fold is only scored once, at the end.
+Per test fold, a validation part made as `--validation` says (pipeline/folds.py; by default the
+next fold, speaker-independent) picks the epoch; the test fold is only scored once, at the end.
 `--fusion best` trains a single-layer model per selected layer on the same folds, picks the layer
 by mean validation UAR, and only then scores that layer's models on the test folds.
 """
