@@ -88,7 +88,9 @@ class RunMetrics:
                 "folds": {name: fold.to_dict() for name, fold in self.folds.items()},
                 "classes": self.classes, "layers": self.layers, "fusion": self.fusion,
                 **(asdict(self.layer_choice) if self.layer_choice else {}),
-                "epochs": self.epochs, "seed": self.seed, "validation": self.validation, "cache_identity": self.cache_identity,
+                "epochs": self.epochs, "seed": self.seed,
+                **({"validation": self.validation} if self.validation else {}),  # older files: absent
+                "cache_identity": self.cache_identity,
                 "seconds": self.seconds, "left_out": self.left_out, "warnings": self.warnings, "data": self.data}
 
     @classmethod
