@@ -86,7 +86,7 @@ def _loader(data: RunData | PerUtteranceData, indices: list[int], selection: Lay
 
 def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection: LayerSelection, class_ids: dict[str, int], cfg: TrainConfig,
                 train_idx: list[int], val_idx: list[int], log: "RunLog", tag: dict[str, Any],
-                progress: bool, ckpt: RunCheckpoints) -> tuple[torch.nn.Module, float, int]:
+                progress: bool, ckpt: RunCheckpoints) -> tuple[torch.nn.Module, float | None, int]:
     """Train on one fold's training part; return the model at the epoch with the best validation UAR,
     that UAR and the epoch (without a validation part: the last epoch, UAR None). Never sees the
     test part. Resumes from this fold's checkpoint if any."""
@@ -142,7 +142,8 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
             if epoch < cfg.epochs:  # on disk once per improvement, for a resumed run's end
                 ckpt.save_best(key, epoch, best[2])
         log.write(key, {**tag, "epoch": epoch, "train_loss": float(np.mean(losses)),
-                        "val_uar": val and val["uar"], "val_macro_f1": val and val["macro_f1"], "train_seconds": t_train,
+                        "val_uar": val["uar"] if val else None, "val_macro_f1": val["macro_f1"] if val else None,
+                        "train_seconds": t_train,
                         "epoch_seconds": time.perf_counter() - t0})
         if epoch < cfg.epochs:
             ckpt.save_epoch(key, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),

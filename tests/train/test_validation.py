@@ -63,3 +63,18 @@ def test_run_dirs_from_before_the_setting_resume(cache, tmp_path):
         train_on_cache(cache, out, cfg(validation="speaker-carve"), progress=False)
     again = train_on_cache(cache, out, cfg(), progress=False)
     assert np.isfinite(again["uar"]) and again["validation"] == "next-fold"
+
+
+def test_grid_specs_set_the_protocol_and_key_it(cache, tmp_path):
+    from pipeline.grid.spec import expand, parse_grid
+
+    def runs(train):
+        spec = {"out": str(tmp_path / "grid"), "caches": [str(cache)], "fusions": ["mean"], "layers": ["enc:1"],
+                "train": {"epochs": 1, **train}}
+        return expand(parse_grid(spec))
+
+    (default,), (carve,) = runs({}), runs({"validation": "speaker-carve"})
+    assert (default.config.validation, carve.config.validation) == ("next-fold", "speaker-carve")
+    assert default.key != carve.key and runs({"validation": "next-fold"})[0].key == default.key
+    with pytest.raises(NserError, match="validation must be one of"):
+        runs({"validation": "sessions"})
