@@ -33,28 +33,94 @@ def echo_coverage_warnings(echo: Callable[[str], None]) -> Iterator[None]:
         yield
 
 
-def fold_plan(reader: CacheReader) -> list[tuple[str, list[int], list[int], list[int]]]:
-    """(test fold, train indices, validation indices, test indices) for each fold."""
+# --validation: how each test fold's validation part (which picks the epoch) is made.
+#   next-fold      the fold after the test fold (cv); on a split cache the same as dev. What
+#                  nser-train always did: training sees n-2 of n folds.
+#   speaker-carve  speakers carved from the training folds (cv): training sees every fold but the test fold.
+#   dev            train on train, choose the epoch on dev (split).
+#   train+dev      train on train + dev less speakers carved from them, choose the epoch on those (split).
+#   none           no validation part: everything but the test part trains, the last epoch is kept.
+#   paper          the paper's reading for the cache's protocol (PAPER_VALIDATION).
+VALIDATIONS = ("next-fold", "speaker-carve", "dev", "train+dev", "none", "paper")
+PAPER_VALIDATION = {"cv": "speaker-carve", "split": "train+dev"}
+_FOR_PROTOCOL = {"cv": ("next-fold", "speaker-carve", "none"), "split": ("dev", "train+dev", "none")}
+
+Plan = list[tuple[str, list[int], list[int], list[int]]]
+
+
+def resolve_validation(validation: str, protocol: str) -> str:
+    """The protocol a `--validation` value means on a cache of `protocol` (cv or split)."""
+    if validation == "paper":
+        return PAPER_VALIDATION[protocol]
+    if validation == "next-fold" and protocol == "split":
+        return "dev"  # a split cache's one "next fold" is its dev part: the default keeps today's runs
+    if validation not in _FOR_PROTOCOL.get(protocol, ()):
+        raise NserError(f"--validation {validation}: not for a {protocol}-protocol cache; use one of "
+                        f"{', '.join(_FOR_PROTOCOL.get(protocol, ()) + ('paper',))}")
+    return validation
+
+
+def fold_plan(reader: CacheReader, validation: str = "next-fold", seed: int = 0) -> Plan:
+    """(test fold, train indices, validation indices, test indices) for each fold; `validation`
+    as resolve_validation reads it, `seed` picks the carved speakers."""
     folds = np.array([str(f) for f in reader.table["fold"]])
+    speakers = np.array([str(s) for s in reader.table["speaker"]])
     protocol = reader.meta.corpus.protocol
+    how = resolve_validation(validation, protocol)
     if protocol == "split":
-        idx = {name: np.flatnonzero(folds == name).tolist() for name in ("train", "dev", "test")}
-        if not idx["train"] or not idx["test"]:
-            raise NserError("a split-protocol cache needs 'train' and 'test' utterances")
-        return [("test", idx["train"], idx["dev"] or idx["train"][-len(idx["train"]) // 10:], idx["test"])]
+        return [_split_plan(folds, speakers, how, seed)]
     # str, not numpy.str_: fold names end up in checkpoints, which hold plain types only
     names = sorted({str(f) for f in folds}, key=lambda s: (len(s), s))
-    if len(names) < 3:
-        raise NserError(f"cross-validation needs at least 3 folds (test, validation, train); cache has {names}")
+    if len(names) < (3 if how == "next-fold" else 2):
+        raise NserError(f"cross-validation with --validation {how} needs at least "
+                        f"{3 if how == 'next-fold' else 2} folds; cache has {names}")
     plan = []
     for k, test in enumerate(names):
-        val = names[(k + 1) % len(names)]
-        train = [i for i, f in enumerate(folds) if f not in (test, val)]
-        plan.append((test, train, np.flatnonzero(folds == val).tolist(), np.flatnonzero(folds == test).tolist()))
+        test_idx = np.flatnonzero(folds == test).tolist()
+        if how == "next-fold":
+            val = names[(k + 1) % len(names)]
+            train = [i for i, f in enumerate(folds) if f not in (test, val)]
+            plan.append((test, train, np.flatnonzero(folds == val).tolist(), test_idx))
+            continue
+        pool = np.flatnonzero(folds != test).tolist()
+        if how == "none":
+            plan.append((test, pool, [], test_idx))
+            continue
+        train, val = carve_speakers(pool, speakers, 1 / (len(names) - 1), [seed, k], f"test fold {test}")
+        plan.append((test, train, val, test_idx))
     return plan
 
 
-def select_folds(plan: list[tuple[str, list[int], list[int], list[int]]], folds: str) -> list:
+def _split_plan(folds: np.ndarray, speakers: np.ndarray, how: str, seed: int) -> tuple:
+    idx = {name: np.flatnonzero(folds == name).tolist() for name in ("train", "dev", "test")}
+    if not idx["train"] or not idx["test"]:
+        raise NserError("a split-protocol cache needs 'train' and 'test' utterances")
+    if how == "dev":  # without a dev part, the last tenth of train (inside training too), as always
+        return "test", idx["train"], idx["dev"] or idx["train"][-len(idx["train"]) // 10:], idx["test"]
+    pool = sorted(idx["train"] + idx["dev"])
+    if how == "none":
+        return "test", pool, [], idx["test"]
+    # the share of the corpus's own dev part (at least a tenth), in speakers
+    share = max(len(idx["dev"]) / len(pool), 0.1)
+    train, val = carve_speakers(pool, speakers, share, [seed], "the train+dev part")
+    return "test", train, val, idx["test"]
+
+
+def carve_speakers(pool: list[int], speakers: np.ndarray, share: float, seed: list[int],
+                   where: str) -> tuple[list[int], list[int]]:
+    """(training, validation) indices of `pool`: round(share x its speakers), at least one and never
+    all, drawn by `seed`, are the validation part; no speaker is in both."""
+    names = sorted({str(speakers[i]) for i in pool})
+    if len(names) < 2:
+        raise NserError(f"{where} has {len(names)} speaker(s): a validation part carved by speaker needs at least 2 "
+                        "(use --validation next-fold, dev or none)")
+    n_val = min(max(1, round(share * len(names))), len(names) - 1)
+    chosen = set(np.random.default_rng(seed).permutation(names)[:n_val].tolist())
+    val = [i for i in pool if str(speakers[i]) in chosen]
+    return [i for i in pool if str(speakers[i]) not in chosen], val
+
+
+def select_folds(plan: Plan, folds: str) -> list:
     """The plan's entries for `--folds` ("all" or comma-separated test folds, in plan order). A name
     that is not a test fold is refused: silently skipping it would report fewer folds than asked."""
     if folds == "all":
@@ -86,7 +152,7 @@ def check_class_coverage(reader: CacheReader, plan: list, *, fit_on_validation: 
                             "so any UAR would be meaningless; check the corpus labels and class map (or what "
                             "--allow-missing left out)")
         parts = [(fit_name, fit), ("test fold", list(test_idx))]
-        if not fit_on_validation:
+        if not fit_on_validation and val_idx:  # --validation none has no validation part to cover
             parts.insert(1, ("validation part", list(val_idx)))
         for name, idx in parts:
             missing = [c for c in classes if c not in set(labels[idx])]

@@ -22,11 +22,11 @@ LAYOUT = CacheLayout(encoder_chunk_frames=16, encoder_shard_frames=128, decoder_
 
 
 def attrs(n_enc=3, n_dec=2, d=8, identity=None, classes=("a", "b"), *, corpus="t", model="m",
-          condition="clean", noise_type=None, snr_db=None) -> dict[str, Any]:
+          condition="clean", noise_type=None, snr_db=None, protocol="cv") -> dict[str, Any]:
     """Attributes of a fake cache."""
     return {
         "code_version": "test", "identity": identity or {"k": 1},
-        "corpus": {"name": corpus, "protocol": "cv", "language": "en", "manifest_hash": "m"},
+        "corpus": {"name": corpus, "protocol": protocol, "language": "en", "manifest_hash": "m"},
         "classes": list(classes),
         "model": {"name": model, "weights_hash": "h", "n_encoder_states": n_enc, "n_decoder_states": n_dec,
                   "d_model": d, "frame_rate": 50.0},

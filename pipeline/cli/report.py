@@ -16,8 +16,18 @@ from pipeline.cli.common import NserCommand
               help="A paper table the runs reproduce (repeatable): its paper-layout table shows the paper's "
                    "value and our difference beside each cell. Needs --paper-dataset.")
 @click.option("--paper-dataset", help="The paper's dataset the runs are (the corpus name: iemocap, meld).")
-def report_command(source, out, paper_tables, paper_dataset):
+@click.option("--compare", nargs=2, metavar="METHOD_A METHOD_B",
+              help="Instead of the report: a paired t-test and Wilcoxon signed-rank test of the two methods' UAR "
+                   "over their common (condition, seed, fold) scores. Methods as the fusion table names them "
+                   "(e.g. l-adapter, 'single [enc:12]'; 'enc+dec mean' where a method runs on several stacks).")
+def report_command(source, out, paper_tables, paper_dataset, compare):
     """Write report.md with layer-wise curves, the fusion table, SNR robustness and confusion matrices."""
+    if compare:
+        from pipeline.report.aggregate import load_results
+        from pipeline.report.compare import compare_methods
+
+        click.echo(compare_methods(load_results(source)[0], *compare).describe())
+        return
     from pipeline.report.build import build_report  # pandas, matplotlib
 
     rep = build_report(source, out, tuple(paper_tables), paper_dataset)

@@ -10,6 +10,7 @@ import click
 
 from pipeline.cli.common import NserCommand, RegistryChoice, cache_option, layers_option, quiet_option, \
     seed_option, storage_options_option
+from pipeline.folds import VALIDATIONS
 from pipeline.layers import PAPER_LAYERS
 
 
@@ -61,7 +62,13 @@ def _positive_finite(ctx, param, value: float) -> float:
 @click.option("--adapter-dropout", type=float, default=0.5, show_default=True,
               help="Dropout on each layer adapter's BiGRU output, the paper's 0.5; 0 keeps only the dropout "
                    "before the classifier (this tool's behaviour before the option existed).")
-@seed_option("Seed of weight initialisation and batch order.")
+@click.option("--validation", type=click.Choice(VALIDATIONS), default="next-fold", show_default=True,
+              help="The part that picks the epoch. next-fold: the fold after the test fold (cv; on a split cache: "
+                   "dev), as before; speaker-carve: speakers carved from the training folds (cv), so training sees "
+                   "every fold but the test fold; dev: train on train, pick on dev (split); train+dev: train on "
+                   "train+dev less carved speakers (split); none: no validation, the last epoch is kept; paper: "
+                   "speaker-carve on cv caches, train+dev on split caches (docs/training.md).")
+@seed_option("Seed of weight initialisation, batch order and carved validation speakers.")
 @click.option("--folds", default="all", show_default=True, help="Test folds to run (comma-separated).")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True,
               help="auto: cuda when torch sees a GPU (said on stderr), else cpu; cuda:N picks a GPU; the states "
@@ -72,9 +79,13 @@ def _positive_finite(ctx, param, value: float) -> float:
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="torch CPU threads (0: default).")
 @click.option("--model", "expect_model", help="Refuse a cache extracted with another model.")
 @click.option("--allow-missing", is_flag=True, help="Train even if some utterances failed extraction.")
+@click.option("--tensorboard", type=click.Path(file_okay=False),
+              help="Folder for per-epoch training loss and validation UAR as TensorBoard scalars "
+                   "(needs the tensorboard package: pip install tensorboard).")
 @quiet_option
 def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, length_buckets, adapter_dropout,
-                  seed, folds, device, memory_budget, threads, expect_model, allow_missing, quiet):
+                  validation, seed, folds, device, memory_budget, threads, expect_model, allow_missing, tensorboard,
+                  quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
     from pipeline.cache.reader import CacheReader
     from pipeline.folds import echo_coverage_warnings
@@ -83,9 +94,9 @@ def train_command(cache, storage_options, out, fusion, layers, epochs, batch_siz
     from pipeline.train.trainer import format_metrics_table, train_on_cache
 
     cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr,
-                      adapter_dropout=adapter_dropout, length_buckets=length_buckets, seed=seed,
+                      adapter_dropout=adapter_dropout, length_buckets=length_buckets, validation=validation, seed=seed,
                       folds=folds, device=device, threads=threads, expect_model=expect_model,
-                      allow_missing=allow_missing, memory_budget=parse_size(memory_budget))
+                      allow_missing=allow_missing, memory_budget=parse_size(memory_budget), tensorboard=tensorboard)
     cfg.check()  # before the cache is opened: a bad setting is named even if the cache is also wrong
     with CacheReader(cache, storage_options) as reader, \
             echo_coverage_warnings(lambda line: click.echo(line, err=True)):  # when they happen, not hours later

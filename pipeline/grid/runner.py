@@ -41,7 +41,7 @@ COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition"
            "fusion", "layers", "n_layers", "best_layer", "seed", "epochs", "uar", "uar_std", "macro_f1",
            "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "code_version",
            # what the report and a human debugging a run need besides the numbers
-           "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error"]
+           "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error", "validation"]
 _FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds"]
 
 
@@ -203,7 +203,7 @@ def run_row(run: RunSpec) -> dict[str, Any]:
                    fold_macro_f1=json.dumps({f: m.macro_f1 for f, m in folds.items()}),
                    confusion=json.dumps(metrics.confusion), seconds=metrics.seconds,
                    code_version=config.get("code_version"), classes=json.dumps(metrics.classes),
-                   left_out=json.dumps(metrics.left_out),
+                   left_out=json.dumps(metrics.left_out), validation=metrics.validation,
                    # the trainer's data warnings (a fold part missing classes): a worker's stderr is not seen
                    warnings=json.dumps(metrics.warnings, ensure_ascii=False))
     else:

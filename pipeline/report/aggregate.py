@@ -2,7 +2,9 @@
 
 Scores of a group of runs (several seeds, or one run per fold) are pooled over every (run, fold)
 score the group has, and reported as mean ± std (population std, as the trainer's own `uar_std`).
-For a group of one run this is exactly that run's `uar ± uar_std`.
+For a group of one run this is exactly that run's `uar ± uar_std`. A group of two or more seeds
+also gets the spread across seeds (`across_seeds`): each seed's fold-pooled score first, then
+their mean ± sample std.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     defaults: dict[str, Any] = {"status": "done", "corpus": "", "model": "", "noise_type": None, "snr_db": np.nan,
                                 "uar_std": np.nan, "macro_f1_std": np.nan, "fold_uar": None, "fold_macro_f1": None,
                                 "confusion": None, "classes": None, "run_dir": None, "run_key": None,
-                                "error": None, "seed": 0}
+                                "error": None, "seed": 0, "validation": None}
     for col, value in defaults.items():
         if col not in df.columns:
             df[col] = value
@@ -89,6 +91,10 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
         where = df[col] + " · " + where
     df["where"] = where
     df["method"] = df["fusion"].where(df["layers"].isin(WHOLE_STACKS), df["fusion"] + " [" + df["layers"] + "]")
+    # runs of other validation protocols are other methods: never pooled together
+    df["validation"] = df["validation"].fillna("").astype(str)
+    if df["validation"].nunique() > 1:
+        df["method"] = df["method"] + df["validation"].map(lambda v: f" ({v or 'validation unrecorded'})")
     return df
 
 
@@ -116,19 +122,29 @@ def pooled(group: pd.DataFrame, metric: str) -> Score:
     with their mean (and, alone, keep their own std)."""
     values: list[float] = []
     for mean, folds in zip(group[metric], group[f"fold_{metric}"]):
-        parsed = _json(folds)
+        parsed = json_value(folds)
         if isinstance(parsed, dict) and parsed:
             values += [float(v) for v in parsed.values()]
         elif not pd.isna(mean):
             values.append(float(mean))
     if not values:
         return Score(float("nan"), float("nan"), 0)
-    if len(group) == 1 and not isinstance(_json(group[f"fold_{metric}"].iloc[0]), dict):
+    if len(group) == 1 and not isinstance(json_value(group[f"fold_{metric}"].iloc[0]), dict):
         return Score(values[0], float(group[f"{metric}_std"].iloc[0]), 1)
     return Score(float(np.mean(values)), float(np.std(values)), len(values))
 
 
-def _json(value: Any) -> Any:
+def across_seeds(group: pd.DataFrame, metric: str) -> Score | None:
+    """mean ± sample std (n-1) over the seeds of `group`, each seed's runs pooled over their folds
+    first (`pooled`); None for fewer than two seeds."""
+    per_seed = [pooled(g, metric).mean for _, g in group.groupby("seed", sort=True)]
+    per_seed = [v for v in per_seed if not math.isnan(v)]
+    if len(per_seed) < 2:
+        return None
+    return Score(float(np.mean(per_seed)), float(np.std(per_seed, ddof=1)), len(per_seed))
+
+
+def json_value(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, str):
@@ -176,6 +192,8 @@ class Cell:
     uar: Score
     f1: Score
     note: str = ""  # e.g. the layer a "single (best)" cell stands for
+    seeds_uar: Score | None = None  # across seeds (n: seeds), for a group of two or more seeds
+    seeds_f1: Score | None = None
 
 
 def method_cells(df: pd.DataFrame) -> tuple[list[tuple[str, str]], dict[tuple[str, str], dict[str, Cell]]]:
@@ -189,7 +207,9 @@ def method_cells(df: pd.DataFrame) -> tuple[list[tuple[str, str]], dict[tuple[st
     cells: dict[tuple[str, str], dict[str, Cell]] = {}
     others = runs[~runs["fusion"].isin(sweeps)]
     for (stack, method, where), g in others.groupby(["stack", "method", "where"], sort=False):
-        cells.setdefault((stack, method), {})[where] = Cell(pooled(g, "uar"), pooled(g, "macro_f1"))
+        cells.setdefault((stack, method), {})[where] = Cell(pooled(g, "uar"), pooled(g, "macro_f1"),
+                                                            seeds_uar=across_seeds(g, "uar"),
+                                                            seeds_f1=across_seeds(g, "macro_f1"))
     for fusion in sweeps:
         for where, curves in layerwise(df[df["fusion"] == fusion]).items():
             for stack, g in curves.groupby("stack", sort=False):
@@ -238,13 +258,13 @@ def snr_groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def best_runs(df: pd.DataFrame) -> dict[str, pd.Series]:
     """where -> the done run with the highest UAR that has a confusion matrix."""
     runs = done(df)
-    runs = runs[runs["confusion"].map(lambda v: isinstance(_json(v), list))]
+    runs = runs[runs["confusion"].map(lambda v: isinstance(json_value(v), list))]
     return {str(w): g.loc[g["uar"].idxmax()] for w, g in runs.groupby("where", sort=False) if g["uar"].notna().any()}
 
 
 def class_names(run: pd.Series, base: Path | None, n: int) -> list[str]:
     """The run's class names: the table's `classes`, else its metrics.json, else c0..c{n-1}."""
-    names = _json(run.get("classes"))
+    names = json_value(run.get("classes"))
     if not (isinstance(names, list) and len(names) == n):
         candidates = [Path(str(run["run_dir"]))] if _json_str(run.get("run_dir")) else []
         if base is not None and _json_str(run.get("run_key")):
@@ -265,4 +285,4 @@ def _json_str(value: Any) -> bool:
 
 
 def confusion(run: pd.Series) -> np.ndarray:
-    return np.array(_json(run["confusion"]), dtype=float)
+    return np.array(json_value(run["confusion"]), dtype=float)

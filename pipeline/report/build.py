@@ -54,7 +54,7 @@ def build_report(source: str | Path, out_dir: str | Path | None = None, paper_ta
           f"Source: `{source}`. Runs: {len(df)} ({counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
           f"{counts.get('pending', 0)} pending). Conditions with results: {', '.join(wheres) or 'none'}.", "",
           "Scores are in %, mean ± std over every (run, fold) score of a cell (seeds x folds; for one run, "
-          "its cross-validation folds).", ""]
+          "its cross-validation folds).", "", _validation_line(df), ""]
     for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("snr", _snr),
                           ("confusion", _confusions), ("wer_vs_f1", _wer_vs_f1)):
         text, why = section(df, base, out, rep)
@@ -68,6 +68,12 @@ def build_report(source: str | Path, out_dir: str | Path | None = None, paper_ta
     md += _failures(df)
     rep.path.write_text("\n".join(md).rstrip() + "\n")
     return rep
+
+
+def _validation_line(df: pd.DataFrame) -> str:
+    """Which validation protocol picked the epochs (pipeline/folds.py): the scores depend on it."""
+    seen = sorted({v or "unrecorded (next-fold on cv caches, dev on split caches)" for v in agg.done(df)["validation"]})
+    return f"Validation protocol (epoch choice): {', '.join(seen) or 'none of the runs finished'}."
 
 
 def _layerwise(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
@@ -118,8 +124,11 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
                 score = getattr(cell, m)
                 text = score.fmt() + (f" ({cell.note})" if cell.note and m == "uar" else "")
                 row.append(f"**{text}**" if score.mean == best[(w, m)] else text)
+                seeds = getattr(cell, f"seeds_{m}")
                 flat.append({"stack": stack, "method": method, "where": w, "metric": m, "mean": score.mean,
-                             "std": score.std, "n": score.n, "note": cell.note})
+                             "std": score.std, "n": score.n, "note": cell.note,
+                             "seeds_mean": seeds.mean if seeds else math.nan,
+                             "seeds_std": seeds.std if seeds else math.nan, "n_seeds": seeds.n if seeds else 1})
         rows.append(row)
     csv = out / "fusion_comparison.csv"
     pd.DataFrame(flat).to_csv(csv, index=False)
@@ -129,7 +138,19 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
            "`single, best†`: the single layer with the best *test* UAR (an oracle choice, optimistic; the "
            "`best` fusion chooses its layer on validation). Methods without a `[selection]` use the whole "
            f"stack(s) named in the first column. Long form: [{csv.name}]({csv.name}).", ""]
+    md += _seed_table(order, cells)
     return md, None
+
+
+def _seed_table(order: list[tuple[str, str]], cells: dict) -> list[str]:
+    """Cells of two or more seeds: the spread of the seeds' own (fold-pooled) scores."""
+    rows = [[stack, method, w, str(cell.seeds_uar.n), cell.seeds_uar.fmt(), cell.seeds_f1.fmt()]
+            for stack, method in order for w, cell in cells[(stack, method)].items() if cell.seeds_uar]
+    if not rows:
+        return []
+    return ["### Across seeds", "", _md_table(["stack", "method", "condition", "seeds", "UAR", "F1"], rows), "",
+            "Each seed's score pooled over its folds first, then mean ± sample std over the seeds: how much a "
+            "result moves with the seed alone (`nser-report --compare A B` tests a difference).", ""]
 
 
 def _snr(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:

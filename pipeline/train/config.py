@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import NserError
+from pipeline.folds import VALIDATIONS
 from pipeline.layers import PAPER_LAYERS
 from pipeline.train.fusion_specs import FUSION_SPECS
 
@@ -31,6 +32,8 @@ class TrainConfig:
     expect_model: str | None = None  # refuse a cache made with another model
     memory_budget: int = 0  # bytes for the run's states in memory (0: half the available RAM); else streamed
     length_buckets: bool = False  # training batches of similar lengths (pipeline/train/batching.py)
+    validation: str = "next-fold"  # how the epoch-picking part is made (pipeline/folds.py, docs/training.md)
+    tensorboard: str | None = None  # folder for per-epoch TensorBoard scalars (needs the tensorboard package)
 
     def check(self) -> None:
         """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
@@ -61,7 +64,10 @@ class TrainConfig:
             ("folds", self.folds, isinstance(self.folds, str) and bool(self.folds.strip(" ,")),
              "'all' or comma-separated fold names"),
             ("length_buckets", self.length_buckets, isinstance(self.length_buckets, bool), "true or false"),
+            ("validation", self.validation, self.validation in VALIDATIONS, f"one of {', '.join(VALIDATIONS)}"),
         ) if not ok]
+        if self.validation == "none" and self.fusion in FUSION_SPECS and FUSION_SPECS[self.fusion].chosen_on_validation:
+            problems.append(f"fusion {self.fusion} chooses its layer on validation, which --validation none leaves out")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -73,12 +79,13 @@ class ConfigError(NserError):
 # Settings that do not change results: a rerun with other values still resumes the same run.
 # memory_budget only decides whether the states fit in memory; a run streamed for want of memory
 # (other batches) records that as its data mode, and is not resumed in the other mode.
-NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memory_budget")
+NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memory_budget", "tensorboard")
 
 
-# Settings added after runs existed, at the value that gives those runs' results: left out of the
-# result settings at that value, so earlier run keys and run dirs stay valid.
-LATER_NEUTRAL = {"length_buckets": False}
+# Settings added after runs existed, at the values that give those runs' results: left out of the
+# result settings at such a value, so earlier run keys and run dirs stay valid. validation: a split
+# cache's next fold is its dev part (pipeline/folds.py), so both are what runs did before.
+LATER_NEUTRAL: dict[str, tuple[Any, ...]] = {"length_buckets": (False,), "validation": ("next-fold", "dev")}
 
 
 def result_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -86,4 +93,4 @@ def result_settings(config: dict[str, Any]) -> dict[str, Any]:
     NON_RESULT_FIELDS (and LATER_NEUTRAL fields at their neutral value): two runs with equal result
     settings on one cache give the same results."""
     return {k: v for k, v in config.items()
-            if k not in NON_RESULT_FIELDS and not (k in LATER_NEUTRAL and v == LATER_NEUTRAL[k])}
+            if k not in NON_RESULT_FIELDS and not (k in LATER_NEUTRAL and v in LATER_NEUTRAL[k])}

@@ -20,7 +20,7 @@ class FoldMetrics:
     confusion: list[list[int]]
     n: int  # test utterances
     best_epoch: int
-    val_uar: float
+    val_uar: float | None  # None: no validation part (--validation none), the last epoch is scored
     n_train: int
     n_val: int
     layer_weights: dict[str, float] | None = None  # layer -> weight, for fusions with static learned weights
@@ -77,6 +77,9 @@ class RunMetrics:
     warnings: list[str] = field(default_factory=list)  # the data's (a fold part missing classes)
     data: dict[str, Any] = field(default_factory=dict)  # how the states were read (memory, stream, ...)
     layer_choice: LayerChoice | None = None
+    # the validation protocol, resolved (pipeline/folds.py); None in runs from before it was
+    # recorded, which used next-fold on cv caches and dev on split caches
+    validation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON's key order: scores first, the layer choice (if any) right after `fusion`."""
@@ -85,7 +88,9 @@ class RunMetrics:
                 "folds": {name: fold.to_dict() for name, fold in self.folds.items()},
                 "classes": self.classes, "layers": self.layers, "fusion": self.fusion,
                 **(asdict(self.layer_choice) if self.layer_choice else {}),
-                "epochs": self.epochs, "seed": self.seed, "cache_identity": self.cache_identity,
+                "epochs": self.epochs, "seed": self.seed,
+                **({"validation": self.validation} if self.validation else {}),  # older files: absent
+                "cache_identity": self.cache_identity,
                 "seconds": self.seconds, "left_out": self.left_out, "warnings": self.warnings, "data": self.data}
 
     @classmethod

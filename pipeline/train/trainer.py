@@ -3,8 +3,8 @@
 A run killed mid-way resumes from its last epoch checkpoint when the same command runs again
 (same config and cache), and ends with the same metrics as an uninterrupted run.
 
-Per test fold, a validation part is carved from the training folds (the next fold in order, so it
-stays speaker-independent) and picks the epoch; the test fold is only scored once, at the end.
+Per test fold, a validation part made as `--validation` says (pipeline/folds.py; by default the
+next fold, speaker-independent) picks the epoch; the test fold is only scored once, at the end.
 `--fusion best` trains a single-layer model per selected layer on the same folds, picks the layer
 by mean validation UAR, and only then scores that layer's models on the test folds.
 """
@@ -28,15 +28,16 @@ from tqdm import tqdm
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import NserError
 from pipeline.failpoints import failpoint
-from pipeline.folds import check_class_coverage, fold_plan, select_folds
+from pipeline.folds import check_class_coverage, fold_plan, resolve_validation, select_folds
 from pipeline.layers import LayerSelection
-from pipeline.train.checkpoint import RunCheckpoints
+from pipeline.train.checkpoint import CheckpointError, RunCheckpoints
 from pipeline.train.config import TrainConfig, result_settings
 from pipeline.train.dataset import NonFiniteError, PerUtteranceData
 from pipeline.train.fusion import build_fusion
 from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.train.resident import RunData, default_memory_budget
+from pipeline.train.tensorboard import EpochBoard
 from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
 from pipeline.safe_files import atomic_write
 from pipeline.version import code_version
@@ -85,9 +86,10 @@ def _loader(data: RunData | PerUtteranceData, indices: list[int], selection: Lay
 
 def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection: LayerSelection, class_ids: dict[str, int], cfg: TrainConfig,
                 train_idx: list[int], val_idx: list[int], log: "RunLog", tag: dict[str, Any],
-                progress: bool, ckpt: RunCheckpoints) -> tuple[torch.nn.Module, float, int]:
+                progress: bool, ckpt: RunCheckpoints) -> tuple[torch.nn.Module, float | None, int]:
     """Train on one fold's training part; return the model at the epoch with the best validation UAR,
-    that UAR and the epoch. Never sees the test part. Resumes from this fold's checkpoint if any."""
+    that UAR and the epoch (without a validation part: the last epoch, UAR None). Never sees the
+    test part. Resumes from this fold's checkpoint if any."""
     key = "_".join(f"{k}-{v}" for k, v in tag.items())
     seed_everything(cfg.seed)
     model = build_fusion(cfg.fusion, n_layers=len(selection), d_in=reader.d_model, n_classes=len(class_ids),
@@ -103,14 +105,14 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
     gen = torch.Generator().manual_seed(cfg.seed)
     desc = " ".join(f"{k} {v}" for k, v in tag.items())
     train_loader = _loader(data, train_idx, selection, class_ids, cfg, f"training part of {desc}", generator=gen)
-    val_loader = _loader(data, val_idx, selection, class_ids, cfg, f"validation part of {desc}")
-    best: tuple[float, int, dict | None] = (-1.0, -1, None)
+    val_loader = _loader(data, val_idx, selection, class_ids, cfg, f"validation part of {desc}") if val_idx else None
+    best: tuple[float | None, int, dict | None] = (-1.0, -1, None)  # model None: the model as it is
     first = 1
     state = ckpt.load_epoch(key)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        best = (state["best_val"], state["best_epoch"], state["best_model"])
+        best = (state["best_val"], state["best_epoch"], ckpt.best_model(key, state))
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["shuffle_rng"])
         log.restore(key, state["entries"])
@@ -132,20 +134,29 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
             opt.step()
             losses.append(loss.item())
         t_train = time.perf_counter() - t0
-        val = classification_metrics(*_evaluate(model, val_loader, cfg.device), len(class_ids))
-        if val["uar"] > best[0]:
+        val = classification_metrics(*_evaluate(model, val_loader, cfg.device), len(class_ids)) if val_loader else None
+        if val is None:
+            best = (None, epoch, None)
+        elif val["uar"] > best[0]:
             best = (val["uar"], epoch, copy.deepcopy(model.state_dict()))
+            if epoch < cfg.epochs:  # on disk once per improvement, for a resumed run's end
+                ckpt.save_best(key, epoch, best[2])
         log.write(key, {**tag, "epoch": epoch, "train_loss": float(np.mean(losses)),
-                        "val_uar": val["uar"], "val_macro_f1": val["macro_f1"], "train_seconds": t_train,
+                        "val_uar": val["uar"] if val else None, "val_macro_f1": val["macro_f1"] if val else None,
+                        "train_seconds": t_train,
                         "epoch_seconds": time.perf_counter() - t0})
         if epoch < cfg.epochs:
             ckpt.save_epoch(key, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                  "best_val": best[0], "best_epoch": best[1], "best_model": best[2],
+                                  "best_val": best[0], "best_epoch": best[1],
                                   "torch_rng": torch.get_rng_state(), "shuffle_rng": gen.get_state(),
                                   "entries": log.entries(key)})
         failpoint("train:epoch-end")
-    ckpt.save_done(key, {"model": best[2], "best_val": best[0], "best_epoch": best[1], "entries": log.entries(key)})
-    model.load_state_dict(best[2])
+    if best[2] is None and val_loader is not None:
+        raise CheckpointError(f"{desc}: the best epoch's model ({best[1]}) was not found in {ckpt.dir}; delete it "
+                              "to train this run from its start")
+    kept = model.state_dict() if best[2] is None else best[2]
+    ckpt.save_done(key, {"model": kept, "best_val": best[0], "best_epoch": best[1], "entries": log.entries(key)})
+    model.load_state_dict(kept)
     model.zero_grad(set_to_none=True)  # `best` holds a fold's models a while; drop their gradients
     return model, best[0], best[1]
 
@@ -154,10 +165,11 @@ class RunLog:
     """log.jsonl, one line per epoch; on resume it is rebuilt from the checkpoints' entries, so a
     crash between an epoch's log line and its checkpoint leaves no duplicate or missing line."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, board: EpochBoard | None = None):
         self.path = path
         self._by_key: dict[str, list[dict[str, Any]]] = {}
         self._fh = path.open("w")
+        self._board = board  # --tensorboard: each entry as scalars too
 
     def entries(self, key: str) -> list[dict[str, Any]]:
         return list(self._by_key.get(key, []))
@@ -170,9 +182,13 @@ class RunLog:
         self._by_key.setdefault(key, []).append(entry)
         self._fh.write(json.dumps(entry) + "\n")
         self._fh.flush()
+        if self._board:
+            self._board.write(key, entry)
 
     def close(self) -> None:
         self._fh.close()
+        if self._board:
+            self._board.close()
 
 
 def _test_fold(model: torch.nn.Module, data: RunData | PerUtteranceData, selection: LayerSelection, class_ids: dict[str, int],
@@ -269,14 +285,16 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     present = set(map(str, reader.table["label"]))
     if present - set(classes):
         raise NserError(f"cache labels {sorted(present - set(classes))} are not in its class list {classes}")
-    plan = select_folds(fold_plan(reader), cfg.folds)
+    plan = select_folds(fold_plan(reader, cfg.validation, cfg.seed), cfg.folds)
     used_folds = {p[0] for p in plan} | {str(f) for f in reader.table["fold"]}
     check_cache_for_training(reader, cfg, used_folds)
     data_warnings = check_class_coverage(reader, plan)  # also issued as ClassCoverageWarning
     run_info = {"config": asdict(cfg), "seed": cfg.seed, "code_version": code_version(),
                 "cache": {"path": reader.location, "identity_hash": reader.identity_hash,
                           "identity": reader.meta.identity, "n_utterances": reader.n},
-                "layers": layer_names, "classes": classes, "torch": torch.__version__}
+                "layers": layer_names, "classes": classes, "torch": torch.__version__,
+                "validation": resolve_validation(cfg.validation, reader.meta.corpus.protocol)}
+    board = EpochBoard(cfg.tensorboard) if cfg.tensorboard else None  # before any work: refused if not installed
     device = resolve_device(cfg.device)
     if cfg.device == "auto":
         print(f"nser-train: training on {device}"
@@ -296,7 +314,7 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     (out / "config.json").write_text(json.dumps(run_info, indent=2))
     return _Run(reader=reader, out=out, cfg=cfg, spec=spec, candidates=candidates, layer_names=layer_names,
                 class_ids={c: i for i, c in enumerate(classes)}, plan=plan, used_folds=used_folds,
-                warnings=data_warnings, data=data, ckpt=ckpt, log=RunLog(out / "log.jsonl"), progress=progress)
+                warnings=data_warnings, data=data, ckpt=ckpt, log=RunLog(out / "log.jsonl", board), progress=progress)
 
 
 def _choose_layer(run: _Run) -> tuple[LayerSelection, dict[str, _Trained], LayerChoice | None]:
@@ -342,6 +360,7 @@ def _run_metrics(run: _Run, per_fold: dict[str, FoldMetrics], choice: LayerChoic
     summary = summarize_folds({fold: m.to_dict() for fold, m in per_fold.items()})
     return RunMetrics(**summary, folds=per_fold, classes=run.reader.classes, layers=run.layer_names,
                       fusion=run.cfg.fusion, layer_choice=choice, epochs=run.cfg.epochs, seed=run.cfg.seed,
+                      validation=resolve_validation(run.cfg.validation, run.reader.meta.corpus.protocol),
                       cache_identity=run.reader.identity_hash, seconds=seconds,
                       # entries of the manifest that are not in these numbers (--allow-missing), per fold
                       left_out=run.reader.errors_by_fold(run.used_folds), warnings=run.warnings,

@@ -132,8 +132,9 @@ def test_folds_named_outside_ascii_get_their_own_checkpoints(tmp_path):
     assert killed.returncode == -9, killed.stderr
     files = sorted((run / "checkpoints").glob("*.pt"))
     recorded = {p.name: torch.load(p, weights_only=True)["key"] for p in files}
-    assert len(files) == 3 and sorted(recorded.values()) == sorted(f"fold-{s}" for s in SPEAKERS)
-    assert sorted(p.name.split(".")[1] for p in files) == ["done", "done", "epoch"]
+    # the 3rd fold's epoch checkpoint and its best model so far (epoch 1), written apart
+    assert len(files) == 4 and sorted(recorded.values()) == sorted([f"fold-{s}" for s in SPEAKERS] + [f"fold-{SPEAKERS[2]}"])
+    assert sorted(p.name.split(".")[1] for p in files) == ["best", "done", "done", "epoch"]
     assert all(name.startswith("fold-__-") for name in recorded)  # readable prefix, then the hash
 
     resumed = train_cli(cache, run)

@@ -78,9 +78,11 @@ def test_trainer_writes_what_the_grid_and_report_read(tmp_path):
     returned = train_on_cache(cache, run.run_dir, run.config, progress=False)
     written = json.loads((run.run_dir / "metrics.json").read_text())
     assert written == returned
+    validation = written.pop("validation")  # recorded since the files written before
     assert shape(written) == shape(json.loads(WRITTEN_BEFORE[0].read_text()))
     (run.run_dir / "done.json").write_text("{}")
     row = run_row(run)
     assert row["status"] == "done" and row["best_layer"] == written["best_layer"]
+    assert validation == row["validation"] == "next-fold"
     assert json.loads(row["fold_uar"]) == {f: m["uar"] for f, m in written["folds"].items()}
     assert class_names({"classes": None, "run_dir": str(run.run_dir)}, None, 2) == ["a", "b"]

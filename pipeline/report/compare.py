@@ -1,0 +1,90 @@
+"""`nser-report --compare A B`: is method A's UAR different from method B's, pairing their scores
+on the same condition, seed and test fold (paired t-test and Wilcoxon signed-rank, scipy)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import pandas as pd
+from scipy import stats
+
+from pipeline.report.aggregate import ReportError, json_value, done
+
+
+@dataclass(frozen=True)
+class Comparison:
+    method_a: str
+    method_b: str
+    metric: str
+    pairs: pd.DataFrame  # where, seed, fold, a, b
+    mean_diff: float  # mean of a - b
+    t_p: float  # paired t-test, two-sided
+    wilcoxon_p: float  # Wilcoxon signed-rank, two-sided; nan when every difference is 0
+
+    @property
+    def n(self) -> int:
+        return len(self.pairs)
+
+    def describe(self) -> str:
+        where = ", ".join(dict.fromkeys(self.pairs["where"]))
+        seeds = self.pairs["seed"].nunique()
+        return (f"{self.method_a} vs {self.method_b} ({self.metric}, paired on condition x seed x fold)\n"
+                f"  n = {self.n} pairs ({seeds} seed(s); {where})\n"
+                f"  mean difference (A - B) = {100 * self.mean_diff:+.2f} points\n"
+                f"  paired t-test p = {_p(self.t_p)}\n"
+                f"  Wilcoxon signed-rank p = {_p(self.wilcoxon_p)}")
+
+
+def _p(value: float) -> str:
+    return "n/a (the differences do not vary)" if math.isnan(value) else f"{value:.4g}"
+
+
+def _rows_of(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The done runs of a method, named as the fusion table's method column, or as "STACK METHOD"
+    when the method runs on several stacks."""
+    label = df["stack"] + " " + df["method"]
+    hit = df[label == name]
+    if hit.empty:
+        hit = df[df["method"] == name]
+        if hit["stack"].nunique() > 1:
+            raise ReportError(f"method {name!r} runs on stacks {sorted(hit['stack'].unique())}: name one, "
+                              f"e.g. {hit['stack'].iloc[0] + ' ' + name!r}")
+    if hit.empty:
+        known = sorted(set(df["method"]))
+        raise ReportError(f"no finished runs of method {name!r}; the table has {known}")
+    return hit
+
+
+def fold_scores(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per (where, seed, fold) of `runs`, from their per-fold scores."""
+    rows = []
+    for _, run in runs.iterrows():
+        folds = json_value(run[f"fold_{metric}"])
+        if not isinstance(folds, dict):
+            raise ReportError(f"run {run['run_key']} has no per-fold {metric} (fold_{metric}); a comparison pairs folds")
+        rows += [{"where": run["where"], "seed": int(run["seed"]), "fold": str(f), "score": float(v)}
+                 for f, v in folds.items()]
+    scores = pd.DataFrame(rows, columns=["where", "seed", "fold", "score"])
+    if scores.duplicated(["where", "seed", "fold"]).any():
+        raise ReportError("a method has two runs of one condition, seed and fold (other settings, e.g. epochs); "
+                          "compare results tables of one setting each")
+    return scores
+
+
+def compare_methods(df: pd.DataFrame, method_a: str, method_b: str, metric: str = "uar") -> Comparison:
+    runs = done(df)
+    a = fold_scores(_rows_of(runs, method_a), metric)
+    b = fold_scores(_rows_of(runs, method_b), metric)
+    pairs = a.merge(b, on=["where", "seed", "fold"], suffixes=("_a", "_b")).rename(
+        columns={"score_a": "a", "score_b": "b"})
+    if len(pairs) < 2:
+        raise ReportError(f"{method_a} and {method_b} share {len(pairs)} (condition, seed, fold) score(s); a paired "
+                          "test needs at least 2 (run both on the same caches, seeds and folds)")
+    diff = pairs["a"] - pairs["b"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-equal differences: p is nan, said as such
+        t_p = float(stats.ttest_rel(pairs["a"], pairs["b"]).pvalue)
+    wilcoxon_p = float(stats.wilcoxon(diff).pvalue) if (diff != 0).any() else math.nan
+    return Comparison(method_a, method_b, metric, pairs, float(diff.mean()), t_p, wilcoxon_p)

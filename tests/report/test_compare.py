@@ -1,0 +1,100 @@
+"""Seeds in the report and `nser-report --compare`, on results tables written by the grid's own
+code (results_frame / write_results) with known per-fold numbers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+
+from pipeline.cli.report import report_command
+from pipeline.grid.runner import results_frame, write_results
+from pipeline.report.aggregate import ReportError, load_results, method_cells
+from pipeline.report.build import build_report
+from pipeline.report.compare import compare_methods
+
+# fusion -> seed -> fold -> UAR; l-adapter beats mean by 0.01..0.09 on every pair
+MEAN = {s: {f: 0.50 + 0.1 * s + 0.01 * int(f) for f in "01234"} for s in range(3)}
+ADAPTER = {s: {f: v + 0.01 * (1 + int(f) + 3 * s) / 1.5 for f, v in MEAN[s].items()} for s in range(3)}
+
+
+def _row(fusion, seed, folds, validation="speaker-carve", stack="enc", layers="enc:all"):
+    vals = list(folds.values())
+    return {"run_key": f"{fusion}-{seed}-{stack}", "status": "done", "corpus": "iemocap", "condition": "babble_0dB",
+            "model": "m", "fusion": fusion, "layers": layers, "stack": stack, "selection": layers, "seed": seed,
+            "uar": np.mean(vals), "uar_std": np.std(vals), "macro_f1": np.mean(vals) - 0.02, "macro_f1_std": 0.0,
+            "fold_uar": json.dumps(folds), "fold_macro_f1": json.dumps({f: v - 0.02 for f, v in folds.items()}),
+            "validation": validation}
+
+
+def _table(tmp_path, rows):
+    write_results(results_frame(rows), tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def grid(tmp_path):
+    rows = [_row("mean", s, MEAN[s]) for s in range(3)] + [_row("l-adapter", s, ADAPTER[s]) for s in (2, 0, 1)]
+    rows.append(_row("attention", 0, MEAN[0]))  # one seed: no spread across seeds
+    return _table(tmp_path, rows)
+
+
+def test_cells_of_several_seeds_get_the_spread_of_the_seeds_scores(grid):
+    df, _ = load_results(grid)
+    _, cells = method_cells(df)
+    mean = cells[("enc", "mean")]["babble_0dB"]
+    # seeds' fold-pooled UARs are 0.52, 0.62, 0.72: mean 0.62, sample std 0.1
+    assert mean.seeds_uar.n == 3 and mean.seeds_uar.mean == pytest.approx(0.62)
+    assert mean.seeds_uar.std == pytest.approx(0.1) and mean.uar.n == 15
+    assert cells[("enc", "attention")]["babble_0dB"].seeds_uar is None
+    rep = build_report(grid, grid / "report")
+    text = rep.path.read_text()
+    assert "### Across seeds" in text and "| enc | mean | babble_0dB | 3 | 62.00 ± 10.00 | 60.00 ± 10.00 |" in text
+    assert "| enc | attention |" not in text.split("### Across seeds")[1]
+    assert "Validation protocol (epoch choice): speaker-carve." in text
+    long = (grid / "report" / "fusion_comparison.csv").read_text()
+    assert "seeds_mean" in long.splitlines()[0]
+
+
+def test_other_validation_protocols_are_other_methods(tmp_path):
+    rows = [_row("mean", s, MEAN[s]) for s in range(2)] + [_row("mean", 0, ADAPTER[0], validation="next-fold")]
+    df, _ = load_results(_table(tmp_path, rows))
+    order, cells = method_cells(df)
+    assert order == [("enc", "mean (next-fold)"), ("enc", "mean (speaker-carve)")]
+    assert cells[("enc", "mean (speaker-carve)")]["babble_0dB"].seeds_uar.n == 2
+
+
+def test_compare_pairs_condition_seed_and_fold(grid):
+    df, _ = load_results(grid)
+    result = compare_methods(df, "l-adapter", "mean")
+    a = [ADAPTER[s][f] for s in range(3) for f in "01234"]
+    b = [MEAN[s][f] for s in range(3) for f in "01234"]
+    assert result.n == 15 and result.mean_diff == pytest.approx(np.mean(np.subtract(a, b)))
+    assert result.t_p == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert result.wilcoxon_p == pytest.approx(stats.wilcoxon(np.subtract(a, b)).pvalue)
+    assert result.wilcoxon_p < 0.001  # 15 of 15 pairs favour l-adapter
+    out = CliRunner().invoke(report_command, [str(grid), "--compare", "l-adapter", "mean"])
+    assert out.exit_code == 0, out.output
+    assert "n = 15 pairs (3 seed(s); babble_0dB)" in out.output and "mean difference (A - B) = +" in out.output
+    assert f"Wilcoxon signed-rank p = {result.wilcoxon_p:.4g}" in out.output
+
+
+def test_compare_refuses_what_it_cannot_pair(grid, tmp_path):
+    df, _ = load_results(grid)
+    with pytest.raises(ReportError, match="no finished runs of method 'nope'"):
+        compare_methods(df, "nope", "mean")
+    with pytest.raises(ReportError, match="share 0 .*needs at least 2"):  # mean's runs on other seeds
+        compare_methods(df.assign(seed=df["seed"].where(df["fusion"] != "mean", df["seed"] + 10)), "l-adapter", "mean")
+    with pytest.raises(ReportError, match="two runs of one condition, seed and fold"):
+        compare_methods(df.assign(seed=0), "l-adapter", "mean")
+    rows = [_row("mean", 0, MEAN[0], stack=s, layers=l) for s, l in (("enc", "enc:all"), ("dec", "dec:all"))]
+    rows.append(_row("l-adapter", 0, ADAPTER[0]))
+    df, _ = load_results(_table(tmp_path, rows))
+    with pytest.raises(ReportError, match="runs on stacks"):
+        compare_methods(df, "l-adapter", "mean")
+    assert compare_methods(df, "l-adapter", "enc mean").n == 5
+    out = CliRunner().invoke(report_command, [str(tmp_path), "--compare", "l-adapter", "mean"])
+    assert out.exit_code != 0 and "runs on stacks" in out.output
