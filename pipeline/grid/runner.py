@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pandas as pd
 from tqdm import tqdm
@@ -37,6 +37,10 @@ from pipeline.safe_files import Flock, LockBusy, atomic_open
 from pipeline.safe_files import atomic_write as _write_atomic  # readers see the old file or the new one
 from pipeline.train.fusion_specs import fusion_spec
 from pipeline.train.run_metrics import RunMetrics
+
+if TYPE_CHECKING:  # imported by the tasks that use them: the client needs neither torch nor Zarr
+    from pipeline.cache.reader import CacheReader
+    from pipeline.train.resident import RunData
 
 DONE, ERROR, RUN_INFO = "done.json", "error.txt", "run.json"
 
@@ -141,7 +145,7 @@ def execute_pack(runs: list[RunSpec]) -> list[dict[str, Any]]:
         return train_pack(reader, runs)
 
 
-def train_pack(reader: Any, runs: list[RunSpec]) -> list[dict[str, Any]]:
+def train_pack(reader: CacheReader, runs: list[RunSpec]) -> list[dict[str, Any]]:
     """Train `runs` one after another from one read of the union of their layers (trainer.shared_run_data):
     each run gets the batches, seeds and so the results it gets alone. Runs already finished are
     skipped, and the states are read only when a run needs them. Where the union is not in memory
@@ -149,7 +153,7 @@ def train_pack(reader: Any, runs: list[RunSpec]) -> list[dict[str, Any]]:
     reads its own states, exactly as alone, and a bad run fails with its own reason."""
     from pipeline.train import trainer
 
-    shared = _shared_data(trainer, reader, [r for r in runs if not is_done(r)])
+    shared = _shared_data(reader, [r for r in runs if not is_done(r)])
 
     def train(run: RunSpec) -> dict[str, Any]:
         return trainer.train_on_cache(reader, run.run_dir, run.config, progress=False, data=shared)
@@ -157,9 +161,11 @@ def train_pack(reader: Any, runs: list[RunSpec]) -> list[dict[str, Any]]:
     return [_train_into(r, train) for r in runs]
 
 
-def _shared_data(trainer: Any, reader: Any, todo: list[RunSpec]) -> Any:
+def _shared_data(reader: CacheReader, todo: list[RunSpec]) -> RunData | None:
     """The union RunData of the `todo` runs whose layers fit the cache, if in memory; else None.
     Not read yet: the first run's set-up reads it (RunData.prepare is idempotent)."""
+    from pipeline.train import trainer
+
     fit = []
     for run in todo:
         with contextlib.suppress(Exception):  # that run's own set-up fails with the reason

@@ -230,21 +230,18 @@ def _needed(plan: list[tuple[str, list[int], list[int], list[int]]]) -> list[int
     return [i for p in plan for part in p[1:] for i in part]
 
 
-def run_data(reader: CacheReader, candidates: list[LayerSelection], folds: str, cfg: TrainConfig) -> RunData:
-    """The resident states (not yet read) of `candidates` over the utterances of the `folds` selection."""
-    plan = select_folds(fold_plan(reader), folds)
-    return RunData(reader, candidates, _needed(plan), cfg.memory_budget or default_memory_budget(),
-                   resolve_device(cfg.device))
-
-
 def shared_run_data(reader: CacheReader, cfgs: list[TrainConfig]) -> RunData:
-    """One RunData for runs that differ only in what they train (fusion, layers, seed, ...): the union
-    of their layers over their common folds, read once (prepare()) and trained from by each run in
-    turn. A run's batches from it equal those from its own RunData (resident.py takes its layers)."""
+    """One RunData (not read yet) for runs that differ only in what they train (fusion, layers,
+    seed, ...): the union of their layers over their common folds' utterances, read once and
+    trained from by each run in turn. A run's batches from it equal those from its own RunData
+    (RunData.make_batch takes the run's layers from the buffer, whichever others it holds)."""
     shared = {(c.folds, c.memory_budget, c.device) for c in cfgs}
     if len(shared) != 1:
         raise NserError(f"runs sharing their states need the same folds, memory budget and device, got {shared}")
-    return run_data(reader, [s for c in cfgs for s in run_candidates(reader, c)], cfgs[0].folds, cfgs[0])
+    cfg = cfgs[0]
+    plan = select_folds(fold_plan(reader), cfg.folds)
+    return RunData(reader, [s for c in cfgs for s in run_candidates(reader, c)], _needed(plan),
+                   cfg.memory_budget or default_memory_budget(), resolve_device(cfg.device))
 
 
 def _check_shared(data: RunData, reader: CacheReader, candidates: list[LayerSelection], needed: list[int]) -> None:

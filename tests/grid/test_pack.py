@@ -16,7 +16,7 @@ from pipeline.cache.reader import CacheReader
 from pipeline.cli.grid import grid_command
 from pipeline.grid.packing import plan_packs
 from pipeline.grid.runner import DONE, ERROR, run_grid, train_pack
-from pipeline.grid.spec import expand, parse_grid
+from pipeline.grid.spec import GridSpec, expand, parse_grid
 from pipeline.train.trainer import run_candidates, shared_run_data
 from tests.helpers import make_cache, poison
 
@@ -30,7 +30,7 @@ def cache(tmp_path_factory) -> Path:
     return make_cache(tmp_path_factory.mktemp("pack") / "c.zarr")
 
 
-def _grid(out: Path, cache: Path, subgrids: list[dict], **top) -> object:
+def _grid(out: Path, cache: Path, subgrids: list[dict], **top) -> GridSpec:
     return parse_grid({"out": str(out), "caches": [str(cache)], "train": TINY, "subgrids": subgrids, **top})
 
 
