@@ -27,13 +27,17 @@ from pipeline.cli.common import NserCommand, quiet_option
 @click.option("--dry-run", is_flag=True, help="List the runs (and which are finished) without running anything.")
 @click.option("--no-derive", is_flag=True,
               help="Train every best/last run, even where the grid's single runs give its results (docs/grid.md).")
+@click.option("--no-pack", is_flag=True,
+              help="One run per task: do not train runs that share their states from one read (docs/grid.md).")
 @quiet_option
-def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, dry_run, no_derive, quiet):
+def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, dry_run, no_derive, no_pack,
+                 quiet):
     """Run an ablation grid (fusions x layers x caches x seeds) and aggregate its results.
 
     Finished runs (a done.json in their run dir) are skipped, so rerunning the same command
     resumes an interrupted grid and retries failed runs. Exits with status 1 if any run failed."""
-    from pipeline.grid.runner import is_done, run_grid, scheduler_security, scheduler_warning
+    from pipeline.grid.packing import describe_packs, plan_packs
+    from pipeline.grid.runner import default_workers, is_done, run_grid, scheduler_security, scheduler_warning
     from pipeline.grid.spec import expand, load_grid
 
     tls = (tls_ca_file, tls_cert, tls_key)
@@ -52,12 +56,16 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
     if dry_run:
         for r in runs:
             click.echo(("done    " if is_done(r) else "todo    ") + r.describe())
+        todo = [r for r in runs if not r.derived and not is_done(r)]
+        n = workers or default_workers()
+        # a scheduler's cluster is not asked at --dry-run: the split assumes --workers or the local default
+        click.echo(f"{describe_packs(plan_packs(todo, n, not no_pack))} for {n} worker(s)", err=True)
         return
     warning = scheduler_warning(scheduler) if scheduler else None
     if warning:
         click.echo(f"warning: {warning}", err=True)
     outcome = run_grid(runs, spec.out, scheduler=scheduler, n_workers=workers, security=security,
-                       progress=not quiet)
+                       progress=not quiet, pack=not no_pack)
     click.echo(outcome.summary(), err=True)
     failed = outcome.table[outcome.table["status"] == "failed"]
     for _, row in failed.head(20).iterrows():

@@ -16,12 +16,14 @@ import contextlib
 import ipaddress
 import json
 import os
+import resource
 import socket
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pandas as pd
 from tqdm import tqdm
@@ -29,20 +31,25 @@ from tqdm import tqdm
 from pipeline.errors import NserError
 from pipeline.failpoints import failpoint
 from pipeline.grid.derive import derived_metrics
+from pipeline.grid.packing import plan_packs
 from pipeline.grid.spec import RunSpec
 from pipeline.safe_files import Flock, LockBusy, atomic_open
 from pipeline.safe_files import atomic_write as _write_atomic  # readers see the old file or the new one
 from pipeline.train.fusion_specs import fusion_spec
 from pipeline.train.run_metrics import RunMetrics
 
+if TYPE_CHECKING:  # imported by the tasks that use them: the client needs neither torch nor Zarr
+    from pipeline.cache.reader import CacheReader
+    from pipeline.train.resident import RunData
+
 DONE, ERROR, RUN_INFO = "done.json", "error.txt", "run.json"
 
 COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition", "noise_type", "snr_db", "model",
            "fusion", "layers", "n_layers", "best_layer", "seed", "epochs", "uar", "uar_std", "macro_f1",
-           "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "code_version",
+           "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "peak_rss_mb", "code_version",
            # what the report and a human debugging a run need besides the numbers
            "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error", "validation"]
-_FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds"]
+_FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds", "peak_rss_mb"]
 
 
 class GridBusyError(NserError):
@@ -82,11 +89,17 @@ def run_record(run: RunSpec) -> dict[str, Any]:
 
 # --- the Dask task ------------------------------------------------------------------------------
 
-def execute_run(run: RunSpec) -> dict[str, Any]:
-    """Train one run into its run dir; runs on a Dask worker. Errors are caught and recorded here
-    (error.txt next to the partial outputs) and returned, so one bad run never fails the grid."""
-    from pipeline.train.trainer import train_on_cache
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports ru_maxrss in KiB, macOS in
+    bytes). A worker process runs task after task, so it is the peak of this task and those before."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
+
+def _train_into(run: RunSpec, train: Callable[[RunSpec], dict[str, Any]]) -> dict[str, Any]:
+    """Train one run into its run dir with `train` (run -> metrics): under the run dir's lock, skipped
+    when finished, done.json last. Errors are caught and recorded here (error.txt next to the partial
+    outputs) and returned, so one bad run never fails the grid, nor the other runs of its task."""
     run_dir = Path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -100,15 +113,74 @@ def execute_run(run: RunSpec) -> dict[str, Any]:
             if run.config.threads:
                 import torch
                 torch.set_num_threads(run.config.threads)
-            metrics = train_on_cache(run.cache, run_dir, run.config, progress=False)
+            metrics = train(run)
             _write_atomic(run_dir / DONE, json.dumps({
                 "key": run.key, "uar": metrics["uar"], "macro_f1": metrics["macro_f1"],
-                "seconds": metrics["seconds"], "host": socket.gethostname(), "pid": os.getpid(),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+                "seconds": metrics["seconds"], "peak_rss_mb": peak_rss_mb(), "host": socket.gethostname(),
+                "pid": os.getpid(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
             return {"key": run.key, "status": "done"}
     except Exception as exc:  # noqa: BLE001 - any failure of one run is data for the table
         record_failure(run, traceback.format_exc(), where=f"worker pid {os.getpid()} on {socket.gethostname()}")
         return {"key": run.key, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def execute_run(run: RunSpec) -> dict[str, Any]:
+    """Train one run into its run dir; runs on a Dask worker (see _train_into)."""
+    from pipeline.train import trainer
+
+    return _train_into(run, lambda r: trainer.train_on_cache(r.cache, r.run_dir, r.config, progress=False))
+
+
+def execute_pack(runs: list[RunSpec]) -> list[dict[str, Any]]:
+    """Train runs of one share group (pipeline/grid/packing.py) into their run dirs; runs on a Dask
+    worker. The cache is opened once; see train_pack."""
+    from pipeline.cache.reader import CacheReader
+
+    (cache,) = {r.cache for r in runs}
+    try:
+        reader = CacheReader(cache)
+    except Exception:  # noqa: BLE001 - each run then fails with the reason, as it would alone
+        return [execute_run(r) for r in runs]
+    with reader:
+        return train_pack(reader, runs)
+
+
+def train_pack(reader: CacheReader, runs: list[RunSpec]) -> list[dict[str, Any]]:
+    """Train `runs` one after another from one read of the union of their layers (trainer.shared_run_data):
+    each run gets the batches, seeds and so the results it gets alone. Runs already finished are
+    skipped, and the states are read only when a run needs them. Where the union is not in memory
+    (over the memory budget) or cannot be set up (a run's settings do not fit the cache), each run
+    reads its own states, exactly as alone, and a bad run fails with its own reason."""
+    from pipeline.train import trainer
+
+    shared = _shared_data(reader, [r for r in runs if not is_done(r)])
+
+    def train(run: RunSpec) -> dict[str, Any]:
+        return trainer.train_on_cache(reader, run.run_dir, run.config, progress=False, data=shared)
+
+    return [_train_into(r, train) for r in runs]
+
+
+def _shared_data(reader: CacheReader, todo: list[RunSpec]) -> RunData | None:
+    """The union RunData of the `todo` runs whose layers fit the cache, if in memory; else None.
+    Not read yet: the first run's set-up reads it (RunData.prepare is idempotent)."""
+    from pipeline.train import trainer
+
+    fit = []
+    for run in todo:
+        with contextlib.suppress(Exception):  # that run's own set-up fails with the reason
+            trainer.run_candidates(reader, run.config)
+            fit.append(run)
+    if len(fit) < 2:
+        return None
+    try:
+        shared = trainer.shared_run_data(reader, [r.config for r in fit])
+    except Exception:  # noqa: BLE001 - e.g. folds the cache lacks: each run fails with it on its own
+        return None
+    if shared.mode != "memory":
+        return None
+    shared.shared_by = len(fit)
+    return shared
 
 
 # --- derived runs (on the client) ----------------------------------------------------------------
@@ -192,6 +264,7 @@ def run_row(run: RunSpec) -> dict[str, Any]:
         try:
             metrics = RunMetrics.read(run_dir / "metrics.json")
             config = json.loads((run_dir / "config.json").read_text())
+            done = json.loads((run_dir / DONE).read_text())
         except (OSError, ValueError) as exc:
             row.update(status="failed", error=f"done.json present but outputs unreadable: {exc}")
             return row
@@ -202,6 +275,8 @@ def run_row(run: RunSpec) -> dict[str, Any]:
                    fold_uar=json.dumps({f: m.uar for f, m in folds.items()}),
                    fold_macro_f1=json.dumps({f: m.macro_f1 for f, m in folds.items()}),
                    confusion=json.dumps(metrics.confusion), seconds=metrics.seconds,
+                   # the training worker's peak memory when the run finished (none: derived, or older runs)
+                   peak_rss_mb=done.get("peak_rss_mb"),
                    code_version=config.get("code_version"), classes=json.dumps(metrics.classes),
                    left_out=json.dumps(metrics.left_out), validation=metrics.validation,
                    # the trainer's data warnings (a fold part missing classes): a worker's stderr is not seen
@@ -352,18 +427,22 @@ class GridOutcome:
 
     def summary(self) -> str:
         counts = self.table["status"].value_counts().to_dict()
+        peak = self.table["peak_rss_mb"].max()
         return (f"{len(self.table)} runs: {counts.get('done', 0)} done ({len(self.skipped)} finished before, "
                 f"{counts.get('done', 0) - len(self.skipped)} now), {counts.get('failed', 0)} failed, "
-                f"{counts.get('pending', 0)} pending; results: {self.csv}")
+                f"{counts.get('pending', 0)} pending"
+                + (f"; largest worker peak memory {peak:.0f} MiB" if pd.notna(peak) else "")
+                + f"; results: {self.csv}")
 
 
 def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, scheduler: str | None = None,
              n_workers: int | None = None, security: Any = None, progress: bool = True,
-             write_every_s: float = 5.0) -> GridOutcome:
+             write_every_s: float = 5.0, pack: bool = True) -> GridOutcome:
     """Run every unfinished run on Dask (the given client, else `scheduler` with `security`, else a local cluster)
     and write `<out>/results.{csv,parquet}`: during the grid at most every `write_every_s` seconds,
     and at the end (also when interrupted). A derived run is written here as soon as its sources
-    are finished (or failed), before, during or after the training."""
+    are finished (or failed), before, during or after the training. Runs that can share their states
+    train in one task each (`pack`, pipeline/grid/packing.py); `pack=False`: one run per task."""
     out = Path(out)
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
@@ -386,39 +465,55 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
             if pending:
                 with (contextlib.nullcontext(client) if client is not None
                       else dask_client(scheduler, n_workers, security)) as c:
-                    _run_pending(c, pending, rows, ran, out, progress, write_every_s, finished)
+                    _run_pending(c, pending, rows, ran, out, progress, write_every_s, finished, pack)
         finally:
             table = results_frame(list(rows.values()))
             csv, parquet = write_results(table, out)
         return GridOutcome(table=table, csv=csv, parquet=parquet, ran=ran, derived=derived, skipped=skipped)
 
 
+def cluster_threads(client: Any) -> int:
+    """Tasks the cluster runs at once (its workers' threads)."""
+    return max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+
+
 def _run_pending(client: Any, pending: list[RunSpec], rows: dict[str, dict], ran: list[str], out: Path,
-                 progress: bool, write_every_s: float, finished: Callable[[str], None]) -> None:
-    """Submit `pending`, and record each run as it completes; `finished(key)` after its row."""
+                 progress: bool, write_every_s: float, finished: Callable[[str], None], pack: bool) -> None:
+    """Submit `pending` (packed, pipeline/grid/packing.py, unless not `pack`), and record each run as
+    its task completes; `finished(key)` after its row."""
     from dask.distributed import as_completed
 
-    by_key = {r.key: r for r in pending}
-    futures = [client.submit(execute_run, r, key=f"nser-run-{r.key}", pure=False) for r in pending]
+    tasks: dict[str, list[RunSpec]] = {}
+    futures = []
+    for runs in plan_packs(pending, cluster_threads(client), pack):
+        if len(runs) == 1:
+            fut = client.submit(execute_run, runs[0], key=f"nser-run-{runs[0].key}", pure=False)
+        else:
+            fut = client.submit(execute_pack, runs, key=f"nser-pack-{runs[0].key}-{len(runs)}", pure=False)
+        tasks[fut.key] = runs
+        futures.append(fut)
     last_write = time.monotonic()
     n_failed = 0
-    with tqdm(total=len(futures), desc="grid", unit="run", disable=not progress) as bar:
+    with tqdm(total=len(pending), desc="grid", unit="run", disable=not progress) as bar:
         for fut in as_completed(futures):
-            key = fut.key.removeprefix("nser-run-")
-            run = by_key[key]
+            runs = tasks[fut.key]
             try:
                 fut.result()
             except Exception:  # noqa: BLE001 - e.g. KilledWorker: the task never reported back
-                record_failure(run, traceback.format_exc(), where="the Dask cluster (the task raised or its worker died)")
+                for run in runs:
+                    if not is_done(run):
+                        record_failure(run, traceback.format_exc(),
+                                       where="the Dask cluster (the task raised or its worker died)")
             finally:
                 fut.release()
-            rows[key] = run_row(run)
-            ran.append(key)
-            finished(key)
-            n_failed += rows[key]["status"] == "failed"
-            bar.set_postfix(failed=n_failed, refresh=False)
-            bar.update()
-            if time.monotonic() - last_write >= write_every_s:
-                write_results(results_frame(list(rows.values())), out)
-                last_write = time.monotonic()
-            failpoint("grid:run-finished")
+            for run in runs:
+                rows[run.key] = run_row(run)
+                ran.append(run.key)
+                finished(run.key)
+                n_failed += rows[run.key]["status"] == "failed"
+                bar.set_postfix(failed=n_failed, refresh=False)
+                bar.update()
+                if time.monotonic() - last_write >= write_every_s:
+                    write_results(results_frame(list(rows.values())), out)
+                    last_write = time.monotonic()
+                failpoint("grid:run-finished")

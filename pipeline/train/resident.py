@@ -90,6 +90,7 @@ class RunData:
         self.bytes_read = 0
         self.read_seconds = 0.0
         self.on = "cpu"
+        self.shared_by = 1  # runs trained from these states (a grid's packed task, pipeline/grid/packing.py)
         self._takes: dict[tuple, Any] = {}
 
     def prepare(self) -> "RunData":
@@ -227,7 +228,8 @@ class RunData:
 
     def describe(self) -> dict[str, Any]:
         return {"mode": self.mode, "bytes": self.nbytes, "budget": self.budget, "on": self.on,
-                "bytes_read": self.bytes_read, "read_seconds": round(self.read_seconds, 3)}
+                "bytes_read": self.bytes_read, "read_seconds": round(self.read_seconds, 3),
+                **({"shared_by": self.shared_by} if self.shared_by > 1 else {})}
 
 
 class RunPart(Dataset):

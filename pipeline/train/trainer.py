@@ -36,7 +36,7 @@ from pipeline.train.dataset import NonFiniteError, PerUtteranceData
 from pipeline.train.fusion import build_fusion
 from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
-from pipeline.train.resident import RunData, default_memory_budget
+from pipeline.train.resident import STACKS, RunData, default_memory_budget
 from pipeline.train.tensorboard import EpochBoard
 from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
 from pipeline.safe_files import atomic_write
@@ -219,16 +219,53 @@ def check_cache_for_training(reader: CacheReader, cfg: TrainConfig, folds: set[s
 
 
 def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: TrainConfig,
-                   progress: bool = True, *, per_utterance: bool = False) -> dict[str, Any]:
+                   progress: bool = True, *, per_utterance: bool = False, data: RunData | None = None
+                   ) -> dict[str, Any]:
     """`per_utterance`: read every utterance from the cache every epoch, as training did before its
     states were read once (pipeline/train/resident.py); for bench/train.py and the test that the
-    two give the same results."""
+    two give the same results. `data`: states already read from `cache` (an open reader) for
+    several runs (shared_run_data), used instead of reading this run's own."""
     cfg.check()
     if isinstance(cache, CacheReader):
-        return _train_on_reader(cache, out_dir, cfg, progress, per_utterance)
+        return _train_on_reader(cache, out_dir, cfg, progress, per_utterance, data)
+    if data is not None:
+        raise NserError("shared run data comes with the CacheReader it was read from, not a cache path")
     # Held open (the cache's shared readers lock) until training ends: --overwrite is refused meanwhile.
     with CacheReader(cache) as reader:
         return _train_on_reader(reader, out_dir, cfg, progress, per_utterance)
+
+
+def run_candidates(reader: CacheReader, cfg: TrainConfig) -> list[LayerSelection]:
+    """The layer selections a run trains (one, or each layer of a fusion chosen on validation)."""
+    return fusion_spec(cfg.fusion).candidates(reader.selection(cfg.layers), reader.n_encoder_states,
+                                              reader.n_decoder_states)
+
+
+def _needed(plan: list[tuple[str, list[int], list[int], list[int]]]) -> list[int]:
+    """Every utterance a run's folds train, validate or test on."""
+    return [i for p in plan for part in p[1:] for i in part]
+
+
+def shared_run_data(reader: CacheReader, cfgs: list[TrainConfig]) -> RunData:
+    """One RunData (not read yet) for runs that differ only in what they train (fusion, layers,
+    seed, ...): the union of their layers over their common folds' utterances, read once and
+    trained from by each run in turn. A run's batches from it equal those from its own RunData
+    (RunData.make_batch takes the run's layers from the buffer, whichever others it holds)."""
+    shared = {(c.folds, c.memory_budget, c.device) for c in cfgs}
+    if len(shared) != 1:
+        raise NserError(f"runs sharing their states need the same folds, memory budget and device, got {shared}")
+    cfg = cfgs[0]
+    plan = select_folds(fold_plan(reader), cfg.folds)
+    return RunData(reader, [s for c in cfgs for s in run_candidates(reader, c)], _needed(plan),
+                   cfg.memory_budget or default_memory_budget(), resolve_device(cfg.device))
+
+
+def _check_shared(data: RunData, reader: CacheReader, candidates: list[LayerSelection], needed: list[int]) -> None:
+    missing = {s: sorted({i for c in candidates for i in getattr(c, s)} - set(data.layers[s])) for s in STACKS}
+    if data.reader is not reader or any(missing.values()) or set(needed) - set(data.indices.tolist()):
+        raise NserError(f"the shared run data does not hold this run's states (missing layers {missing})")
+    if data.mode != "memory":
+        raise NserError("shared run data must be in memory: a streamed run reads its own states")
 
 
 _Trained = tuple[torch.nn.Module, float, int]  # a fold's model at its best epoch, that validation UAR, the epoch
@@ -260,8 +297,8 @@ class _Run:
 
 
 def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig, progress: bool,
-                     per_utterance: bool = False) -> dict[str, Any]:
-    run = _prepare_run(reader, Path(out_dir), cfg, progress, per_utterance)
+                     per_utterance: bool = False, data: RunData | None = None) -> dict[str, Any]:
+    run = _prepare_run(reader, Path(out_dir), cfg, progress, per_utterance, data)
     t_run = time.perf_counter()
     selection, trained, choice = _choose_layer(run)
     per_fold = _train_and_test_folds(run, selection, trained)
@@ -272,14 +309,15 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
     return metrics.to_dict()
 
 
-def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: bool, per_utterance: bool) -> _Run:
+def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: bool, per_utterance: bool,
+                 shared: RunData | None = None) -> _Run:
     """Check the cache and settings, claim the run dir (or resume it), read the states as the
-    data mode allows, and write config.json."""
+    data mode allows (or use `shared`, states read for several runs), and write config.json."""
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     spec = fusion_spec(cfg.fusion)
-    candidates = spec.candidates(reader.selection(cfg.layers), reader.n_encoder_states, reader.n_decoder_states)
+    candidates = run_candidates(reader, cfg)
     layer_names = [n for sel in candidates for n in sel.names]
     classes = reader.classes
     present = set(map(str, reader.table["label"]))
@@ -303,9 +341,11 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     cfg = replace(cfg, device=device)  # what the rest of the run uses; config.json keeps what was asked
     if per_utterance:
         data: RunData | PerUtteranceData = PerUtteranceData(reader)
+    elif shared is not None:
+        _check_shared(shared, reader, candidates, _needed(plan))
+        data = shared
     else:
-        needed = [i for p in plan for part in p[1:] for i in part]
-        data = RunData(reader, candidates, needed, cfg.memory_budget or default_memory_budget(), cfg.device)
+        data = RunData(reader, candidates, _needed(plan), cfg.memory_budget or default_memory_budget(), cfg.device)
     run_info["data_mode"] = data.mode
     ckpt = RunCheckpoints(out)
     _claim_run_dir(out, run_info, ckpt)
