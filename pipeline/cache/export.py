@@ -4,7 +4,7 @@ Why: loaders outside this project (s3prl- or EmoBox-style recipes, h5py scripts,
 one array per utterance, not a Zarr store with offsets. Two layouts:
 
 - ``hdf5``: one file. ``/utterances/<col>`` holds the utterance table in cache order (strings as
-  UTF-8); ``/<layer>/<utt_id>`` holds that utterance's states ``[rows, d]`` (float16, as stored) or,
+  UTF-8); ``/<layer>/<utt_id>`` holds that utterance's states ``[rows, d]`` (as stored: float16, or float32) or,
   with ``pool="mean"``, its mean over rows ``[d]`` (float32). Root attributes carry the cache's
   identity hash, model, condition, classes and the layer list.
 - ``npy``: a folder with ``<layer>/<utt_id>.npy`` (same arrays) and ``index.csv``: the table, one

@@ -111,6 +111,16 @@ class CacheReader:
         return int(self.meta.model.d_model)
 
     @property
+    def source(self) -> str:
+        """The feature source that wrote the cache: whisper, mel, opensmile, ..."""
+        return self.meta.model.source
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """dtype of the stored states (float16, or float32 for values beyond float16's range)."""
+        return np.dtype(self.meta.extraction.dtype)
+
+    @property
     def classes(self) -> list[str]:
         return list(self.meta.classes)
 
@@ -119,7 +129,7 @@ class CacheReader:
         return str(self.attrs["identity_hash"])
 
     def selection(self, text: str) -> LayerSelection:
-        return parse_layers(text, self.n_encoder_states, self.n_decoder_states)
+        return parse_layers(text, self.n_encoder_states, self.n_decoder_states, source=self.source)
 
     # --- data -----------------------------------------------------------------------------
     def array(self, stack: str, i: int) -> zarr.Array:
@@ -172,7 +182,7 @@ class CacheReader:
         return lo, lo + int(self.table[cnt][index])
 
     def read_states(self, index: int, selection: LayerSelection) -> list[np.ndarray]:
-        """One utterance's states for the selected layers, encoder first, as float16 [rows, d]."""
+        """One utterance's states for the selected layers, encoder first, as stored ([rows, d], storage dtype)."""
         if not 0 <= index < self.n:
             raise IndexError(f"utterance index {index} outside 0..{self.n - 1}")
         out = []
@@ -234,6 +244,7 @@ class CacheReader:
             "corpus": self.meta.corpus.name,
             "condition": self.meta.condition.name,
             "model": self.meta.model.name,
+            "source": self.source,
             "n_utterances": self.n,
             "classes": counts("label"),
             "folds": counts("fold"),
@@ -241,6 +252,9 @@ class CacheReader:
             "encoder_layers": self.n_encoder_states,
             "decoder_layers": self.n_decoder_states,
             "dims": self.d_model,
+            "frame_rate": self.meta.model.frame_rate,
+            "per_utterance": self.meta.model.per_utterance,
+            "dtype": self.meta.extraction.dtype,
             "encoder_frames": self._committed_rows("encoder"),
             "decoder_tokens": self._committed_rows("decoder"),
             "bytes": size,

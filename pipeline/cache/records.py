@@ -35,23 +35,35 @@ class ModelRecord:
     n_encoder_states: int  # embedding output + every block
     n_decoder_states: int
     d_model: int
-    frame_rate: float  # encoder frames per second
+    frame_rate: float  # encoder frames per second; 0: one vector per utterance
+    # Which feature source (pipeline/extract/sources.py) wrote the states. Left out of the JSON at
+    # its default, so every Whisper cache keeps its attributes and identity hash.
+    source: str = "whisper"
+
+    @property
+    def per_utterance(self) -> bool:
+        """One row per utterance (openSMILE functionals), not a sequence of frames."""
+        return self.frame_rate == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "weights_hash": self.weights_hash, "n_encoder_states": self.n_encoder_states,
-                "n_decoder_states": self.n_decoder_states, "d_model": self.d_model, "frame_rate": self.frame_rate}
+        d: dict[str, Any] = {"name": self.name, "weights_hash": self.weights_hash,
+                             "n_encoder_states": self.n_encoder_states, "n_decoder_states": self.n_decoder_states,
+                             "d_model": self.d_model, "frame_rate": self.frame_rate}
+        if self.source != "whisper":
+            d["source"] = self.source
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelRecord":
         return cls(d["name"], d["weights_hash"], d["n_encoder_states"], d["n_decoder_states"], d["d_model"],
-                   d["frame_rate"])
+                   d["frame_rate"], d.get("source", "whisper"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExtractionRecord:
     context: str  # padded or trimmed
-    token_source: str  # hypothesis or transcript
-    dtype: str = "float16"  # storage dtype of the states
+    token_source: str  # hypothesis, transcript, or none (a source without a decoder)
+    dtype: str = "float16"  # storage dtype of the states: float32 where values overflow float16
     # The optional fields are left out of the JSON when None: older caches lack them, and the
     # schema allows them absent, not null.
     compute_dtype: str | None = None  # dtype the model ran in

@@ -91,6 +91,7 @@ def validate_group(group: zarr.Group, where: str) -> dict[str, Any]:
                          f"{schema_version()}; re-extract the cache or use a matching nser-pipeline")
     validate_attributes(attrs, where)
     model = attrs["model"]
+    stored = np.dtype(attrs["extraction"]["dtype"])
     n_rows = attrs["n_committed"]
     members = _array_shapes(group)
     for stack, count in (("encoder", model["n_encoder_states"]), ("decoder", model["n_decoder_states"])):
@@ -99,9 +100,9 @@ def validate_group(group: zarr.Group, where: str) -> dict[str, Any]:
             if name not in members:
                 raise CacheError(f"{where}: missing array {name}")
             shape, dtype = members[name]
-            if len(shape) != 2 or shape[1] != model["d_model"] or dtype != np.float16:
+            if len(shape) != 2 or shape[1] != model["d_model"] or dtype != stored:
                 raise CacheError(f"{where}: array {name} has shape {shape} dtype {dtype}, "
-                                 f"expected (rows, {model['d_model']}) float16")
+                                 f"expected (rows, {model['d_model']}) {stored}")
     for col, kind in table_columns().items():
         name = f"utterances/{col}"
         if name not in members:

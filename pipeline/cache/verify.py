@@ -64,6 +64,10 @@ def _check_table(reader: CacheReader, rep: VerifyReport) -> None:
             rep.problems.append(f"table: {len(bad)} utterances with inconsistent {off}")
         rows = committed_rows(reader.table, stack, reader.n)
         name = layer_array_name(stack, 0)
+        if stack == "decoder" and not reader.n_decoder_states:  # an encoder-only source
+            if rows:
+                rep.problems.append(f"table: {rows} decoder positions, but the {reader.source} source has no decoder")
+            continue
         if reader.group[name].shape[0] < rows:
             rep.problems.append(f"{name}: {reader.group[name].shape[0]} rows, table needs {rows}")
     unknown = sorted(set(map(str, t["label"])) - set(reader.classes))

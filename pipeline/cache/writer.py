@@ -65,6 +65,7 @@ class CacheWriter:
         validate_attributes(attrs, str(self.path))
         model = ModelRecord.from_dict(attrs["model"])
         self.n_enc, self.n_dec, self.d = model.n_encoder_states, model.n_decoder_states, model.d_model
+        self.dtype = np.dtype(attrs["extraction"]["dtype"])  # storage dtype of the states
         self._broken: str | None = None  # why this writer may not commit any more
         self.lock = WriterLock(self.path)
         self.lock.acquire()
@@ -146,7 +147,7 @@ class CacheWriter:
         ):
             for i in range(count):
                 # Uncompressed: Whisper states compress to only ~0.88 of raw (docs/cache.md).
-                self.group.create_array(layer_array_name(stack, i), shape=(0, self.d), dtype="float16",
+                self.group.create_array(layer_array_name(stack, i), shape=(0, self.d), dtype=self.dtype,
                                         chunks=(chunk, self.d), shards=(shard, self.d),
                                         compressors=[Crc32cCodec()], fill_value=0, config=_STORE_ALL)
         self.group.create_array("decoder/tokens", shape=(0,), dtype="int32", chunks=(4096,), fill_value=0,
@@ -184,10 +185,11 @@ class CacheWriter:
                              f"{len(encoder_states)} and {len(decoder_states)}")
         # Checked after the cast: values beyond float16's range (65504) become Inf there.
         with np.errstate(over="ignore"):
-            enc = [np.asarray(st, dtype=np.float16) for st in encoder_states]
-            dec = [np.asarray(st, dtype=np.float16) for st in decoder_states]
+            enc = [np.asarray(st, dtype=self.dtype) for st in encoder_states]
+            dec = [np.asarray(st, dtype=self.dtype) for st in decoder_states]
         _require_finite(row["utt_id"], enc, dec)
-        n_frames, n_tokens = enc[0].shape[0], dec[0].shape[0]
+        # An encoder-only source has no decoder states and no tokens: 0 decoder positions.
+        n_frames, n_tokens = enc[0].shape[0], (dec[0].shape[0] if dec else 0)
         if len(tokens) != n_tokens:
             raise CacheError(f"{row['utt_id']}: {len(tokens)} tokens but {n_tokens} decoder positions")
         row = dict(row, n_frames=n_frames, n_tokens=n_tokens,
@@ -360,7 +362,7 @@ def _require_finite(utt_id: str, encoder: list[np.ndarray], decoder: list[np.nda
             if bad.any():
                 raise NonFiniteStatesError(
                     f"{utt_id}: {stack} layer {i} holds {int(bad.sum())} non-finite value(s) (NaN or Inf, after "
-                    f"the cast to float16; first at row {int(np.argwhere(bad)[0][0])}); the utterance is not cached")
+                    f"the cast to {st.dtype}; first at row {int(np.argwhere(bad)[0][0])}); the utterance is not cached")
 
 
 _ABSENT = "(absent)"

@@ -1,4 +1,5 @@
-"""`nser-extract` (`nser extract`): one Whisper pass per (noisy) utterance into a layer cache."""
+"""`nser-extract` (`nser extract`): one feature-source pass (Whisper, mel, openSMILE) per (noisy)
+utterance into a layer cache."""
 
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None)
               help="Corpus reader (layouts: docs/corpora.md).")
 @click.option("--data-root", required=True, type=click.Path(file_okay=False), help="Corpus folder.")
 @click.option("--model", default="openai/whisper-small", show_default=True,
-              help="Hugging Face id, local model dir, or bundled:tiny.en / bundled:base.")
+              help="Feature source (docs/extraction.md): a Whisper model (Hugging Face id, local model dir, "
+                   "bundled:tiny.en / bundled:base); mel (Whisper's 80-bin log-mel frames); opensmile:<set> "
+                   "(functionals: IS09_emotion, IS10_paraling, IS11_speaker_state, IS12_speaker_trait, "
+                   "IS13_ComParE, eGeMAPSv02). --context, --tokens and --dtype apply to Whisper only.")
 @click.option("--out", required=True, type=click.Path(), help="Cache path (a .zarr folder).")
 @click.option("--noise", type=click.Path(exists=True), help="Folder of noise recordings, or one recording.")
 @click.option("--snr", type=float, callback=_snr_option, help="SNR in dB for --noise, -50 to 50.")
@@ -77,7 +81,8 @@ def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None)
 def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
                     batch_size, device, dtype, limit, overwrite, strict, commit_frames, dry_run, measure, parts, part,
                     workers, scheduler, quiet):
-    """Run Whisper once per (noisy) utterance and cache every encoder and decoder layer."""
+    """Run a feature source once per (noisy) utterance and cache its states: every Whisper encoder and
+    decoder layer, mel frames, or openSMILE functionals."""
     from pipeline.cache.records import FAILED, REJECTED
     from pipeline.corpora.manifest import read_corpus
     from pipeline.extract.run import ExtractionOptions, run_extraction

@@ -1,4 +1,5 @@
-"""Extraction driver: corpus manifest -> (noisy) audio -> WhisperLayerExtractor -> CacheWriter."""
+"""Extraction driver: corpus manifest -> (noisy) audio -> feature source (pipeline/extract/sources.py:
+Whisper, mel, openSMILE, ...) -> CacheWriter."""
 
 from __future__ import annotations
 
@@ -17,23 +18,23 @@ import torch
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.audio import MAX_SECONDS, SAMPLE_RATE, load_audio
+from pipeline.audio import SAMPLE_RATE, load_audio
 from pipeline.cache.records import (FAILED, REJECTED, CacheAttrs, ConditionRecord, CorpusRecord, ErrorRecord,
-                                    ExtractionRecord, ModelRecord)
+                                    ExtractionRecord)
 from pipeline.cache.writer import CacheWriter
 from pipeline.corpora.class_map import Rejection
 from pipeline.corpora.manifest import Corpus, Utterance, check_unique_ids
 from pipeline.errors import AudioError, NserError
-from pipeline.extract.whisper_layers import FRAME_RATE, TranscriptTooLong, WhisperLayerExtractor
+from pipeline.extract.sources import open_source
+from pipeline.extract.whisper_layers import TranscriptTooLong
 from pipeline.failpoints import failpoint
-from pipeline.models.loader import load_whisper
 from pipeline.noise import NoiseBank, check_snr
 from pipeline.version import code_version
 
 
 @dataclass
 class ExtractionOptions:
-    model: str = "openai/whisper-small"
+    model: str = "openai/whisper-small"  # a feature source: Whisper id/dir/bundled:*, mel, opensmile:<set>
     noise: str | None = None  # folder of noise recordings; None = clean
     noise_type: str | None = None  # name recorded in the cache; defaults to the folder name
     snr_db: float | None = None
@@ -130,22 +131,13 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
     check_unique_ids(corpus)  # also for corpora built by hand, not by read_corpus
     t_start = time.perf_counter()
     bank = NoiseBank(opts.noise, seed=int(opts.seed)) if opts.noise else None
-    device, dtype = resolve_device(opts.device, opts.dtype)
-    whisper = load_whisper(opts.model, device=device, dtype=dtype)
-    extractor = WhisperLayerExtractor(whisper, context=opts.context, token_source=opts.token_source,
-                                      language=corpus.language if corpus.language != "multi" else None,
-                                      fast=opts.fast)
+    source = open_source(opts.model, opts, corpus.language if corpus.language != "multi" else None)
     condition = ConditionRecord(
         name=condition_name(opts), noise_type=noise_type(opts), noise_folder=str(opts.noise) if opts.noise else None,
         noise_files=tuple(bank.names) if bank else (), noise_fingerprint=bank.fingerprint() if bank else None,
         snr_db=float(opts.snr_db) if opts.snr_db is not None else None, seed=int(opts.seed))
     corpus_record = CorpusRecord(corpus.name, corpus.protocol, corpus.language, manifest_hash(corpus))
-    model = ModelRecord(opts.model, whisper.weights_hash, whisper.n_encoder_states, whisper.n_decoder_states,
-                        whisper.d_model, FRAME_RATE)
-    # dtype is the storage dtype; compute dtype and device kind change the stored values too.
-    extraction = ExtractionRecord(context=opts.context, token_source=opts.token_source, dtype="float16",
-                                  compute_dtype=str(dtype).removeprefix("torch."), device=torch.device(device).type,
-                                  max_seconds=MAX_SECONDS, prompt=tuple(extractor.prompt))
+    model, extraction = source.model, source.extraction
     attrs = CacheAttrs(
         code_version=code_version(), corpus=corpus_record, classes=tuple(corpus.classes), model=model,
         extraction=extraction, condition=condition,
@@ -172,15 +164,14 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
             ready = []
             for u in batch:
                 try:
-                    if opts.token_source == "transcript":
-                        extractor.transcript_tokens(u.transcript)  # before the batch: one file, not all
+                    source.check_transcript(u.transcript)  # before the batch: one file, not all
                     ready.append((u, *_prepare(u, bank, opts.snr_db)))
                 except (AudioError, TranscriptTooLong) as exc:
                     errors.append(_error(u, str(exc)))
             if ready:
-                results = extractor.extract([r[1] for r in ready], [r[0].transcript for r in ready])
+                results = source.extract([r[1] for r in ready], [r[0].transcript for r in ready])
                 for (u, samples, meta), res in zip(ready, results):
-                    bad = _nonfinite(res, str(dtype).removeprefix("torch."))
+                    bad = _nonfinite(res, extraction)
                     if bad:
                         errors.append(_error(u, bad))
                         continue
@@ -219,18 +210,21 @@ def _rejected(r: Rejection) -> ErrorRecord:
     return ErrorRecord(r.utt_id, str(r.path), r.fold, r.label, r.reason, REJECTED)
 
 
-def _nonfinite(res, compute_dtype: str) -> str | None:
-    """Why an utterance's states cannot be cached (NaN/Inf as stored in float16), or None.
+def _nonfinite(res, extraction: ExtractionRecord) -> str | None:
+    """Why an utterance's states cannot be cached (NaN/Inf as stored in the storage dtype), or None.
 
     An fp16 overflow or a bad input gives NaN/Inf for that utterance only: it becomes a per-file
     error and the run goes on, instead of training later on NaN or the writer refusing the run."""
+    compute_dtype, stored = extraction.compute_dtype, extraction.dtype
     for stack, states in (("encoder", res.encoder), ("decoder", res.decoder)):
         for i, st in enumerate(states):
+            with np.errstate(over="ignore"):
+                st = np.asarray(st, dtype=stored)
             n_bad = int(st.size - np.count_nonzero(np.isfinite(st)))
             if n_bad:
                 hint = "" if compute_dtype == "float32" else "; --dtype float32 may avoid an overflow"
                 return (f"non-finite hidden states: {n_bad} NaN/Inf value(s) in {stack} state {i} "
-                        f"(computed in {compute_dtype}, stored as float16){hint}")
+                        f"(computed in {compute_dtype}, stored as {stored}){hint}")
     return None
 
 

@@ -1,4 +1,4 @@
-"""Layer fusion models over cached Whisper states, keyed by name (`--fusion`; what each name
+"""Layer fusion models and baseline heads over cached states, keyed by name (`--fusion`; what each name
 means to the trainer, grid and report, e.g. which layers it trains on, is in fusion_specs.py).
 
 Every fusion takes ``(layers, lengths)``: one padded ``[B, T, d]`` tensor and one ``[B]`` length
@@ -6,7 +6,8 @@ tensor per selected layer, encoder layers first, then decoder layers (as the dat
 `l-adapter` is the paper's method (one BiGRU adapter per layer, then a weighted sum). All the
 other fusions mix the layers frame by frame *before* a single shared head, so that in a
 comparison only the fusion differs; see docs/fusions.md for the equations and the rule for
-selections that span both stacks.
+selections that span both stacks. `fc` and `mean-fc` are the paper's baseline heads (Table II):
+an FC network on one vector per utterance (openSMILE functionals, or a mean over frames).
 """
 
 from __future__ import annotations
@@ -272,6 +273,69 @@ class ScalarMixFusion(_LearnedWeightsMixin, FrameFusion):
 @register_fusion("weighted-sum")
 class WeightedSumFusion(_LearnedWeightsMixin, FrameFusion):
     mixer = WeightedSumMix
+
+
+# --- the paper's baseline heads (Table II): one vector per utterance -> FC ------------------------
+
+class VectorHead(nn.Module):
+    """Standardise -> FC (2 x hidden units: 512 at the default, the paper's HSF size) -> ReLU ->
+    dropout -> classifier, on one vector per utterance (`pool`).
+
+    The mean and std are buffers, set by `fit_input_stats` from the training part only (the trainer
+    calls it before the first epoch), so validation and test utterances are standardised with
+    statistics they took no part in; they travel with the model's state (checkpoints)."""
+
+    def __init__(self, n_layers: int, d_in: int, n_classes: int, hidden: int = 256, dropout: float = 0.5,
+                 n_encoder: int | None = None, n_decoder: int | None = None, adapter_dropout: float = 0.0):
+        super().__init__()
+        if n_layers != 1:
+            raise LayerSelectionError(f"this head takes exactly one layer, got {n_layers}; e.g. --layers enc:0")
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("std", torch.ones(d_in))
+        self.fc = nn.Linear(d_in, 2 * hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * hidden, n_classes)
+
+    def pool(self, layers: list[torch.Tensor], lengths: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fit_input_stats(self, batches) -> None:
+        """Per-feature mean and std of the pooled vectors of `batches` (the training part); a
+        constant feature keeps std 1 instead of dividing by zero."""
+        n, total, squares = 0, 0.0, 0.0
+        for batch in batches:
+            v = self.pool(batch["layers"], batch["lengths"]).double()
+            n, total, squares = n + len(v), total + v.sum(dim=0), squares + (v * v).sum(dim=0)
+        mean = total / n
+        std = (squares / n - mean * mean).clamp_min(0).sqrt()
+        self.mean.copy_(mean.to(self.mean))
+        self.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)).to(self.std))
+
+    def forward(self, layers: list[torch.Tensor], lengths: list[torch.Tensor]) -> torch.Tensor:
+        x = (self.pool(layers, lengths) - self.mean) / self.std
+        return self.classifier(self.dropout(torch.relu(self.fc(x))))
+
+
+@register_fusion("fc")
+class FCHead(VectorHead):
+    """The paper's HSF head: the utterance's one stored vector (openSMILE functionals)."""
+
+    def pool(self, layers: list[torch.Tensor], lengths: list[torch.Tensor]) -> torch.Tensor:
+        (x,) = layers
+        if x.shape[1] != 1:
+            raise ValueError(f"--fusion fc takes one vector per utterance, got sequences of {x.shape[1]} frames")
+        return x[:, 0]
+
+
+@register_fusion("mean-fc")
+class MeanFCHead(VectorHead):
+    """The paper's SSL head: mean over the utterance's valid frames of one state, then the FC head."""
+
+    def pool(self, layers: list[torch.Tensor], lengths: list[torch.Tensor]) -> torch.Tensor:
+        (x,), (n,) = layers, lengths
+        mask = valid_mask(n, x.shape[1], x.device)[:, :, None]
+        return (x * mask).sum(dim=1) / n.to(x.device)[:, None].clamp_min(1)
 
 
 def build_fusion(name: str, **kwargs) -> nn.Module:

@@ -67,12 +67,27 @@ class FusionSpec:
     # (same model, seeds and folds): a grid that has those runs derives this run from them
     # instead of training it again (docs/grid.md). None: the fusion trains a model of its own.
     candidates_train_as: str | None = None
+    # Takes one vector per utterance (openSMILE functionals; `fc`) rather than frame sequences.
+    per_utterance: bool = False
 
     def candidates(self, selection: LayerSelection, n_encoder_states: int,
                    n_decoder_states: int) -> list[LayerSelection]:
         """The selection(s) this fusion trains on, given the one asked for and the cache's state
         counts; exactly one unless `chosen_on_validation`."""
         return self.rule(self.name, selection, n_encoder_states, n_decoder_states)
+
+    def check_source(self, source: str, per_utterance: bool) -> None:
+        """Refuse, before any training, a cache whose states this fusion's head cannot take: a
+        BiGRU or mean-pool over the single row of a per-utterance vector, or `fc` over frames."""
+        if per_utterance and not self.per_utterance:
+            fits = ", ".join(n for n, s in FUSION_SPECS.items() if s.per_utterance)
+            raise LayerSelectionError(f"--fusion {self.name} runs over frame sequences, but the cache's {source} "
+                                      f"source stores one vector per utterance; use --fusion {fits}")
+        if self.per_utterance and not per_utterance:
+            fits = ", ".join(n for n, s in FUSION_SPECS.items() if s.name == "mean-fc")
+            raise LayerSelectionError(f"--fusion {self.name} takes one vector per utterance, but the cache's "
+                                      f"{source} source stores frame sequences; use --fusion {fits} (mean over "
+                                      "frames, then the same head) or a frame fusion such as single")
 
 
 FUSION_SPECS: dict[str, FusionSpec] = {s.name: s for s in (
@@ -84,6 +99,9 @@ FUSION_SPECS: dict[str, FusionSpec] = {s.name: s for s in (
     FusionSpec("scalar-mix"),
     FusionSpec("weighted-sum"),
     FusionSpec("l-adapter"),
+    # The paper's baseline heads (Table II): HSF functionals -> FC; SSL states -> mean-pool -> FC.
+    FusionSpec("fc", exactly_one, per_utterance=True),
+    FusionSpec("mean-fc", exactly_one),
 )}
 
 

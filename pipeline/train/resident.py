@@ -1,4 +1,4 @@
-"""Training data read once: the run's layers, read shard-aligned and contiguous, kept in memory as float16.
+"""Training data read once: the run's layers, read shard-aligned and contiguous, kept in memory as stored (float16, or float32).
 
 Reading the cache one utterance and one layer at a time, every epoch, cost about a third of a
 layer-adapter epoch (and touched ~1.6x the utterances' bytes, through chunk edges). A run instead
@@ -31,7 +31,6 @@ from pipeline.train.batching import LengthBucketSampler
 from pipeline.train.dataset import NonFiniteError, non_finite_message
 
 STACKS = ("encoder", "decoder")
-_ITEM = 2  # float16 bytes
 
 
 def default_memory_budget() -> int:
@@ -80,7 +79,8 @@ class RunData:
                        "decoder": sorted({i for s in selections for i in s.decoder})}
         self.indices = np.array(sorted(set(int(i) for i in indices)), dtype=np.int64)
         self.rows = {stack: reader.spans(stack) for stack in STACKS}
-        self.nbytes = sum(len(self.layers[s]) * int(self.rows[s][1][self.indices].sum()) * self.d * _ITEM
+        item = reader.storage_dtype.itemsize  # float16; float32 for sources beyond its range
+        self.nbytes = sum(len(self.layers[s]) * int(self.rows[s][1][self.indices].sum()) * self.d * item
                           for s in STACKS)
         self.budget = int(budget)
         self.mode = "memory" if self.nbytes <= self.budget else "stream"
@@ -106,13 +106,13 @@ class RunData:
 
     def _read(self, stack: str, layers: Sequence[int], indices: np.ndarray
               ) -> tuple[torch.Tensor, np.ndarray]:
-        """States [len(layers), rows, d] (float16) of `indices` (sorted) in index order, and each one's
+        """States [len(layers), rows, d] (storage dtype) of `indices` (sorted) in index order, and each one's
         first row in it. Consecutive utterances are one contiguous span, read in shard-aligned
         pieces; the finite flags of every utterance read are updated here."""
         t0 = time.perf_counter()
         lo, n = self.rows[stack][0][indices], self.rows[stack][1][indices]
         pos = np.concatenate([[0], np.cumsum(n)])
-        out = np.empty((len(layers), int(pos[-1]), self.d), dtype=np.float16)
+        out = np.empty((len(layers), int(pos[-1]), self.d), dtype=self.reader.storage_dtype)
         # spans of consecutive rows: a new span starts where an utterance does not follow the previous
         starts = np.flatnonzero(np.concatenate([[True], lo[1:] != lo[:-1] + n[:-1]]))
         spans = [(int(lo[s]), int(lo[e - 1] + n[e - 1]), int(pos[s]))

@@ -101,9 +101,11 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
         model.load_state_dict(done["model"])
         log.restore(key, done["entries"])
         return model, done["best_val"], done["best_epoch"]
+    desc = " ".join(f"{k} {v}" for k, v in tag.items())
+    if hasattr(model, "fit_input_stats"):  # a head that standardises its input: training part only
+        model.fit_input_stats(_loader(data, train_idx, selection, class_ids, cfg, f"training part of {desc}"))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    desc = " ".join(f"{k} {v}" for k, v in tag.items())
     train_loader = _loader(data, train_idx, selection, class_ids, cfg, f"training part of {desc}", generator=gen)
     val_loader = _loader(data, val_idx, selection, class_ids, cfg, f"validation part of {desc}") if val_idx else None
     best: tuple[float | None, int, dict | None] = (-1.0, -1, None)  # model None: the model as it is
@@ -317,6 +319,7 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     spec = fusion_spec(cfg.fusion)
+    spec.check_source(reader.source, reader.meta.model.per_utterance)
     candidates = run_candidates(reader, cfg)
     layer_names = [n for sel in candidates for n in sel.names]
     classes = reader.classes

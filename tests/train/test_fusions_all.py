@@ -52,7 +52,7 @@ def fusion_cases():
 
 def test_registry_lists_every_method_of_the_paper():
     assert set(FUSIONS) == {"single", "last", "best", "mean", "attention", "scalar-mix", "weighted-sum",
-                            "l-adapter"}
+                            "l-adapter", "fc", "mean-fc"}  # the last two: the baseline heads of Table II
 
 
 @pytest.mark.parametrize("name,n_enc,n_dec", list(fusion_cases()))

@@ -1,0 +1,115 @@
+"""Feature sources, keyed by name: what `nser-extract --model` runs on each (noisy) utterance.
+
+A `--model` value names its source by prefix: `mel`, `opensmile:<set>`, or `<name>:<argument>` for
+any registered name; everything else (a Hugging Face id, a local dir, `bundled:*`) is Whisper.
+
+Adding a source is one registration:
+
+    @register_source("hf-encoder", "wav2vec2/HuBERT/WavLM hidden states: hf-encoder:<id or dir>")
+    def open_hf_encoder(argument: str | None, spec: str, opts: ExtractionOptions,
+                        language: str | None) -> FeatureSource:
+        ...
+
+The opener gets the text after `<name>:` (None when there is none), the whole `--model` value, the
+extraction options (device, compute dtype, ...) and the corpus language (None for a multilingual
+corpus), and returns a `FeatureSource`:
+
+- `model`: the cache's `ModelRecord`: `name` (the `--model` value), `weights_hash` (whatever the
+  stored values depend on: weights, or the feature configuration), `n_encoder_states`,
+  `n_decoder_states` (0: encoder only, no decoder arrays and no tokens), `d_model`, `frame_rate`
+  (frames per second; 0: one row per utterance) and `source` (the registered name, which must be
+  in cache_schema.yaml's `model.source` list);
+- `extraction`: its `ExtractionRecord`: `context` (padded/trimmed), `token_source` (none without a
+  decoder), `dtype` (storage: float16, or float32 where values overflow float16), `compute_dtype`,
+  `device`, `max_seconds`;
+- `extract(audios, transcripts)`: one `ExtractedUtterance` per 16 kHz float32 waveform, encoder
+  states `[n_frames, d_model]` (n_frames 1 for frame_rate 0); an encoder-only source returns an
+  empty decoder list, an empty int32 token array, hypothesis "" and no loop/cap flags;
+- `check_transcript(transcript)`: raise `TranscriptTooLong` (or another NserError) for an entry the
+  source cannot take, before its batch runs; a no-op for sources that ignore transcripts.
+
+The registered name is also the cache's `model.source`; readers, `nser cache info` and the fusion
+checks (pipeline/train/fusion_specs.py) go by it, by `n_decoder_states` and by `frame_rate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+
+import numpy as np
+
+from pipeline.errors import NserError
+
+if TYPE_CHECKING:
+    from pipeline.cache.records import ExtractionRecord, ModelRecord
+    from pipeline.extract.run import ExtractionOptions
+    from pipeline.extract.whisper_layers import ExtractedUtterance
+
+
+class FeatureSource(Protocol):
+    model: "ModelRecord"
+    extraction: "ExtractionRecord"
+
+    def check_transcript(self, transcript: str) -> None: ...
+
+    def extract(self, audios: Sequence[np.ndarray], transcripts: Sequence[str]) -> list["ExtractedUtterance"]: ...
+
+
+Opener = Callable[[str | None, str, "ExtractionOptions", str | None], FeatureSource]
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    name: str
+    help: str  # one line for `nser-extract --help`
+    open: Opener
+
+
+SOURCES: dict[str, SourceEntry] = {}
+DEFAULT_SOURCE = "whisper"  # any --model value without a registered `<name>` or `<name>:` prefix
+
+
+def register_source(name: str, help: str):
+    def deco(fn: Opener) -> Opener:
+        SOURCES[name] = SourceEntry(name, help, fn)
+        return fn
+    return deco
+
+
+def source_of(spec: str) -> tuple[str, str | None]:
+    """(source name, argument) of a --model value: `opensmile:IS09_emotion` -> (opensmile, IS09_emotion)."""
+    _load_builtin()
+    name, sep, argument = spec.partition(":")
+    if name in SOURCES and name != DEFAULT_SOURCE:
+        return name, (argument if sep else None)
+    return DEFAULT_SOURCE, spec
+
+
+def open_source(spec: str, opts: "ExtractionOptions", language: str | None) -> FeatureSource:
+    name, argument = source_of(spec)
+    return SOURCES[name].open(argument, spec, opts, language)
+
+
+def source_help() -> str:
+    _load_builtin()
+    return "; ".join(f"{e.help}" for e in SOURCES.values())
+
+
+def encoder_only(states: list[np.ndarray]) -> "ExtractedUtterance":
+    """The ExtractedUtterance of a source without a decoder."""
+    from pipeline.extract.whisper_layers import ExtractedUtterance
+    return ExtractedUtterance(encoder=states, decoder=[], tokens=np.zeros(0, dtype=np.int32), hypothesis="",
+                              hyp_loop=False, hyp_capped=False)
+
+
+class SourceError(NserError):
+    """A --model value no source can open (an unknown openSMILE set, ...)."""
+
+
+def _load_builtin() -> None:
+    # The built-in sources register on import of their modules, which import nothing heavy at
+    # module level (torch, transformers and opensmile load when a source is opened).
+    import pipeline.extract.whisper_source  # noqa: F401
+    import pipeline.extract.mel  # noqa: F401
+    import pipeline.extract.opensmile_source  # noqa: F401
