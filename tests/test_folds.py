@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import warnings
 
-import numpy as np
 import pytest
 
 from pipeline.cache.reader import CacheReader

@@ -117,7 +117,7 @@ def test_paper_layout_with_the_papers_values(grid_out, tmp_path):
     assert park["ours"].isna().all() and park["paper"].tolist() == [73.00, 72.42]  # no park run: paper's alone
     assert iv[iv["row_id"] == "enc-mean"]["ours"].isna().all()  # the grid has no `mean` runs
     md = (tmp_path / "report.md").read_text()
-    assert f"| ALL | Proposed | " in md and f"/ 68.79 ({100 * ours - 68.79:+.2f})" in md
+    assert "| ALL | Proposed | " in md and f"/ 68.79 ({100 * ours - 68.79:+.2f})" in md
     # Table V: the three SSL baselines keep the paper's numbers; ours at -5 and 0 dB
     v = pd.read_csv(tmp_path / "paper_table_v.csv")
     human = v[v["block"] == "IEMOCAP - Human"]
