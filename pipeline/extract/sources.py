@@ -1,7 +1,9 @@
 """Feature sources, keyed by name: what `nser-extract --model` runs on each (noisy) utterance.
 
-A `--model` value names its source by prefix: `mel`, `opensmile:<set>`, or `<name>:<argument>` for
-any registered name; everything else (a Hugging Face id, a local dir, `bundled:*`) is Whisper.
+A `--model` value names its source by prefix: `mel`, `opensmile:<set>`, `hf-encoder:<id or dir>`, or
+`<name>:<argument>` for any registered name; everything else (a Hugging Face id, a local dir,
+`bundled:*`) is Whisper. (Text caches are made from a Whisper cache's texts by
+pipeline/extract/text_run.py, not through this registry: their input is text, not audio.)
 
 Adding a source is one registration:
 
@@ -113,3 +115,4 @@ def _load_builtin() -> None:
     import pipeline.extract.whisper_source  # noqa: F401
     import pipeline.extract.mel  # noqa: F401
     import pipeline.extract.opensmile_source  # noqa: F401
+    import pipeline.extract.hf_encoder_source  # noqa: F401
