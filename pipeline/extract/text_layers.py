@@ -80,7 +80,10 @@ class TextUtterance:
 
 def text_utterances(whisper_cache_path: str | Path, field: str) -> list[TextUtterance]:
     """The utterances of an existing cache with their `field` ("transcript" or "hypothesis") as the
-    text a text cache will hold; refused when that field is empty for any utterance."""
+    text a text cache will hold. A single empty text stays in the list (text ""): an empty
+    hypothesis is a legitimate ASR output (speech masked by noise), so the text cache records it as
+    that utterance's failure (`empty_text_reason`). Refused when no utterance has a text: the cache
+    stores no hypotheses (token_source transcript) or the corpus no transcripts."""
     from pipeline.cache.reader import CacheReader
 
     if field not in TEXT_FIELDS:
@@ -91,11 +94,19 @@ def text_utterances(whisper_cache_path: str | Path, field: str) -> list[TextUtte
     rows = [TextUtterance(*(str(table[c][i]) for c in ("utt_id", "speaker", "label", "fold", "language")),
                           text=str(table[field][i]).strip())
             for i in range(len(table["utt_id"]))]
-    empty = [r.utt_id for r in rows if not r.text]
-    if empty:
-        why = (" (this cache was extracted with token_source transcript, which stores no hypotheses)"
-               if field == "hypothesis" and token_source == "transcript" else
-               " (the corpus has no transcripts for them)" if field == "transcript" else "")
-        raise CacheError(f"{whisper_cache_path}: {len(empty)} of {len(rows)} utterances have an empty "
-                         f"{field}{why}, e.g. {', '.join(empty[:3])}; a text cache needs a text for each")
+    if field == "hypothesis" and token_source != "hypothesis":
+        raise CacheError(f"{whisper_cache_path}: this cache was extracted with token_source {token_source}, "
+                         "which stores no hypotheses; a text cache of hypotheses needs a cache of token_source "
+                         "hypothesis")
+    if rows and not any(r.text for r in rows):
+        why = " (the corpus has no transcripts)" if field == "transcript" else ""
+        raise CacheError(f"{whisper_cache_path}: all {len(rows)} utterances have an empty {field}{why}; "
+                         "a text cache needs texts")
     return rows
+
+
+def empty_text_reason(field: str) -> str:
+    """The error-table entry of an utterance whose `field` is empty."""
+    if field == "hypothesis":
+        return "empty hypothesis: the ASR model transcribed nothing (e.g. speech masked by noise)"
+    return "empty transcript: the corpus has no transcript for this utterance"
