@@ -36,14 +36,21 @@ def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None)
 
 
 @click.command("extract", cls=NserCommand)
-@click.option("--corpus", required=True, type=RegistryChoice(_corpus_names),
-              help="Corpus reader (layouts: docs/corpora.md).")
-@click.option("--data-root", required=True, type=click.Path(file_okay=False), help="Corpus folder.")
+@click.option("--corpus", type=RegistryChoice(_corpus_names),
+              help="Corpus reader (layouts: docs/corpora.md); required unless --text-from.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Corpus folder; required unless --text-from.")
+@click.option("--text-from", type=click.Path(exists=True, file_okay=False),
+              help="Make a text cache instead: encode the texts of this (Whisper) cache with --model "
+                   "text:<BERT-style id or dir>; corpus, noise and SNR are the cache's.")
+@click.option("--text", "text_field", type=click.Choice(["transcript", "hypothesis"]),
+              help="With --text-from: which text, the corpus transcript or the cache's ASR hypothesis.")
 @click.option("--model", default="openai/whisper-small", show_default=True,
               help="Feature source (docs/extraction.md): a Whisper model (Hugging Face id, local model dir, "
                    "bundled:tiny.en / bundled:base); mel (Whisper's 80-bin log-mel frames); opensmile:<set> "
                    "(functionals: IS09_emotion, IS10_paraling, IS11_speaker_state, IS12_speaker_trait, "
-                   "IS13_ComParE, eGeMAPSv02). --context, --tokens and --dtype apply to Whisper only.")
+                   "IS13_ComParE, eGeMAPSv02); hf-encoder:<id or dir> (every hidden state of a wav2vec2, "
+                   "HuBERT, WavLM or data2vec-audio encoder; the prefix is required); text:<id or dir> (a "
+                   "BERT-style text encoder, with --text-from). --context and --tokens apply to Whisper only.")
 @click.option("--out", required=True, type=click.Path(), help="Cache path (a .zarr folder).")
 @click.option("--noise", type=click.Path(exists=True), help="Folder of noise recordings, or one recording.")
 @click.option("--snr", type=float, callback=_snr_option, help="SNR in dB for --noise, -50 to 50.")
@@ -78,16 +85,23 @@ def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None)
                    "several), then combine them into OUT (docs/extraction.md).")
 @click.option("--scheduler", help="Dask scheduler address for --workers (default: a local cluster).")
 @quiet_option
-def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
+@click.pass_context
+def extract_command(ctx, corpus, data_root, text_from, text_field, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
                     batch_size, device, dtype, limit, overwrite, strict, commit_frames, dry_run, measure, parts, part,
                     workers, scheduler, quiet):
     """Run a feature source once per (noisy) utterance and cache its states: every Whisper encoder and
-    decoder layer, mel frames, or openSMILE functionals."""
-    from pipeline.cache.records import FAILED, REJECTED
+    decoder layer, mel frames, openSMILE functionals, SSL encoder layers; or, with --text-from, every
+    layer of a text encoder over a cache's transcripts or hypotheses."""
     from pipeline.corpora.manifest import read_corpus
     from pipeline.extract.run import ExtractionOptions, run_extraction
     from pipeline.noise_presets import resolve_noise
 
+    if text_from or text_field or model.startswith("text:"):
+        return _text_cache(ctx, text_from, text_field, model, out, batch_size, device, dtype, overwrite,
+                           commit_frames, strict, quiet)
+    for name, value in (("--corpus", corpus), ("--data-root", data_root)):
+        if value is None:
+            raise click.UsageError(f"Missing option {name} (or --text-from CACHE for a text cache)")
     _check_split_options(parts, part, workers, scheduler)
     noise, preset_type = resolve_noise(noise, noise_preset)
     noise_type = noise_type or preset_type
@@ -110,6 +124,40 @@ def extract_command(corpus, data_root, model, out, noise, snr, noise_type, noise
         rep = extract_part(c, out, opts, part, parts, progress=not quiet)
     else:
         rep = run_extraction(c, out, opts, progress=not quiet)
+    _report(rep, strict)
+
+
+# Options a text cache takes from its source cache or does not use.
+NOT_FOR_TEXT = ("corpus", "data_root", "noise", "snr", "noise_type", "noise_preset", "seed", "context",
+                "token_source", "limit", "dry_run", "measure", "parts", "part", "workers", "scheduler")
+
+
+def _text_cache(ctx: click.Context, text_from, text_field, model, out, batch_size, device, dtype, overwrite,
+                commit_frames, strict, quiet) -> None:
+    from click.core import ParameterSource
+
+    from pipeline.extract.text_run import TextOptions, run_text_extraction, text_model_spec
+
+    if not text_from or not text_field:
+        raise click.UsageError("a text cache needs --text-from CACHE, --text transcript|hypothesis and "
+                               "--model text:<id or dir>")
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    given = [flags[n] for n in NOT_FOR_TEXT if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)]
+    if given:
+        raise click.UsageError(f"--text-from takes its utterances, corpus and condition from {text_from}: "
+                               f"leave out {', '.join(given)}")
+    try:
+        text_model_spec(model)
+    except NserError as exc:
+        raise click.UsageError(str(exc)) from exc
+    opts = TextOptions(text_from=text_from, field=text_field, model=model, batch_size=batch_size, device=device,
+                       dtype=dtype, overwrite=overwrite, commit_frames=commit_frames)
+    _report(run_text_extraction(out, opts, progress=not quiet), strict)
+
+
+def _report(rep, strict: bool) -> None:
+    from pipeline.cache.records import FAILED, REJECTED
+
     rejected = [e for e in rep.errors if e.kind == REJECTED]
     n_rejected = len(rejected)
     click.echo(f"{rep.path}: {rep.n_done} utterances cached ({rep.n_new} new) in {rep.seconds:.1f} s; "
