@@ -86,9 +86,9 @@ def _snr_option(ctx: click.Context, param: click.Parameter, value: float | None)
 @click.option("--scheduler", help="Dask scheduler address for --workers (default: a local cluster).")
 @quiet_option
 @click.pass_context
-def extract_command(ctx, corpus, data_root, text_from, text_field, model, out, noise, snr, noise_type, noise_preset, seed, context, token_source,
-                    batch_size, device, dtype, limit, overwrite, strict, commit_frames, dry_run, measure, parts, part,
-                    workers, scheduler, quiet):
+def extract_command(ctx, corpus, data_root, text_from, text_field, model, out, noise, snr, noise_type, noise_preset,
+                    seed, context, token_source, batch_size, device, dtype, limit, overwrite, strict, commit_frames,
+                    dry_run, measure, parts, part, workers, scheduler, quiet):
     """Run a feature source once per (noisy) utterance and cache its states: every Whisper encoder and
     decoder layer, mel frames, openSMILE functionals, SSL encoder layers; or, with --text-from, every
     layer of a text encoder over a cache's transcripts or hypotheses."""

@@ -125,7 +125,8 @@ def test_a_text_cache_needs_a_text_model_and_a_field(tmp_path):
     res = runner.invoke(extract_command, ["--text-from", str(source), "--text", "transcript", "--model", "bundled:base",
                                           "--out", str(tmp_path / "t.zarr")])
     assert res.exit_code != 0 and "text:<BERT-style id or dir>" in res.output
-    res = runner.invoke(extract_command, ["--text-from", str(source), "--model", "text:x", "--out", str(tmp_path / "t")])
+    res = runner.invoke(extract_command, ["--text-from", str(source), "--model", "text:x",
+                                          "--out", str(tmp_path / "t")])
     assert res.exit_code != 0 and "--text transcript|hypothesis" in res.output
     res = runner.invoke(extract_command, ["--model", "mel", "--out", str(tmp_path / "t")])
     assert res.exit_code != 0 and "Missing option --corpus" in res.output
