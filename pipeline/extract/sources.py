@@ -5,9 +5,9 @@ A `--model` value names its source by prefix: `mel`, `opensmile:<set>`, `hf-enco
 `bundled:*`) is Whisper. (Text caches are made from a Whisper cache's texts by
 pipeline/extract/text_run.py, not through this registry: their input is text, not audio.)
 
-Adding a source is one registration:
+Adding a source is one registration (as pipeline/extract/hf_encoder_source.py does):
 
-    @register_source("hf-encoder", "wav2vec2/HuBERT/WavLM hidden states: hf-encoder:<id or dir>")
+    @register_source("hf-encoder", "hf-encoder:<id or dir>: every hidden state of a wav2vec2/... encoder")
     def open_hf_encoder(argument: str | None, spec: str, opts: ExtractionOptions,
                         language: str | None) -> FeatureSource:
         ...
