@@ -33,9 +33,9 @@ class DeviceType(click.ParamType):
         self.fail(f"{value!r} is not one of auto, cpu, cuda, cuda:N (N: a GPU index)", param, ctx)
 
 
-def _positive_finite(ctx, param, value: float) -> float:
+def _positive_finite(ctx, param, value: float | None) -> float | None:
     """click.FloatRange lets nan and inf through; a learning rate must be neither."""
-    if not (math.isfinite(value) and value > 0):
+    if value is not None and not (math.isfinite(value) and value > 0):
         raise click.BadParameter(f"must be a finite number > 0, got {value}")
     return value
 
@@ -56,18 +56,22 @@ def _positive_finite(ctx, param, value: float) -> float:
               help="Utterances per training step.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, callback=_positive_finite,
               help="Learning rate (Adam).")
+@click.option("--layer-weight-lr", type=float, callback=_positive_finite,
+              help="Adam's rate for the learned layer weights of l-adapter, weighted-sum and scalar-mix (default: "
+                   "--lr, the paper's recipe; at 1e-4 they stay near uniform on small corpora, docs/training.md).")
 @click.option("--length-buckets", is_flag=True,
               help="Training batches of similar lengths: fewer padded GRU steps on real-length speech, other "
                    "batches than the paper's random ones (docs/training.md); needs the states in memory.")
 @click.option("--adapter-dropout", type=float, default=0.5, show_default=True,
               help="Dropout on each layer adapter's BiGRU output, the paper's 0.5; 0 keeps only the dropout "
                    "before the classifier (this tool's behaviour before the option existed).")
-@click.option("--validation", type=click.Choice(VALIDATIONS), default="next-fold", show_default=True,
-              help="The part that picks the epoch. next-fold: the fold after the test fold (cv; on a split cache: "
-                   "dev), as before; speaker-carve: speakers carved from the training folds (cv), so training sees "
-                   "every fold but the test fold; dev: train on train, pick on dev (split); train+dev: train on "
-                   "train+dev less carved speakers (split); none: no validation, the last epoch is kept; paper: "
-                   "speaker-carve on cv caches, train+dev on split caches (docs/training.md).")
+@click.option("--validation", type=click.Choice(VALIDATIONS), default="paper", show_default=True,
+              help="The part that picks the epoch. paper (default): speaker-carve on cv caches, train+dev on split "
+                   "caches, the paper's training data; next-fold: the fold after the test fold (cv; on a split "
+                   "cache: dev), this tool's default before the option existed; speaker-carve: speakers carved from "
+                   "the training folds (cv), so training sees every fold but the test fold; dev: train on train, pick on dev (split); train+dev: train on "
+                   "train+dev less carved speakers (split); none: no validation, the last epoch is kept "
+                   "(docs/training.md).")
 @seed_option("Seed of weight initialisation, batch order and carved validation speakers.")
 @click.option("--folds", default="all", show_default=True, help="Test folds to run (comma-separated).")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True,
@@ -83,7 +87,7 @@ def _positive_finite(ctx, param, value: float) -> float:
               help="Folder for per-epoch training loss and validation UAR as TensorBoard scalars "
                    "(needs the tensorboard package: pip install tensorboard).")
 @quiet_option
-def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, length_buckets, adapter_dropout,
+def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, layer_weight_lr, length_buckets, adapter_dropout,
                   validation, seed, folds, device, memory_budget, threads, expect_model, allow_missing, tensorboard,
                   quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
@@ -94,6 +98,7 @@ def train_command(cache, storage_options, out, fusion, layers, epochs, batch_siz
     from pipeline.train.trainer import format_metrics_table, train_on_cache
 
     cfg = TrainConfig(fusion=fusion, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr,
+                      layer_weight_lr=layer_weight_lr,
                       adapter_dropout=adapter_dropout, length_buckets=length_buckets, validation=validation, seed=seed,
                       folds=folds, device=device, threads=threads, expect_model=expect_model,
                       allow_missing=allow_missing, memory_budget=parse_size(memory_budget), tensorboard=tensorboard)

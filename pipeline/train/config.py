@@ -21,6 +21,10 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 32
     lr: float = 1e-4
+    # Adam's rate for the learned layer weights (l-adapter's, weighted-sum's and scalar-mix's softmax
+    # logits); None: lr, the paper's recipe. Adam moves a parameter by about lr per step, so at 1e-4
+    # a few hundred steps leave the weights near uniform (docs/training.md).
+    layer_weight_lr: float | None = None
     dropout: float = 0.5  # before the classifier
     adapter_dropout: float = 0.5  # on each layer adapter's BiGRU output (the paper's 0.5; 0: none)
     hidden: int = 256
@@ -32,7 +36,7 @@ class TrainConfig:
     expect_model: str | None = None  # refuse a cache made with another model
     memory_budget: int = 0  # bytes for the run's states in memory (0: half the available RAM); else streamed
     length_buckets: bool = False  # training batches of similar lengths (pipeline/train/batching.py)
-    validation: str = "next-fold"  # how the epoch-picking part is made (pipeline/folds.py, docs/training.md)
+    validation: str = "paper"  # how the epoch-picking part is made (pipeline/folds.py, docs/training.md)
     tensorboard: str | None = None  # folder for per-epoch TensorBoard scalars (needs the tensorboard package)
 
     def check(self) -> None:
@@ -50,6 +54,9 @@ class TrainConfig:
             ("epochs", self.epochs, whole(self.epochs, 1), "a whole number >= 1"),
             ("batch_size", self.batch_size, whole(self.batch_size, 1), "a whole number >= 1"),
             ("lr", self.lr, number(self.lr) and self.lr > 0, "a finite number > 0"),
+            ("layer_weight_lr", self.layer_weight_lr,
+             self.layer_weight_lr is None or (number(self.layer_weight_lr) and self.layer_weight_lr > 0),
+             "a finite number > 0, or null (the learning rate)"),
             ("dropout", self.dropout, number(self.dropout) and 0 <= self.dropout < 1, "in [0, 1)"),
             ("adapter_dropout", self.adapter_dropout, number(self.adapter_dropout) and 0 <= self.adapter_dropout < 1,
              "in [0, 1)"),
@@ -66,6 +73,10 @@ class TrainConfig:
             ("length_buckets", self.length_buckets, isinstance(self.length_buckets, bool), "true or false"),
             ("validation", self.validation, self.validation in VALIDATIONS, f"one of {', '.join(VALIDATIONS)}"),
         ) if not ok]
+        if (self.layer_weight_lr is not None and self.fusion in FUSION_SPECS
+                and not FUSION_SPECS[self.fusion].learned_layer_weights):
+            learned = ", ".join(n for n, f in FUSION_SPECS.items() if f.learned_layer_weights)
+            problems.append(f"layer_weight_lr: fusion {self.fusion} has no learned layer weights ({learned} have)")
         if self.validation == "none" and self.fusion in FUSION_SPECS and FUSION_SPECS[self.fusion].chosen_on_validation:
             problems.append(f"fusion {self.fusion} chooses its layer on validation, which --validation none leaves out")
         if problems:
@@ -85,7 +96,8 @@ NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memo
 # Settings added after runs existed, at the values that give those runs' results: left out of the
 # result settings at such a value, so earlier run keys and run dirs stay valid. validation: a split
 # cache's next fold is its dev part (pipeline/folds.py), so both are what runs did before.
-LATER_NEUTRAL: dict[str, tuple[Any, ...]] = {"length_buckets": (False,), "validation": ("next-fold", "dev")}
+LATER_NEUTRAL: dict[str, tuple[Any, ...]] = {"length_buckets": (False,), "validation": ("next-fold", "dev"),
+                                              "layer_weight_lr": (None,)}
 
 
 def result_settings(config: dict[str, Any]) -> dict[str, Any]:

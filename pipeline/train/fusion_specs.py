@@ -69,6 +69,8 @@ class FusionSpec:
     candidates_train_as: str | None = None
     # Takes one vector per utterance (openSMILE functionals; `fc`) rather than frame sequences.
     per_utterance: bool = False
+    # Has learned softmax layer weights (parameters named `*logits`), which --layer-weight-lr tunes.
+    learned_layer_weights: bool = False
 
     def candidates(self, selection: LayerSelection, n_encoder_states: int,
                    n_decoder_states: int) -> list[LayerSelection]:
@@ -96,9 +98,9 @@ FUSION_SPECS: dict[str, FusionSpec] = {s.name: s for s in (
     FusionSpec("best", each_layer, chosen_on_validation=True, candidates_train_as="single"),
     FusionSpec("mean"),
     FusionSpec("attention"),
-    FusionSpec("scalar-mix"),
-    FusionSpec("weighted-sum"),
-    FusionSpec("l-adapter"),
+    FusionSpec("scalar-mix", learned_layer_weights=True),
+    FusionSpec("weighted-sum", learned_layer_weights=True),
+    FusionSpec("l-adapter", learned_layer_weights=True),
     # The paper's baseline heads (Table II): HSF functionals -> FC; SSL states -> mean-pool -> FC.
     FusionSpec("fc", exactly_one, per_utterance=True),
     FusionSpec("mean-fc", exactly_one),

@@ -84,6 +84,16 @@ def _loader(data: RunData | PerUtteranceData, indices: list[int], selection: Lay
                        length_buckets=cfg.length_buckets and generator is not None)
 
 
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam at cfg.lr; the learned layer weights (softmax logits) at cfg.layer_weight_lr when set."""
+    if cfg.layer_weight_lr is None:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    named = list(model.named_parameters())
+    weights = [p for n, p in named if n.endswith("logits")]
+    rest = [p for n, p in named if not n.endswith("logits")]
+    return torch.optim.Adam([{"params": rest}, {"params": weights, "lr": cfg.layer_weight_lr}], lr=cfg.lr)
+
+
 def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection: LayerSelection, class_ids: dict[str, int], cfg: TrainConfig,
                 train_idx: list[int], val_idx: list[int], log: "RunLog", tag: dict[str, Any],
                 progress: bool, ckpt: RunCheckpoints) -> tuple[torch.nn.Module, float | None, int]:
@@ -104,7 +114,7 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
     desc = " ".join(f"{k} {v}" for k, v in tag.items())
     if hasattr(model, "fit_input_stats"):  # a head that standardises its input: training part only
         model.fit_input_stats(_loader(data, train_idx, selection, class_ids, cfg, f"training part of {desc}"))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = _optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = _loader(data, train_idx, selection, class_ids, cfg, f"training part of {desc}", generator=gen)
     val_loader = _loader(data, val_idx, selection, class_ids, cfg, f"validation part of {desc}") if val_idx else None

@@ -36,7 +36,7 @@ def test_result_settings_leave_out_exactly_the_non_result_fields():
     cfg = TrainConfig(fusion="mean", layers="enc:1-2", seed=3)
     settings = result_settings(asdict(cfg))
     neutral = {k for k, v in LATER_NEUTRAL.items() if asdict(cfg)[k] in v}  # later settings at their old value
-    assert neutral == {"length_buckets", "validation"} and set(settings) == set(asdict(cfg)) - set(NON_RESULT_FIELDS) - neutral
+    assert neutral == {"length_buckets", "layer_weight_lr"} and set(settings) == set(asdict(cfg)) - set(NON_RESULT_FIELDS) - neutral
     assert settings["fusion"] == "mean" and settings["seed"] == 3
     other_machine = replace(cfg, threads=4, device="cuda", allow_missing=True, expect_model="m", memory_budget=1)
     assert result_settings(asdict(other_machine)) == settings
@@ -48,12 +48,14 @@ def test_result_settings_leave_out_exactly_the_non_result_fields():
 def test_validation_protocols_keep_earlier_run_keys_and_key_the_new_ones():
     """next-fold (cv) and dev (split) are what runs did before the setting existed: their keys are
     the keys those runs had; every other protocol changes results, so it changes the key."""
-    cfg = TrainConfig(fusion="mean", layers="enc:1-2")
+    cfg = TrainConfig(fusion="mean", layers="enc:1-2", validation="next-fold")
     before = {k: v for k, v in result_settings(asdict(cfg)).items()}
     assert "validation" not in before
     assert result_settings(asdict(replace(cfg, validation="dev"))) == before
     keys = {run_key(replace(cfg, validation=v), "id") for v in ("speaker-carve", "train+dev", "none", "paper")}
     assert len(keys) == 4 and run_key(cfg, "id") not in keys
+    # The default is the paper's reading, which trains on other data than runs made before: other keys.
+    assert TrainConfig().validation == "paper" and result_settings(asdict(TrainConfig()))["validation"] == "paper"
     with pytest.raises(ConfigError, match="validation must be one of"):
         TrainConfig(validation="random").check()
     with pytest.raises(ConfigError, match="--validation none"):

@@ -197,7 +197,8 @@ def test_best_chooses_on_validation_only(tiny_cache, tmp_path, monkeypatch):
         return real(model, loader, device)
 
     monkeypatch.setattr(trainer, "_evaluate", spy)
-    c = cfg(fusion="best", layers="enc:all,dec:all")
+    # next-fold: the tiny cache's carved training parts would lose a class
+    c = cfg(fusion="best", layers="enc:all,dec:all", validation="next-fold")
     metrics = trainer.train_on_cache(tiny_cache, tmp_path / "run", c, progress=False)
     names = ["enc0", "enc1", "enc2", "dec0", "dec1"]
     assert metrics["best_layer"] == f"enc{SIGNAL_LAYER}"
@@ -205,7 +206,7 @@ def test_best_chooses_on_validation_only(tiny_cache, tmp_path, monkeypatch):
     assert max(metrics["layer_val_uar"], key=metrics["layer_val_uar"].get) == metrics["best_layer"]
     assert metrics["layer_val_uar"]["enc1"] > 0.9 and metrics["uar"] > 0.9
     # Calls: every candidate x fold x epoch on the validation part, then the chosen layer on each test part.
-    plan = trainer.fold_plan(CacheReader(tiny_cache))
+    plan = trainer.fold_plan(CacheReader(tiny_cache), c.validation, c.seed)
     n_val = len(names) * len(plan) * c.epochs
     assert len(calls) == n_val + len(plan)
     expected_val = [((name,), tuple(val)) for name in names for _, _, val, _ in plan for _ in range(c.epochs)]

@@ -263,12 +263,13 @@ def test_a_fold_missing_a_class_warns(tmp_path):
     cache = make_cache(tmp_path / "gap.zarr", n=24, n_folds=4, relabel={"u7": "a", "u15": "a", "u23": "a"})
     expected = ["test fold 2: the validation part has no utterance of class(es) ['b']",
                 "test fold 3: the test fold has no utterance of class(es) ['b']"]
+    # next-fold: fold 3 is fold 2's validation part (a carved part would hold other speakers)
     with pytest.warns(ClassCoverageWarning) as caught:
-        metrics = train_on_cache(cache, tmp_path / "run", tiny(epochs=1), progress=False)
+        metrics = train_on_cache(cache, tmp_path / "run", tiny(epochs=1, validation="next-fold"), progress=False)
     assert [str(w.message) for w in caught if w.category is ClassCoverageWarning] == expected
     assert metrics["warnings"] == expected and len(metrics["folds"]) == 4
     res = cli("--cache", str(cache), "--out", str(tmp_path / "cli"), "--layers", "enc:1", "--epochs", "1",
-              "--batch-size", "4", "--quiet")
+              "--batch-size", "4", "--validation", "next-fold", "--quiet")
     assert res.exit_code == 0, res.output
     assert all(f"warning: {w}" in res.output for w in expected)
 

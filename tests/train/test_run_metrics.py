@@ -83,6 +83,6 @@ def test_trainer_writes_what_the_grid_and_report_read(tmp_path):
     (run.run_dir / "done.json").write_text("{}")
     row = run_row(run)
     assert row["status"] == "done" and row["best_layer"] == written["best_layer"]
-    assert validation == row["validation"] == "next-fold"
+    assert validation == row["validation"] == "speaker-carve"  # the default, paper, on a cv cache
     assert json.loads(row["fold_uar"]) == {f: m["uar"] for f, m in written["folds"].items()}
     assert class_names({"classes": None, "run_dir": str(run.run_dir)}, None, 2) == ["a", "b"]
