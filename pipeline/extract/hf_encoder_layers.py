@@ -41,12 +41,16 @@ class HFEncoderLayerExtractor:
         """The encoder's output frames for `n_samples` of audio (its own conv length formula)."""
         return int(self.model._get_feat_extract_output_lengths(torch.tensor(n_samples)))
 
+    def check_audio(self, samples: np.ndarray) -> None:
+        """Refuse a waveform shorter than the encoder's one frame (its conv front end gives none)."""
+        if self.frames(len(samples)) < 1:
+            raise AudioError(f"{len(samples) / SAMPLE_RATE * 1000:.1f} ms of audio is shorter than one frame of "
+                             f"{self.enc.name}")
+
     def extract(self, audios: Sequence[np.ndarray], transcripts: Sequence[str] | None = None) -> list[ExtractedUtterance]:
         """`audios`: 16 kHz float32 mono. Transcripts are not used (an audio-only source)."""
         for a in audios:
-            if self.frames(len(a)) < 1:
-                raise AudioError(f"{len(a) / SAMPLE_RATE * 1000:.1f} ms of audio is shorter than one frame of "
-                                f"{self.enc.name}")
+            self.check_audio(a)
         size = self.batch_size if self.takes_padded_batches else 1
         states: list[list[np.ndarray]] = []
         for b0 in range(0, len(audios), size):

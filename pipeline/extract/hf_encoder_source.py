@@ -35,6 +35,9 @@ class HFEncoderSource:
                                            compute_dtype=str(dtype).removeprefix("torch."),
                                            device=torch.device(device).type, max_seconds=MAX_SECONDS)
 
+    def check_audio(self, samples: np.ndarray) -> None:
+        self.extractor.check_audio(samples)
+
     def check_transcript(self, transcript: str) -> None:
         pass
 

@@ -33,6 +33,9 @@ class MelSource:
         self.extraction = ExtractionRecord(context="trimmed", token_source="none", dtype="float16",
                                            compute_dtype="float32", device="cpu", max_seconds=MAX_SECONDS)
 
+    def check_audio(self, samples) -> None:
+        pass
+
     def check_transcript(self, transcript: str) -> None:
         pass
 

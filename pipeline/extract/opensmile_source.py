@@ -43,6 +43,9 @@ class OpenSmileSource:
         self.extraction = ExtractionRecord(context="trimmed", token_source="none", dtype="float32",
                                            compute_dtype="float32", device="cpu", max_seconds=MAX_SECONDS)
 
+    def check_audio(self, samples) -> None:
+        pass
+
     def check_transcript(self, transcript: str) -> None:
         pass
 

@@ -165,7 +165,9 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
             for u in batch:
                 try:
                     source.check_transcript(u.transcript)  # before the batch: one file, not all
-                    ready.append((u, *_prepare(u, bank, opts.snr_db)))
+                    samples, meta = _prepare(u, bank, opts.snr_db)
+                    source.check_audio(samples)  # e.g. shorter than the source's one frame
+                    ready.append((u, samples, meta))
                 except (AudioError, TranscriptTooLong) as exc:
                     errors.append(_error(u, str(exc)))
             if ready:

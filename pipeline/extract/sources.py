@@ -27,6 +27,9 @@ corpus), and returns a `FeatureSource`:
 - `extract(audios, transcripts)`: one `ExtractedUtterance` per 16 kHz float32 waveform, encoder
   states `[n_frames, d_model]` (n_frames 1 for frame_rate 0); an encoder-only source returns an
   empty decoder list, an empty int32 token array, hypothesis "" and no loop/cap flags;
+- `check_audio(samples)`: raise `AudioError` for a (noisy) waveform the source cannot take (e.g.
+  shorter than its one frame), before its batch runs, so it becomes that file's error; a no-op
+  where any loaded audio works;
 - `check_transcript(transcript)`: raise `TranscriptTooLong` (or another NserError) for an entry the
   source cannot take, before its batch runs; a no-op for sources that ignore transcripts.
 
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 class FeatureSource(Protocol):
     model: "ModelRecord"
     extraction: "ExtractionRecord"
+
+    def check_audio(self, samples: np.ndarray) -> None: ...
 
     def check_transcript(self, transcript: str) -> None: ...
 

@@ -33,6 +33,9 @@ class WhisperSource:
                                            device=torch.device(device).type, max_seconds=MAX_SECONDS,
                                            prompt=tuple(self.extractor.prompt))
 
+    def check_audio(self, samples) -> None:
+        pass
+
     def check_transcript(self, transcript: str) -> None:
         if self.token_source == "transcript":
             self.extractor.transcript_tokens(transcript)  # raises TranscriptTooLong

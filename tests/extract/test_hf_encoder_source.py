@@ -67,3 +67,26 @@ def test_hf_encoder_without_a_model_is_refused(source_corpus, tmp_path):
                                                "hf-encoder", "--out", str(tmp_path / "x.zarr"), "--quiet"])
     assert res.exit_code != 0 and "hf-encoder:facebook/wav2vec2-base" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "x.zarr").exists()
+
+
+def test_audio_shorter_than_one_frame_is_that_files_error(tmp_path, source_corpus, tiny_ssl_dirs):
+    """15 ms loads (above the loader's minimum) but gives a wav2vec2 front end no frame: the file is
+    recorded as failed before its batch runs, and the other files are cached."""
+    import shutil
+
+    import soundfile as sf
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(source_corpus, corpus)
+    first = sorted(corpus.glob("*.flac"))[0]
+    samples, rate = sf.read(first, dtype="float32")
+    sf.write(first, samples[: int(0.015 * rate)], rate)
+    out = tmp_path / "w2v.zarr"
+    res = CliRunner().invoke(extract_command, ["--corpus", "csv", "--data-root", str(corpus), "--model",
+                                               f"hf-encoder:{tiny_ssl_dirs['wav2vec2']}", "--out", str(out),
+                                               "--batch-size", "4", "--quiet"])
+    assert res.exit_code == 0, res.output
+    with CacheReader(out) as r:
+        assert r.n == 11 and first.stem not in set(map(str, r.table["utt_id"]))
+        (err,) = r.errors
+        assert err.utt_id == first.stem and err.kind == "failed" and "shorter than one frame" in err.error
