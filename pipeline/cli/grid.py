@@ -22,7 +22,8 @@ from pipeline.cli.common import NserCommand, quiet_option
               help="tls:// scheduler: this client's certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
               help="tls:// scheduler: this client's private key, unless it is in --tls-cert's file.")
-@click.option("--workers", type=click.IntRange(min=1), help="Local cluster workers (default: 1-2, one per core).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Local cluster workers (default: one per usable core; one on a CUDA machine).")
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (overrides the spec's `out`).")
 @click.option("--dry-run", is_flag=True, help="List the runs (and which are finished) without running anything.")
 @click.option("--no-derive", is_flag=True,
