@@ -140,7 +140,8 @@ def test_grid_on_dask_records_failures_and_resumes(tmp_path, caches):
     from dask.distributed import Client, LocalCluster
 
     s = parse_grid({"out": str(tmp_path / "out"), "caches": [str(caches["good"]), str(caches["two_folds"])],
-                    "train": {**TINY, "epochs": 2},
+                    # next-fold: its two-fold cache is refused for want of a third fold
+                    "train": {**TINY, "epochs": 2, "validation": "next-fold"},
                     "subgrids": [{"fusions": ["single"], "layers": ["each:enc:all"]},
                                  {"fusions": ["weighted-sum"], "layers": ["enc:all,dec:all"]}]})
     runs = expand(s)
