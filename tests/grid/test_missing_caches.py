@@ -38,3 +38,17 @@ def test_skip_runs_the_rest_and_warns(tmp_path, cache):
 def test_missing_caches_takes_refuse_or_skip(tmp_path, cache):
     with pytest.raises(GridSpecError, match=r"missing_caches must be one of \['refuse', 'skip'\], got 'ignore'"):
         _spec(tmp_path, cache, missing_caches="ignore")
+
+
+def test_the_paper_specs_parse_and_skip_what_is_not_built(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from pipeline.grid.spec import load_grid
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)  # cache paths are relative to the working directory: none exist here
+    for name, n_sub in (("paper.yaml", 9), ("casia_crosslingual.yaml", 3)):
+        spec = load_grid(repo / "grids" / name, out=tmp_path / "out")
+        assert spec.missing_caches == "skip" and len(spec.subgrids) == n_sub
+        with pytest.warns(MissingCacheWarning):  # no caches here: every run left out, none refused
+            assert expand(spec) == []
