@@ -61,6 +61,8 @@ def build_report(source: str | Path, out_dir: str | Path | None = None, paper_ta
                           ("text", text_section), ("snr", _snr), ("confusion", _confusions),
                           ("wer_vs_f1", _wer_vs_f1)):
         text, why = section(df, base, out, rep)
+        if not text:  # a section these runs have nothing for (e.g. text runs), left out without a line
+            continue
         md += text
         if why:
             rep.skipped[name] = why

@@ -84,13 +84,13 @@ def _write(md: list[str], header: list[str], rows: list[list[str]], flat: list[d
 
 
 def sources_section(df: pd.DataFrame, base: Path, out: Path, rep) -> tuple[list[str], str | None]:
+    """Written when the finished audio runs span two or more models; else left out (one model's runs
+    are the fusion sections)."""
     md = ["## Feature sources and models (paper Tables III, VII)", ""]
     runs = with_source(agg.done(df))
     runs = runs[runs["source"] != TEXT]
-    if runs.empty:
-        return md, "no finished runs on audio features"
     if runs["model"].nunique() < 2:
-        return md, "runs of one model only (its fusions are the Table IV section)"
+        return [], None
     header, rows, flat = _table(runs, ["source", "model", "method"])
     return _write(md, header, rows, flat, out / "sources.csv", rep,
                   "One row per feature source, model (a checkpoint, an openSMILE set, ...) and head; the "
@@ -99,11 +99,12 @@ def sources_section(df: pd.DataFrame, base: Path, out: Path, rep) -> tuple[list[
 
 
 def text_section(df: pd.DataFrame, base: Path, out: Path, rep) -> tuple[list[str], str | None]:
+    """Written when there are finished runs on text caches; else left out."""
     md = ["## Text modality: transcripts vs ASR hypotheses (paper Table VI)", ""]
     runs = with_source(agg.done(df))
     runs = runs[runs["source"] == TEXT]
     if runs.empty:
-        return md, "no finished runs on text caches"
+        return [], None
     runs = runs.assign(field=runs["cache"].map(lambda c: text_field(str(c))) if "cache" in runs.columns
                        else "text (cache unrecorded)")
     header, rows, flat = _table(runs, ["field", "model", "method"])

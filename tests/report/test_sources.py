@@ -67,8 +67,12 @@ def test_two_models_on_one_corpus_are_separate_rows_and_text_fields_too(grid_out
     assert "paper Tables III, VII" in md and "paper Table VI" in md
 
 
-def test_one_model_without_text_skips_both_sections(grid_out, tmp_path):
-    t = pd.read_csv(grid_out / "results.csv")
+def test_one_model_without_text_leaves_both_sections_out(grid_out, tmp_path):
+    t = pd.read_csv(grid_out / "results.csv").drop(columns="source")  # a table from before the column
     t[t["model"] == "openai/whisper-small.en"].to_csv(tmp_path / "results.csv", index=False)
     rep = build_report(tmp_path / "results.csv", out_dir=tmp_path / "r")
-    assert "runs of one model only" in rep.skipped["sources"] and "no finished runs on text" in rep.skipped["text"]
+    assert not {"sources", "text"} & (set(rep.written) | set(rep.skipped))
+    assert "Table VI" not in rep.path.read_text() and "Tables III" not in rep.path.read_text()
+    t[t["model"].str.startswith("text:")].to_csv(tmp_path / "t.csv", index=False)
+    rep = build_report(tmp_path / "t.csv", out_dir=tmp_path / "t")  # text runs: their source from the model
+    assert "text" in rep.written and "sources" not in rep.written
