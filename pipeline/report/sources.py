@@ -94,7 +94,7 @@ def sources_section(df: pd.DataFrame, base: Path, out: Path, rep) -> tuple[list[
     header, rows, flat = _table(runs, ["source", "model", "method"])
     return _write(md, header, rows, flat, out / "sources.csv", rep,
                   "One row per feature source, model (a checkpoint, an openSMILE set, ...) and head; the "
-                  "paper's Table III heads: `single [enc:0]` (BiGRU) on `mel`, `fc` on openSMILE sets, `mean-fc` "
+                  "paper's Table III heads: `single` (BiGRU) on `mel`, `fc` on openSMILE sets, `mean-fc` "
                   "on SSL encoders, `l-adapter` on Whisper."), None
 
 
