@@ -205,11 +205,14 @@ def _cache_paths(entries: tuple[str, ...], missing: list[str]) -> list[str]:
     for entry in entries:
         if is_url(entry):  # opened (and refused if absent) at expansion like any cache
             found = [entry]
+        elif glob.has_magic(entry):
+            found = sorted(glob.glob(entry))
+            if not found:
+                missing.append(f"cache pattern {entry!r} matches nothing")
         else:
-            found = sorted(glob.glob(entry)) if glob.has_magic(entry) else [entry] * Path(entry).exists()
-            what = f"cache pattern {entry!r} matches nothing" if glob.has_magic(entry) else f"no cache at {entry}"
-            if not found and what not in missing:
-                missing.append(what)
+            found = [entry] if Path(entry).exists() else []
+            if not found:
+                missing.append(f"no cache at {entry}")
         paths += [p for p in found if p not in paths]
     return paths
 
@@ -219,6 +222,7 @@ def _existing_caches(spec: GridSpec) -> list[list[str]]:
     `missing_caches: skip`, in one warning, its runs left out."""
     missing: list[str] = []
     paths = [_cache_paths(sub.caches, missing) for sub in spec.subgrids]
+    missing = list(dict.fromkeys(missing))  # subgrids often share a cache list
     if missing:
         names = "\n  ".join(missing)
         if spec.missing_caches == "refuse":
