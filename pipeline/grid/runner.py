@@ -266,8 +266,8 @@ def run_row(run: RunSpec) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(run_key=run.key, cache=run.cache, cache_identity=run.cache_identity, corpus=run.corpus,
                condition=run.condition, noise_type=run.noise_type, snr_db=run.snr_db, model=run.model,
-               source=run_source(run.model), fusion=cfg.fusion, layers=run.layers, n_layers=run.n_layers, seed=cfg.seed, epochs=cfg.epochs,
-               stack=run.stack, selection=run.selection, folds=cfg.folds, run_dir=str(run_dir))
+               source=run_source(run.model), fusion=cfg.fusion, layers=run.layers, n_layers=run.n_layers,
+               seed=cfg.seed, epochs=cfg.epochs, stack=run.stack, selection=run.selection, folds=cfg.folds, run_dir=str(run_dir))
     if is_done(run):
         try:
             metrics = RunMetrics.read(run_dir / "metrics.json")
