@@ -28,7 +28,7 @@ DEMO_MODEL ?= bundled:base
 DEMO_SNR ?= 0
 DEMO_EPOCHS ?= 12
 
-.PHONY: help install test extract extract-all estimate train grid report paper demo clean-demo
+.PHONY: help install test extract extract-all estimate train grid report paper paper-baselines paper-text demo clean-demo
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -49,8 +49,9 @@ help:
 	@echo "  grid          nser-grid GRID [--out GRID_OUT] (a fusion/layer grid on caches already extracted)"
 	@echo "  report        nser-report of GRID's results folder (GRID_OUT, else the spec's out:)"
 	@echo "  estimate      nser-extract --dry-run: utterances, audio hours, cache GB and time for extract-all's conditions"
-	@echo "  paper         the paper's Whisper rows end to end: extract-all's caches, nser-grid PAPER_GRID into"
-	@echo "                PAPER_OUT, nser-report with the paper's values (Tables IV, V; Fig. 5); make -j N extracts N at once"
+	@echo "  paper         the paper's grid end to end: extract-all's Whisper caches, the baseline (PAPER_BASELINES)"
+	@echo "                and TEXT_MODEL caches at PAPER_CONDITIONS, nser-grid PAPER_GRID into PAPER_OUT, nser-report"
+	@echo "                with the paper's values (Tables III-VI; Figs 3, 5, 6); make -j N extracts N at once"
 	@echo "  demo          synthetic espeak-ng corpus -> bundled Whisper base -> layer adapter"
 	@echo "Variables (default):"
 	@echo "  DATASET=$(DATASET)  DATA_ROOT=$(DATA_ROOT)  MODEL=$(MODEL)"
@@ -59,7 +60,8 @@ help:
 	@echo "  CACHE_ROOT=$(CACHE_ROOT)  OUT=$(OUT)  DEVICE=$(DEVICE)  BATCH=$(BATCH) (extraction batch)"
 	@echo "  FUSION=$(FUSION)  LAYERS=$(LAYERS)  EPOCHS=$(EPOCHS)  RUN_DIR=$(RUN_DIR)"
 	@echo "  GRID=$(GRID)  GRID_OUT=$(GRID_OUT)"
-	@echo "  PAPER_GRID=$(PAPER_GRID)  PAPER_OUT=$(PAPER_OUT)"
+	@echo "  PAPER_GRID=$(PAPER_GRID)  PAPER_OUT=$(PAPER_OUT)  PAPER_CONDITIONS=$(PAPER_CONDITIONS)"
+	@echo "  HSF_SETS=$(HSF_SETS)  SSL_MODELS=$(SSL_MODELS)  TEXT_MODEL=$(TEXT_MODEL)"
 	@echo "  DEMO_DIR=$(DEMO_DIR)  DEMO_MODEL=$(DEMO_MODEL)  DEMO_SNR=$(DEMO_SNR)  DEMO_EPOCHS=$(DEMO_EPOCHS)"
 
 ## make extract DATASET=iemocap SNR=-5                       (DEMAND human, park, traffic at -5 dB)
@@ -121,21 +123,53 @@ report:
 estimate:
 	nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(MODEL) $(EXTRACT_ARGS) --out $(OUT) --dry-run $(words $(CONDITIONS))
 
-## The paper's Whisper grid on one dataset, end to end (docs/gpu.md: disk and time first: make estimate):
+## The paper's grid on one dataset, end to end (docs/grid.md; disk and time first: make estimate, docs/gpu.md):
 ##   make paper DATASET=iemocap DATA_ROOT=/data/IEMOCAP_full_release DEMAND_ROOT=/data/DEMAND [MODEL=...] [-j 2]
-## 1. extract-all: clean + DEMAND human/park/traffic at each of SNRS, one cache per condition (resumable);
-## 2. PAPER_GRID with its cache paths rewritten for CACHE_ROOT/DATASET/MODEL, written to PAPER_OUT/grid.yaml,
-##    run by nser-grid (resumable: finished runs are skipped);
-## 3. nser-report PAPER_OUT, with the paper's values beside ours where the paper has DATASET (iemocap, meld).
-PAPER_GRID ?= grids/paper_whisper.yaml
+## 1. extract-all: the Whisper caches, clean + DEMAND human/park/traffic at each of SNRS (resumable);
+## 2. at PAPER_CONDITIONS (clean and 0 dB: Tables III, VI) the baseline caches: mel, the openSMILE HSF_SETS,
+##    the SSL_MODELS (an SSL model that cannot be loaded, e.g. offline, is skipped with a message), and
+##    TEXT_MODEL on the transcripts (once, beside clean) and on each condition's Whisper hypotheses;
+## 3. PAPER_GRID with its cache paths rewritten for CACHE_ROOT/DATASET/MODEL/TEXT_MODEL, written to
+##    PAPER_OUT/grid.yaml, run by nser-grid (resumable; runs of caches not built are skipped with a warning);
+## 4. nser-report PAPER_OUT, with the paper's values beside ours where the paper has DATASET (iemocap, meld).
+## Whisper rows only: make paper PAPER_BASELINES= TEXT_MODEL=
+PAPER_GRID ?= grids/paper.yaml
 PAPER_OUT ?= runs/paper_$(DATASET)_$(MODEL_TAG)
 PAPER_TABLES = $(if $(filter iemocap,$(DATASET)),--paper-table iv --paper-table v --paper-dataset iemocap,$(if $(filter meld,$(DATASET)),--paper-table iv --paper-dataset meld))
-paper: extract-all
+PAPER_CONDITIONS = clean $(addsuffix _0dB,$(NOISES))
+HSF_SETS ?= IS09_emotion IS10_paraling IS11_speaker_state IS12_speaker_trait IS13_ComParE eGeMAPSv02
+SSL_MODELS ?= facebook/wav2vec2-base facebook/hubert-base-ls960 microsoft/wavlm-base
+TEXT_MODEL ?= google-bert/bert-base-uncased
+PAPER_BASELINES ?= mel $(addprefix opensmile:,$(HSF_SETS)) $(addprefix hf-encoder:,$(SSL_MODELS))
+# a --model value's cache name, as MODEL_TAG: opensmile:IS09_emotion -> opensmile_IS09_emotion
+tag = $(subst /,_,$(subst :,_,$(1)))
+TEXT_TAG = $(call tag,$(TEXT_MODEL))
+# models fetched from the hub may be out of reach (offline): their caches are skipped, not a failed make
+SKIP_UNREACHABLE = || echo "skipped $(1) on $(2): it could not be extracted (error above); its grid runs are left out"
+define newline
+
+
+endef
+cache_of = $(CACHE_ROOT)/$(DATASET)/$(1)/$(2).zarr
+
+paper: extract-all paper-baselines paper-text
 	mkdir -p $(PAPER_OUT)
-	sed -e 's|caches/iemocap/|$(CACHE_ROOT)/$(DATASET)/|g' -e 's|openai_whisper-small\.zarr|$(MODEL_TAG).zarr|g' \
-	  -e 's|^out:.*|out: $(PAPER_OUT)|' $(PAPER_GRID) > $(PAPER_OUT)/grid.yaml
+	sed -e 's|caches/iemocap/|$(CACHE_ROOT)/$(DATASET)/|g' -e 's|openai_whisper-small|$(MODEL_TAG)|g' \
+	  -e 's|google-bert_bert-base-uncased|$(TEXT_TAG)|g' -e 's|^out:.*|out: $(PAPER_OUT)|' $(PAPER_GRID) > $(PAPER_OUT)/grid.yaml
 	nser-grid $(PAPER_OUT)/grid.yaml
 	nser-report $(PAPER_OUT) $(PAPER_TABLES)
+
+paper-baselines: $(addprefix paper-baselines-,$(PAPER_CONDITIONS))
+
+paper-baselines-%:
+	$(foreach s,$(PAPER_BASELINES),nser-extract --corpus $(DATASET) --data-root $(DATA_ROOT) --model $(s) $(EXTRACT_ARGS)$(if $(filter clean,$*),, $(call GRID_NOISE_ARGS,$(call cond_noise,$*)) --snr $(call cond_snr,$*)) --out $(call cache_of,$*,$(call tag,$(s)))$(if $(filter hf-encoder:%,$(s)), $(call SKIP_UNREACHABLE,$(s),$*))$(newline))
+
+# text caches read the Whisper caches' transcripts and hypotheses
+paper-text: $(addprefix extract-condition-,$(PAPER_CONDITIONS))
+ifneq ($(TEXT_MODEL),)
+	nser-extract --text-from $(call cache_of,clean,$(MODEL_TAG)) --text transcript --model text:$(TEXT_MODEL) --device $(DEVICE) --out $(call cache_of,clean,text-transcript_$(TEXT_TAG)) $(call SKIP_UNREACHABLE,text:$(TEXT_MODEL),transcripts)
+	$(foreach c,$(PAPER_CONDITIONS),nser-extract --text-from $(call cache_of,$(c),$(MODEL_TAG)) --text hypothesis --model text:$(TEXT_MODEL) --device $(DEVICE) --out $(call cache_of,$(c),text-hypothesis-$(MODEL_TAG)_$(TEXT_TAG)) $(call SKIP_UNREACHABLE,text:$(TEXT_MODEL),$(c))$(newline))
+endif
 
 ## Synthetic espeak-ng corpus + synthetic babble -> bundled Whisper base -> layer adapter -> results table.
 demo:

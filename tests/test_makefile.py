@@ -68,7 +68,9 @@ def test_train_grid_and_report_targets(tmp_path):
 
 
 def test_paper_extracts_every_condition_then_runs_the_grid_and_the_report(tmp_path):
-    from pipeline.grid.spec import expand, load_grid
+    import warnings
+
+    from pipeline.grid.spec import MissingCacheWarning, expand, load_grid
     from tests.helpers import make_cache
 
     data, demand, caches, out = tmp_path / "IEMOCAP", tmp_path / "DEMAND", tmp_path / "c", tmp_path / "paper"
@@ -76,29 +78,74 @@ def test_paper_extracts_every_condition_then_runs_the_grid_and_the_report(tmp_pa
                "MODEL=bundled:base", f"PAPER_OUT={out}")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    extracts = [ln for ln in lines if ln.startswith("nser-extract")]
+    extracts = [ln for ln in lines if ln.startswith("nser-extract") and "--model bundled:base" in ln]
     conditions = ["clean"] + [f"{n}_{s}dB" for n in ("human", "park", "traffic") for s in (-10, -5, 0, 5, 10)]
     assert [ln.split("--out ")[1] for ln in extracts] == [f"{caches}/iemocap/{c}/bundled_base.zarr" for c in conditions]
     assert f"--noise {demand} --noise-preset park --snr -5 " in extracts[7]
     # the caches first, then the grid on the rewritten spec, then the report against the paper's values
-    assert lines.index(extracts[-1]) < lines.index(f"nser-grid {out}/grid.yaml")
+    last_extract = max(i for i, ln in enumerate(lines) if ln.startswith("nser-extract"))
+    assert last_extract < lines.index(f"nser-grid {out}/grid.yaml")
     assert lines[-1] == f"nser-report {out} --paper-table iv --paper-table v --paper-dataset iemocap"
-    # the rewritten spec finds the 16 caches where extract-all writes them
+    # the rewritten spec finds the 16 Whisper caches where extract-all writes them, and the mel caches;
+    # the runs of caches not built (openSMILE, SSL, text here) are left out with a warning naming them
     recipe = res.stdout[res.stdout.index("mkdir -p"):res.stdout.index("nser-grid")]
     subprocess.run(["bash", "-c", recipe], cwd=ROOT, check=True, timeout=30)
     for c in conditions:
         noise, snr = (None, None) if c == "clean" else (c.split("_")[0], float(c.split("_")[1][:-2]))
         make_cache(caches / "iemocap" / c / "bundled_base.zarr", n=6, condition=c, noise_type=noise, snr_db=snr)
+        if c == "clean" or c.endswith("_0dB"):
+            make_cache(caches / "iemocap" / c / "mel.zarr", n=6, condition=c, noise_type=noise, snr_db=snr, seed=1)
     spec = load_grid(out / "grid.yaml")
     assert spec.out == out
-    runs = expand(spec)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = expand(spec)
+    skipped = "\n".join(str(w.message) for w in caught if issubclass(w.category, MissingCacheWarning))
+    assert f"{caches}/iemocap/park_0dB/hf-encoder_*.zarr" in skipped
+    assert f"{caches}/iemocap/clean/text-transcript_google-bert_bert-base-uncased.zarr" in skipped
     by_fusion = {}
     for r in runs:
         by_fusion.setdefault(r.config.fusion, set()).add(r.condition)
     assert by_fusion["single"] == {"clean", "human_0dB", "park_0dB", "traffic_0dB"}  # Table IV, Fig. 3
     assert by_fusion["l-adapter"] == set(conditions) and by_fusion["weighted-sum"] == set(conditions)  # Table V
+    mel = [r for r in runs if r.cache.endswith("mel.zarr")]  # Table III's BiGRU on the mel frames
+    assert len(mel) == 4 and {(r.config.fusion, r.layers) for r in mel} == {("single", "enc:0")}
     assert make("-n", "paper", "DATASET=emodb", f"DATA_ROOT={data}").stdout.splitlines()[-1].rstrip() == \
         "nser-report runs/paper_emodb_openai_whisper-small"  # no paper values for a corpus the paper lacks
     assert "  paper " in make("help").stdout
     estimate = make("-n", "estimate", "DATASET=iemocap", f"DATA_ROOT={data}").stdout.strip()
     assert estimate.startswith("nser-extract --corpus iemocap") and estimate.endswith("--dry-run 16")
+
+
+def test_paper_builds_the_baseline_and_text_caches_at_clean_and_0db(tmp_path):
+    res = make("-n", "paper-baselines", "paper-text", "DATASET=iemocap", f"DATA_ROOT={tmp_path}",
+               f"DEMAND_ROOT={tmp_path}", "SSL_MODELS=facebook/wav2vec2-base", "HSF_SETS=IS09_emotion eGeMAPSv02")
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("nser-extract")]
+    conds = ["clean", "human_0dB", "park_0dB", "traffic_0dB"]
+    outs = [ln.split("--out ")[1].split()[0] for ln in lines]
+    tags = ["mel", "opensmile_IS09_emotion", "opensmile_eGeMAPSv02", "hf-encoder_facebook_wav2vec2-base"]
+    for c in conds:
+        for t in tags:
+            assert f"caches/iemocap/{c}/{t}.zarr" in outs
+        assert f"caches/iemocap/{c}/text-hypothesis-openai_whisper-small_google-bert_bert-base-uncased.zarr" in outs
+    assert outs.count("caches/iemocap/clean/text-transcript_google-bert_bert-base-uncased.zarr") == 1
+    assert len(lines) == 4 * len(tags) + 4 + 1 + 4  # + the 4 Whisper caches the text caches read
+    # a hub model out of reach is skipped with a message; mel and openSMILE failures stay failures
+    for ln in lines:
+        assert ("|| echo \"skipped" in ln) == ("hf-encoder:" in ln or "--text-from" in ln)
+    assert "--noise-preset traffic --snr 0 --out caches/iemocap/traffic_0dB/mel.zarr" in res.stdout
+    # the text caches need the Whisper caches they read: paper-text depends on their extraction
+    assert res.stdout.index("--model openai/whisper-small") < res.stdout.index("--text-from")
+    # Whisper rows only
+    res = make("-n", "paper", "DATASET=iemocap", f"DATA_ROOT={tmp_path}", f"DEMAND_ROOT={tmp_path}", "SNRS=0",
+               "PAPER_BASELINES=", "TEXT_MODEL=")
+    extracts = [ln for ln in res.stdout.splitlines() if ln.startswith("nser-extract")]
+    assert len(extracts) == 4 and all("--model openai/whisper-small" in ln for ln in extracts)
+
+
+def test_unreachable_ssl_model_is_skipped_not_a_failed_make(tmp_path):
+    res = make("paper-baselines-clean", "DATASET=csv", f"DATA_ROOT={tmp_path}", "PAPER_BASELINES=hf-encoder:/nowhere",
+               f"CACHE_ROOT={tmp_path / 'c'}")
+    assert res.returncode == 0, res.stderr
+    assert "skipped hf-encoder:/nowhere on clean" in res.stdout

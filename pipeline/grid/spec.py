@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +32,18 @@ EACH = "each:"
 # TrainConfig fields a grid sets itself; `train:` may set the others.
 _PER_RUN_FIELDS = ("fusion", "layers", "seed", "folds")
 _GRID_KEYS = ("caches", "fusions", "layers", "seeds", "folds", "per_fold", "derive", "train")
+# What expansion does with a cache path (or pattern) that names no cache: refuse the whole grid, or skip
+# that cache's runs with a warning (a spec listing caches that only some machines can build, e.g. SSL
+# models behind a hub download: grids/paper.yaml).
+MISSING_CACHES = ("refuse", "skip")
 
 
 class GridSpecError(NserError):
     """A grid spec is malformed or asks for runs that cannot exist."""
+
+
+class MissingCacheWarning(UserWarning):
+    """A grid with `missing_caches: skip` left out the runs of caches that do not exist."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class GridSpec:
     out: Path
     subgrids: tuple[SubGrid, ...]
     source: str = "<dict>"  # where the spec came from, for error messages
+    missing_caches: str = "refuse"  # one of MISSING_CACHES
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,7 @@ def parse_grid(data: dict[str, Any], out: str | Path | None = None, source: str 
     """A GridSpec from the YAML's mapping; `out` (the CLI's --out) overrides the spec's `out`."""
     if not isinstance(data, dict):
         raise GridSpecError(f"{source}: a grid spec is a YAML mapping, got {type(data).__name__}")
-    allowed = set(_GRID_KEYS) | {"out", "subgrids"}
+    allowed = set(_GRID_KEYS) | {"out", "subgrids", "missing_caches"}
     unknown = set(data) - allowed
     if unknown:
         raise GridSpecError(f"{source}: unknown key(s) {sorted(unknown)}; known: {sorted(allowed)}")
@@ -156,7 +166,10 @@ def parse_grid(data: dict[str, Any], out: str | Path | None = None, source: str 
         if bad:
             raise GridSpecError(f"{source}: subgrids{bad} are not mappings")
         subgrids = tuple(_subgrid(e, defaults, f"{source} subgrids[{i}]") for i, e in enumerate(entries))
-    return GridSpec(out=Path(out), subgrids=subgrids, source=source)
+    missing = data.get("missing_caches", "refuse")
+    if missing not in MISSING_CACHES:
+        raise GridSpecError(f"{source}: missing_caches must be one of {list(MISSING_CACHES)}, got {missing!r}")
+    return GridSpec(out=Path(out), subgrids=subgrids, source=source, missing_caches=missing)
 
 
 def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
@@ -184,7 +197,8 @@ def run_key(config: TrainConfig, cache_identity: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _cache_paths(entries: tuple[str, ...], where: str) -> list[str]:
+def _cache_paths(entries: tuple[str, ...], missing: list[str]) -> list[str]:
+    """The cache paths of a `caches:` list; entries that name nothing are appended to `missing`."""
     from pipeline.cache.reader import is_url
 
     paths: list[str] = []
@@ -194,12 +208,28 @@ def _cache_paths(entries: tuple[str, ...], where: str) -> list[str]:
         elif glob.has_magic(entry):
             found = sorted(glob.glob(entry))
             if not found:
-                raise GridSpecError(f"{where}: cache pattern {entry!r} matches nothing")
+                missing.append(f"cache pattern {entry!r} matches nothing")
         else:
-            if not Path(entry).exists():
-                raise GridSpecError(f"{where}: no cache at {entry}")
-            found = [entry]
+            found = [entry] if Path(entry).exists() else []
+            if not found:
+                missing.append(f"no cache at {entry}")
         paths += [p for p in found if p not in paths]
+    return paths
+
+
+def _existing_caches(spec: GridSpec) -> list[list[str]]:
+    """Each subgrid's cache paths. Every missing cache is named in one refusal, or, with
+    `missing_caches: skip`, in one warning, its runs left out."""
+    missing: list[str] = []
+    paths = [_cache_paths(sub.caches, missing) for sub in spec.subgrids]
+    missing = list(dict.fromkeys(missing))  # subgrids often share a cache list
+    if missing:
+        names = "\n  ".join(missing)
+        if spec.missing_caches == "refuse":
+            raise GridSpecError(f"{spec.source}: {len(missing)} missing cache(s) "
+                                f"(build them first, or set `missing_caches: skip` to run the rest):\n  {names}")
+        warnings.warn(f"{spec.source}: skipping the runs of {len(missing)} missing cache(s) "
+                      f"(missing_caches: skip):\n  {names}", MissingCacheWarning, stacklevel=2)
     return paths
 
 
@@ -254,6 +284,7 @@ def expand(spec: GridSpec, derive: bool = True) -> list[RunSpec]:
     readers: dict[str, CacheReader] = {}
     runs: dict[str, RunSpec] = {}
     wanted: dict[str, tuple[str, ...]] = {}  # run key -> keys of the one-layer runs it could be derived from
+    cache_paths = _existing_caches(spec)
     for i, sub in enumerate(spec.subgrids):
         where = spec.source if len(spec.subgrids) == 1 else f"{spec.source} subgrids[{i}]"
         unknown = [f for f in sub.fusions if f not in FUSION_SPECS]
@@ -265,7 +296,7 @@ def expand(spec: GridSpec, derive: bool = True) -> list[RunSpec]:
                 TrainConfig(seed=int(seed), **train).check()
             except NserError as exc:
                 raise GridSpecError(f"{where}: {exc}") from exc
-        for path in _cache_paths(sub.caches, where):
+        for path in cache_paths[i]:
             if path not in readers:
                 try:
                     readers[path] = CacheReader(path)

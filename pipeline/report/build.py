@@ -55,9 +55,14 @@ def build_report(source: str | Path, out_dir: str | Path | None = None, paper_ta
           f"{counts.get('pending', 0)} pending). Conditions with results: {', '.join(wheres) or 'none'}.", "",
           "Scores are in %, mean ± std over every (run, fold) score of a cell (seeds x folds; for one run, "
           "its cross-validation folds).", "", _validation_line(df), ""]
-    for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("snr", _snr),
-                          ("confusion", _confusions), ("wer_vs_f1", _wer_vs_f1)):
+    from pipeline.report.sources import sources_section, text_section  # imports this module
+
+    for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("sources", sources_section),
+                          ("text", text_section), ("snr", _snr), ("confusion", _confusions),
+                          ("wer_vs_f1", _wer_vs_f1)):
         text, why = section(df, base, out, rep)
+        if not text:  # a section these runs have nothing for (e.g. text runs), left out without a line
+            continue
         md += text
         if why:
             rep.skipped[name] = why
