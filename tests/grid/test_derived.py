@@ -126,8 +126,10 @@ def test_grid_trains_only_the_single_runs_and_derives_best_and_last(tmp_path, ca
 
 
 def test_derived_run_of_failed_sources_fails_with_their_reason(tmp_path, tmp_path_factory):
-    two_folds = make_cache(tmp_path_factory.mktemp("two") / "two.zarr", n_folds=2)  # training needs 3 folds
-    s = parse_grid({"out": str(tmp_path / "out"), "caches": [str(two_folds)], "train": TINY,
+    # training under next-fold needs 3 folds
+    two_folds = make_cache(tmp_path_factory.mktemp("two") / "two.zarr", n_folds=2)
+    s = parse_grid({"out": str(tmp_path / "out"), "caches": [str(two_folds)],
+                    "train": {**TINY, "validation": "next-fold"},
                     "subgrids": [{"fusions": ["single"], "layers": ["each:enc:all"]},
                                  {"fusions": ["last"], "layers": ["enc:all"]}]})
     runs = expand(s)

@@ -46,22 +46,26 @@ def test_speaker_carve_trains_on_both_other_folds(cache, tmp_path):
         # 4 training speakers (2 folds), 1/(3-1) of them carved: 2 speakers, 8 utterances
         assert (fold["n_train"], fold["n_val"]) == (8, 8) and 1 <= fold["best_epoch"] <= 3
     default = train_on_cache(cache, tmp_path / "default", cfg(), progress=False)
-    assert default["validation"] == "next-fold"
-    assert {(f["n_train"], f["n_val"]) for f in default["folds"].values()} == {(8, 8)}
+    assert default["validation"] == "speaker-carve"  # the default is the paper's reading
+    before = train_on_cache(cache, tmp_path / "before", cfg(validation="next-fold"), progress=False)
+    assert before["validation"] == "next-fold"
+    assert {(f["n_train"], f["n_val"]) for f in before["folds"].values()} == {(8, 8)}
 
 
 def test_run_dirs_from_before_the_setting_resume(cache, tmp_path):
     """A run dir whose config.json has no validation (written before it existed) and that holds
-    checkpoints is the same run as the default, and another run than any other protocol."""
+    checkpoints is the same run as next-fold (the default then), and another run than any other
+    protocol, today's default included."""
     out = tmp_path / "run"
-    train_on_cache(cache, out, cfg(), progress=False)
+    train_on_cache(cache, out, cfg(validation="next-fold"), progress=False)
     info = json.loads((out / "config.json").read_text())
     del info["config"]["validation"], info["validation"]
     (out / "checkpoints").mkdir()
     (out / "config.json").write_text(json.dumps(info))
-    with pytest.raises(NserError, match="holds checkpoints of a run with other settings"):
-        train_on_cache(cache, out, cfg(validation="speaker-carve"), progress=False)
-    again = train_on_cache(cache, out, cfg(), progress=False)
+    for other in ("speaker-carve", "paper"):
+        with pytest.raises(NserError, match="holds checkpoints of a run with other settings"):
+            train_on_cache(cache, out, cfg(validation=other), progress=False)
+    again = train_on_cache(cache, out, cfg(validation="next-fold"), progress=False)
     assert np.isfinite(again["uar"]) and again["validation"] == "next-fold"
 
 
@@ -73,8 +77,8 @@ def test_grid_specs_set_the_protocol_and_key_it(cache, tmp_path):
                 "train": {"epochs": 1, **train}}
         return expand(parse_grid(spec))
 
-    (default,), (carve,) = runs({}), runs({"validation": "speaker-carve"})
-    assert (default.config.validation, carve.config.validation) == ("next-fold", "speaker-carve")
-    assert default.key != carve.key and runs({"validation": "next-fold"})[0].key == default.key
+    (default,), (carve,), (before,) = runs({}), runs({"validation": "speaker-carve"}), runs({"validation": "next-fold"})
+    assert (default.config.validation, carve.config.validation) == ("paper", "speaker-carve")
+    assert len({default.key, carve.key, before.key}) == 3
     with pytest.raises(NserError, match="validation must be one of"):
         runs({"validation": "sessions"})
