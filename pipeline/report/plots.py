@@ -64,21 +64,29 @@ def snr_plot(table: dict[str, dict[float, Cell]], title: str, path: Path) -> Pat
     return path
 
 
-def confusion_plot(matrix: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
-    """Row-normalized confusion matrix (% of each true class), counts in brackets (paper Fig. 5)."""
-    totals = matrix.sum(axis=1, keepdims=True)
-    share = np.divide(100 * matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+def _confusion_cells(ax, matrix: np.ndarray, classes: list[str], counts: bool, class_rows: bool = True):
+    """One row-normalized confusion matrix on `ax` (% of each true class; `counts`: the counts in
+    brackets); returns the image for a colour bar."""
     k = len(classes)
-    fig = Figure(figsize=(1.1 * k + 2.2, 1.0 * k + 1.6), layout="constrained")
-    ax = fig.subplots()
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(100 * matrix, totals, out=np.zeros_like(matrix, dtype=float), where=totals > 0)
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{share[i, j]:.0f}%\n({int(matrix[i, j])})", ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 60 else "black")
+            text = f"{share[i, j]:.0f}%\n({int(matrix[i, j])})" if counts else f"{share[i, j]:.0f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if share[i, j] > 60 else "black")
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
-    ax.set_yticks(range(k), classes)
+    ax.set_yticks(range(k), classes if class_rows else [])
     ax.set_xlabel("predicted")
+    return im
+
+
+def confusion_plot(matrix: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    """Row-normalized confusion matrix (% of each true class), counts in brackets (paper Fig. 5)."""
+    k = len(classes)
+    fig = Figure(figsize=(1.1 * k + 2.2, 1.0 * k + 1.6), layout="constrained")
+    ax = fig.subplots()
+    im = _confusion_cells(ax, matrix, classes, counts=True)
     ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, label="% of true class")
     ax.set_title(title, fontsize=9)
@@ -107,17 +115,8 @@ def confusion_panel(panels: list[tuple[str, np.ndarray]], classes: list[str], ti
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     im = None
     for ax, (label, matrix) in zip(axes, panels):
-        totals = matrix.sum(axis=1, keepdims=True)
-        share = np.divide(100 * matrix, totals, out=np.zeros_like(matrix, dtype=float), where=totals > 0)
-        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                        color="white" if share[i, j] > 60 else "black")
-        ax.set_xticks(range(k), classes, rotation=45, ha="right")
-        ax.set_yticks(range(k), classes if ax is axes[0] else [])
+        im = _confusion_cells(ax, matrix, classes, counts=False, class_rows=ax is axes[0])
         ax.set_title(label, fontsize=9)
-        ax.set_xlabel("predicted")
     axes[0].set_ylabel("true")
     fig.colorbar(im, ax=list(axes), label="% of true class", shrink=0.8)
     fig.suptitle(title, fontsize=10)
