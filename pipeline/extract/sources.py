@@ -2,8 +2,9 @@
 
 A `--model` value names its source by prefix: `mel`, `opensmile:<set>`, `hf-encoder:<id or dir>`, or
 `<name>:<argument>` for any registered name; everything else (a Hugging Face id, a local dir,
-`bundled:*`) is Whisper. (Text caches are made from a Whisper cache's texts by
-pipeline/extract/text_run.py, not through this registry: their input is text, not audio.)
+`bundled:*`) is Whisper. Text caches are made from a Whisper cache's texts by
+pipeline/extract/text_run.py, not through this registry (their input is text, not audio): a
+`text:` value is refused here rather than taken for a Whisper model id.
 
 Adding a source is one registration (as pipeline/extract/hf_encoder_source.py does):
 
@@ -75,6 +76,7 @@ class SourceEntry:
 
 SOURCES: dict[str, SourceEntry] = {}
 DEFAULT_SOURCE = "whisper"  # any --model value without a registered `<name>` or `<name>:` prefix
+TEXT_PREFIX = "text:"  # pipeline/extract/text_run.py's sources, reached through --text-from
 
 
 def register_source(name: str, help: str):
@@ -87,6 +89,9 @@ def register_source(name: str, help: str):
 def source_of(spec: str) -> tuple[str, str | None]:
     """(source name, argument) of a --model value: `opensmile:IS09_emotion` -> (opensmile, IS09_emotion)."""
     _load_builtin()
+    if spec.startswith(TEXT_PREFIX):
+        raise SourceError(f"--model {spec}: a text encoder reads a cache's texts, not audio: make its cache with "
+                          f"nser-extract --text-from CACHE --text transcript|hypothesis --model {spec}")
     name, sep, argument = spec.partition(":")
     if name in SOURCES and name != DEFAULT_SOURCE:
         return name, (argument if sep else None)

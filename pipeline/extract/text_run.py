@@ -23,12 +23,12 @@ from pipeline.cache.records import FAILED, CacheAttrs, ErrorRecord, ExtractionRe
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import NserError
 from pipeline.extract.run import ExtractionReport, _nonfinite, resolve_device
+from pipeline.extract.sources import TEXT_PREFIX as PREFIX
 from pipeline.extract.text_layers import TextUtterance, empty_text_reason, text_utterances
 from pipeline.extract.whisper_layers import TranscriptTooLong
 from pipeline.failpoints import failpoint
 from pipeline.version import code_version
 
-PREFIX = "text:"
 # Rows are tokens, not time frames; any positive value keeps readers and heads treating them as a
 # sequence (0 would mean one vector per utterance). 1: no duration is derived from it.
 TEXT_FRAME_RATE = 1.0

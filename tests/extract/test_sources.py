@@ -15,8 +15,10 @@ from click.testing import CliRunner
 from pipeline.cache.reader import CacheReader
 from pipeline.cli.cache import cache_group
 from pipeline.cli.extract import extract_command
+from pipeline.corpora.manifest import read_corpus
 from pipeline.errors import LayerSelectionError
 from pipeline.extract import sources
+from pipeline.extract.run import ExtractionOptions, run_extraction
 from pipeline.extract.opensmile_source import SETS
 
 def info(cache: Path) -> dict:
@@ -75,3 +77,15 @@ def test_unknown_sources_are_refused_with_the_choices(source_corpus, tmp_path):
     assert sources.source_of("opensmile:IS09_emotion") == ("opensmile", "IS09_emotion")
     help_text = CliRunner().invoke(extract_command, ["--help"]).output
     assert "mel" in help_text and "opensmile:<set>" in help_text
+
+
+def test_a_text_model_outside_the_cli_is_refused_not_taken_for_a_whisper_id(source_corpus, tmp_path):
+    """Only `nser-extract --text-from` makes text caches: through the API a `text:` value names no audio
+    source, and loading it as a Whisper model id would fail with a misleading message (or worse)."""
+    with pytest.raises(sources.SourceError, match="--text-from"):
+        sources.source_of("text:google-bert/bert-base-uncased")
+    out = tmp_path / "c.zarr"
+    with pytest.raises(sources.SourceError, match=r"nser-extract --text-from CACHE --text transcript\|hypothesis "
+                                                  r"--model text:x"):
+        run_extraction(read_corpus("csv", source_corpus), out, ExtractionOptions(model="text:x"), progress=False)
+    assert not out.exists()
