@@ -83,7 +83,7 @@ def main() -> None:
         (E, "extract", "extractor glue (tokens, slicing)"),
         (E, "extract_fast", "extractor glue (tokens, slicing)"),
         (E, "extract_reference", "extractor glue (tokens, slicing)"),
-        (run_mod, "_nonfinite", "finite check"),
+        (run_mod, "nonfinite_reason", "finite check"),
         (CacheWriter, "add", "cache add (buffer)"),
         (CacheWriter, "commit", "cache commit (write)"),
         (CacheWriter, "close", "cache close"),

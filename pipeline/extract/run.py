@@ -173,7 +173,7 @@ def run_extraction(corpus: Corpus, out: str | Path, opts: ExtractionOptions, pro
             if ready:
                 results = source.extract([r[1] for r in ready], [r[0].transcript for r in ready])
                 for (u, samples, meta), res in zip(ready, results):
-                    bad = _nonfinite(res, extraction)
+                    bad = nonfinite_reason(res, extraction)
                     if bad:
                         errors.append(_error(u, bad))
                         continue
@@ -212,8 +212,9 @@ def _rejected(r: Rejection) -> ErrorRecord:
     return ErrorRecord(r.utt_id, str(r.path), r.fold, r.label, r.reason, REJECTED)
 
 
-def _nonfinite(res, extraction: ExtractionRecord) -> str | None:
-    """Why an utterance's states cannot be cached (NaN/Inf as stored in the storage dtype), or None.
+def nonfinite_reason(res, extraction: ExtractionRecord) -> str | None:
+    """Why an utterance's states cannot be cached (NaN/Inf as stored in the storage dtype), or None;
+    every source's run (audio here, text in pipeline/extract/text_run.py) checks its results with it.
 
     An fp16 overflow or a bad input gives NaN/Inf for that utterance only: it becomes a per-file
     error and the run goes on, instead of training later on NaN or the writer refusing the run."""

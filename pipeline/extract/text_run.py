@@ -22,7 +22,7 @@ from pipeline.cache.reader import CacheReader
 from pipeline.cache.records import FAILED, CacheAttrs, ErrorRecord, ExtractionRecord, ModelRecord
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import NserError
-from pipeline.extract.run import ExtractionReport, _nonfinite, resolve_device
+from pipeline.extract.run import ExtractionReport, nonfinite_reason, resolve_device
 from pipeline.extract.sources import TEXT_PREFIX as PREFIX
 from pipeline.extract.text_layers import TextUtterance, empty_text_reason, text_utterances
 from pipeline.extract.whisper_layers import TranscriptTooLong
@@ -103,7 +103,7 @@ def run_text_extraction(out: str | Path, opts: TextOptions, progress: bool = Tru
                 except TranscriptTooLong as exc:
                     errors.append(_error(t, opts.text_from, str(exc)))
                     continue
-                bad = _nonfinite(res, extraction)
+                bad = nonfinite_reason(res, extraction)
                 if bad:
                     errors.append(_error(t, opts.text_from, bad))
                     continue

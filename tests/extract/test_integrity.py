@@ -19,7 +19,7 @@ from pipeline.cli.extract import extract_command
 from pipeline.corpora.manifest import read_corpus
 from pipeline.errors import CacheError, NserError
 from pipeline.extract import whisper_layers
-from pipeline.extract.run import ExtractionOptions, run_extraction
+from pipeline.extract.run import ExtractionOptions, nonfinite_reason, run_extraction
 
 MODEL = "bundled:tiny.en"
 FAST = dict(context="trimmed", token_source="transcript")  # what is tested does not need Whisper's 30 s context
@@ -111,6 +111,24 @@ def test_cli_refuses_duplicate_ids(tmp_path, emodb_root):
 
 
 # --- 2. non-finite states -> per-file error ------------------------------------------------------
+
+def test_nonfinite_reason_judges_states_as_stored():
+    """The one check every run (audio and text) applies: an fp16 overflow is caught in the storage
+    dtype, and the same values stored as float32 pass."""
+    from pipeline.cache.records import ExtractionRecord
+    from pipeline.extract.sources import encoder_only
+
+    fp16 = ExtractionRecord(context="trimmed", token_source="none", dtype="float16", compute_dtype="float16",
+                            device="cpu", max_seconds=30.0)
+    big = encoder_only([np.ones((3, 4), np.float32), np.full((3, 4), 7e4, np.float32)])
+    assert nonfinite_reason(encoder_only([np.ones((3, 4), np.float32)]), fp16) is None
+    assert nonfinite_reason(big, fp16) == ("non-finite hidden states: 12 NaN/Inf value(s) in encoder state 1 "
+                                           "(computed in float16, stored as float16); --dtype float32 may avoid "
+                                           "an overflow")
+    fp32 = ExtractionRecord(context="trimmed", token_source="none", dtype="float32", compute_dtype="float32",
+                            device="cpu", max_seconds=30.0)
+    assert nonfinite_reason(big, fp32) is None
+
 
 def test_nonfinite_states_are_per_file_errors(corpus_root, tmp_path, monkeypatch, cache_dir):
     """NaN in one utterance's encoder state and Inf in another's decoder state (as an fp16 overflow

@@ -106,6 +106,29 @@ def test_an_empty_hypothesis_is_that_utterances_error_not_the_caches(tmp_path, m
     assert res.exit_code != 0 and "1 file(s) failed" in res.output
 
 
+def test_nonfinite_text_states_are_that_utterances_error(tmp_path, minilm_dir, monkeypatch):
+    """The text run applies the audio run's non-finite check: NaN in one text's states (injected)
+    is that utterance's error, with the same message, and the others are cached."""
+    real = TextLayerExtractor.extract
+
+    def faulty(self, audios, texts):
+        out = real(self, audios, texts)
+        if texts == ["a transcript 1"]:
+            out[0].encoder[3][0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(TextLayerExtractor, "extract", faulty)
+    source = tmp_path / "w.zarr"
+    write_cache(source, 3, rows=lambda k: row(k, transcript=f"a transcript {k}"))
+    res = extract_text(source, "transcript", minilm_dir, tmp_path / "t.zarr")
+    assert res.exit_code == 0, res.output
+    with CacheReader(tmp_path / "t.zarr") as t:
+        assert list(t.table["utt_id"]) == ["u0", "u2"]
+        (err,) = t.errors
+        assert err.utt_id == "u1" and err.error == ("non-finite hidden states: 1 NaN/Inf value(s) in encoder state 3 "
+                                                    "(computed in float32, stored as float16)")
+
+
 @pytest.mark.parametrize("args,message", [
     (["--corpus", "emodb"], "leave out --corpus"),
     (["--snr", "0"], "leave out --snr"),
