@@ -144,8 +144,11 @@ PAPER_BASELINES ?= mel $(addprefix opensmile:,$(HSF_SETS)) $(addprefix hf-encode
 # a --model value's cache name, as MODEL_TAG: opensmile:IS09_emotion -> opensmile_IS09_emotion
 tag = $(subst /,_,$(subst :,_,$(1)))
 TEXT_TAG = $(call tag,$(TEXT_MODEL))
-# models fetched from the hub may be out of reach (offline): their caches are skipped, not a failed make
-SKIP_UNREACHABLE = || echo "skipped $(1) on $(2): it could not be extracted (error above); its grid runs are left out"
+# models fetched from the hub may be out of reach (offline): their caches are skipped, not a failed make;
+# nser-extract exits with MODEL_UNAVAILABLE only for a model it cannot fetch or find (docs/extraction.md),
+# and any other failure of these steps still fails make
+MODEL_UNAVAILABLE = 3
+SKIP_UNREACHABLE = || { rc=$$?; [ $$rc -eq $(MODEL_UNAVAILABLE) ] || exit $$rc; echo "skipped $(1) on $(2): the model could not be fetched (error above); its grid runs are left out"; }
 define newline
 
 

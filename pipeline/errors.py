@@ -5,6 +5,14 @@ class NserError(Exception):
     """Base class for errors caused by input, configuration or cache state."""
 
 
+class ModelUnavailableError(NserError):
+    """A model that cannot be had: a hub id out of reach (offline and not cached, no such repository)
+    or a local model path that does not exist. The CLI exits with `exit_code` for it (docs/extraction.md),
+    so a script can skip an optional model and still fail on every other error."""
+
+    exit_code = 3
+
+
 class AudioError(NserError):
     """An audio file cannot be used (missing, corrupt, empty, silent, non-finite)."""
 

@@ -1,7 +1,9 @@
 """The Makefile front door as a user types it (`make -n` shows the commands without running them)."""
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,9 +133,12 @@ def test_paper_builds_the_baseline_and_text_caches_at_clean_and_0db(tmp_path):
         assert f"caches/iemocap/{c}/text-hypothesis-openai_whisper-small_google-bert_bert-base-uncased.zarr" in outs
     assert outs.count("caches/iemocap/clean/text-transcript_google-bert_bert-base-uncased.zarr") == 1
     assert len(lines) == 4 * len(tags) + 4 + 1 + 4  # + the 4 Whisper caches the text caches read
-    # a hub model out of reach is skipped with a message; mel and openSMILE failures stay failures
+    # a hub model out of reach (nser-extract's exit 3) is skipped with a message, and only that: any other
+    # status of the step fails make; mel and openSMILE failures stay failures
+    skip = "|| { rc=$?; [ $rc -eq 3 ] || exit $rc; echo \"skipped"
     for ln in lines:
-        assert ("|| echo \"skipped" in ln) == ("hf-encoder:" in ln or "--text-from" in ln)
+        assert (skip in ln) == ("hf-encoder:" in ln or "--text-from" in ln)
+        assert "|| echo" not in ln
     assert "--noise-preset traffic --snr 0 --out caches/iemocap/traffic_0dB/mel.zarr" in res.stdout
     # the text caches need the Whisper caches they read: paper-text depends on their extraction
     assert res.stdout.index("--model openai/whisper-small") < res.stdout.index("--text-from")
@@ -144,8 +149,19 @@ def test_paper_builds_the_baseline_and_text_caches_at_clean_and_0db(tmp_path):
     assert len(extracts) == 4 and all("--model openai/whisper-small" in ln for ln in extracts)
 
 
-def test_unreachable_ssl_model_is_skipped_not_a_failed_make(tmp_path):
-    res = make("paper-baselines-clean", "DATASET=csv", f"DATA_ROOT={tmp_path}", "PAPER_BASELINES=hf-encoder:/nowhere",
-               f"CACHE_ROOT={tmp_path / 'c'}")
+def test_unreachable_ssl_model_is_skipped_not_a_failed_make(tmp_path, source_corpus, monkeypatch):
+    """An SSL model that cannot be had is skipped; the same step failing for another reason (here a data
+    root without a manifest) fails make."""
+    bin_dir = Path(sys.executable).parent
+    if shutil.which("nser-extract", path=str(bin_dir)) is None:
+        pytest.skip(f"nser-extract is not installed beside {sys.executable}")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    res = make("paper-baselines-clean", "DATASET=csv", f"DATA_ROOT={source_corpus}", "EXTRACT_ARGS=--limit 1",
+               "PAPER_BASELINES=hf-encoder:/nowhere", f"CACHE_ROOT={tmp_path / 'c'}")
     assert res.returncode == 0, res.stderr
     assert "skipped hf-encoder:/nowhere on clean" in res.stdout
+    res = make("paper-baselines-clean", "DATASET=csv", f"DATA_ROOT={tmp_path}", "EXTRACT_ARGS=--limit 1",
+               "PAPER_BASELINES=hf-encoder:/nowhere", f"CACHE_ROOT={tmp_path / 'c'}")
+    assert res.returncode != 0 and "skipped" not in res.stdout

@@ -17,13 +17,16 @@ from pipeline.errors import NserError
 
 class NserCommand(click.Command):
     """Every command's class: an NserError (input, configuration or cache state) ends the command
-    with its message and exit status 1, without a traceback."""
+    with its message and exit status 1 (or the error class's own `exit_code`, e.g. 3 for a model
+    that cannot be had), without a traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except NserError as exc:
-            raise click.ClickException(str(exc)) from exc
+            err = click.ClickException(str(exc))
+            err.exit_code = getattr(exc, "exit_code", 1)
+            raise err from exc
 
 
 class NserGroup(click.Group):

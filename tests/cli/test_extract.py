@@ -1,9 +1,20 @@
-"""nser-extract's choices come from the registries, and refuse other values before any work."""
+"""nser-extract's choices come from the registries, and refuse other values before any work; a model
+that cannot be had has its own exit status."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from pipeline.cli.extract import extract_command
 from pipeline.corpora.manifest import CORPORA, Corpus, register_corpus
+from pipeline.errors import ModelUnavailableError
+from tests.helpers import write_cache
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def choices(name: str) -> tuple[str, ...]:
@@ -40,3 +51,42 @@ def test_dtype_choices_are_the_extractors():
     from pipeline.extract.run import DTYPES
 
     assert choices("dtype") == ("auto", *DTYPES)
+
+
+def test_a_model_that_cannot_be_had_exits_with_its_own_status(source_corpus, tmp_path):
+    """Exit 3 (docs/extraction.md) for a model path that does not exist and a hub id out of reach,
+    for every loader (SSL encoder, text encoder, Whisper); every other failure is exit 1."""
+    assert ModelUnavailableError.exit_code == 3
+    base = ["--corpus", "csv", "--data-root", str(source_corpus), "--limit", "1", "--quiet"]
+    res = CliRunner().invoke(extract_command, [*base, "--model", f"hf-encoder:{tmp_path / 'absent'}",
+                                               "--out", str(tmp_path / "ssl.zarr")])
+    assert res.exit_code == 3 and "cannot load speech encoder" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "ssl.zarr").exists()
+    source = tmp_path / "w.zarr"
+    write_cache(source, 2)
+    res = CliRunner().invoke(extract_command, ["--text-from", str(source), "--text", "transcript", "--model",
+                                               f"text:{tmp_path / 'absent'}", "--out", str(tmp_path / "t.zarr")])
+    assert res.exit_code == 3 and "cannot load text encoder" in res.output
+    # A hub id that is not cached, offline (HF_HUB_OFFLINE is read at import: a fresh process).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "extract", *base, "--model",
+                           "nser-tests/no-such-whisper", "--out", str(tmp_path / "w2.zarr")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot load Whisper model 'nser-tests/no-such-whisper'" in proc.stderr
+
+
+def test_other_failures_are_not_the_unavailable_model_status(source_corpus, tmp_path):
+    """A bad data root, and a model dir that exists but holds no weights, fail with exit 1: a script
+    that skips exit 3 must not skip these."""
+    res = CliRunner().invoke(extract_command, ["--corpus", "csv", "--data-root", str(tmp_path / "nowhere"),
+                                               "--model", "hf-encoder:facebook/wav2vec2-base",
+                                               "--out", str(tmp_path / "c.zarr"), "--quiet"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "wav2vec2"}))
+    res = CliRunner().invoke(extract_command, ["--corpus", "csv", "--data-root", str(source_corpus), "--limit", "1",
+                                               "--model", f"hf-encoder:{broken}", "--out", str(tmp_path / "c.zarr"),
+                                               "--quiet"])
+    assert res.exit_code == 1 and "has config.json but no weights" in res.output

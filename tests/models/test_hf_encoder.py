@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from pipeline.errors import NserError
+from pipeline.errors import ModelUnavailableError, NserError
 from pipeline.models.hf_encoder import load_speech_encoder, load_text_encoder
 from pipeline.models.loader import weights_hash
 from tests.ssl_models import save_tiny_encoder
@@ -75,13 +75,15 @@ def test_missing_and_misshapen_tensors_refused(tiny_ssl_dirs, tmp_path):
 def test_missing_feature_extractor_refused(tiny_ssl_dirs, tmp_path):
     model = copy(tiny_ssl_dirs["wav2vec2"], tmp_path / "m")
     (model / "preprocessor_config.json").unlink()
-    with pytest.raises(NserError, match="cannot load speech encoder"):
+    with pytest.raises(NserError, match="cannot load speech encoder") as err:
         load_speech_encoder(str(model))
+    assert not isinstance(err.value, ModelUnavailableError)  # a broken local dir, not a model out of reach
 
 
 def test_unreachable_hub_says_so(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine offline
-    with pytest.raises(NserError, match=r"(?s)cannot load speech encoder 'facebook/wav2vec2-base'.*couldn't connect.*needs internet once"):
+    with pytest.raises(ModelUnavailableError,
+                       match=r"(?s)cannot load speech encoder 'facebook/wav2vec2-base'.*couldn't connect.*needs internet once"):
         load_speech_encoder("facebook/wav2vec2-base")
 
 
