@@ -4,6 +4,7 @@ results table."""
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -39,7 +40,7 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
     resumes an interrupted grid and retries failed runs. Exits with status 1 if any run failed."""
     from pipeline.grid.packing import describe_packs, plan_packs
     from pipeline.grid.runner import default_workers, is_done, run_grid, scheduler_security, scheduler_warning
-    from pipeline.grid.spec import expand, load_grid
+    from pipeline.grid.spec import load_grid
 
     tls = (tls_ca_file, tls_cert, tls_key)
     if scheduler and workers:
@@ -49,7 +50,7 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
                                "cluster listens on 127.0.0.1 only")
     security = scheduler_security(scheduler, *tls) if scheduler else None  # settings checked before the spec
     spec = load_grid(grid_file, out=out)
-    runs = expand(spec, derive=not no_derive)
+    runs = _expand(spec, derive=not no_derive)
     n_done = sum(is_done(r) for r in runs)
     n_derived = sum(r.derived for r in runs)
     click.echo(f"{grid_file}: {len(runs)} runs ({len(runs) - n_derived} trained, {n_derived} derived from them), "
@@ -74,3 +75,19 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
                    f"{row['error']}; see {row['run_dir']}/error.txt", err=True)
     if len(failed):
         sys.exit(1)
+
+
+def _expand(spec, derive: bool) -> list:
+    """The spec's runs; its missing-cache warning is echoed like the command's other notices, as
+    `warning: ...` without Python's file:line header and source line."""
+    from pipeline.grid.spec import MissingCacheWarning, expand
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MissingCacheWarning)
+        runs = expand(spec, derive=derive)
+    for w in caught:
+        if issubclass(w.category, MissingCacheWarning):
+            click.echo(f"warning: {w.message}", err=True)
+        else:  # any other warning as Python would have shown it
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return runs

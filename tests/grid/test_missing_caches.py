@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 
 from pipeline.grid.spec import GridSpecError, MissingCacheWarning, expand, parse_grid
 from tests.helpers import make_cache
@@ -52,3 +58,20 @@ def test_the_paper_specs_parse_and_skip_what_is_not_built(tmp_path, monkeypatch)
         assert spec.missing_caches == "skip" and len(spec.subgrids) == n_sub
         with pytest.warns(MissingCacheWarning):  # no caches here: every run left out, none refused
             assert expand(spec) == []
+
+
+def test_the_cli_reports_skipped_caches_as_one_clean_notice(tmp_path, cache):
+    """Through the real nser-grid (a fresh process: pytest would catch the warning before it printed):
+    the message, without Python's `file:line: MissingCacheWarning` header and source line."""
+    repo = Path(__file__).resolve().parents[2]
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "fusions": ["mean"], "layers": ["enc:all"],
+                                    "missing_caches": "skip",
+                                    "subgrids": [{"caches": [str(cache), str(tmp_path / "ssl.zarr")]}]}))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "grid", str(grid), "--dry-run"], cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"warning: {grid}: skipping the runs of 1 missing cache(s) (missing_caches: skip):\n"
+            f"  no cache at {tmp_path / 'ssl.zarr'}\n") in proc.stderr
+    assert "MissingCacheWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+    assert "spec.py" not in proc.stderr
