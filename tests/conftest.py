@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -79,6 +78,8 @@ SPEAKERS, LETTERS = ("03", "08", "09"), {"N": "neutral", "F": "happy", "T": "sad
 
 
 def make_source_corpus(root: Path, emodb_root: Path) -> Path:
+    from tests.helpers import write_manifest  # zarr and the cache writer: only for tests that build a corpus
+
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     for spk in SPEAKERS:
@@ -86,10 +87,7 @@ def make_source_corpus(root: Path, emodb_root: Path) -> Path:
             src = sorted(emodb_root.glob(f"{spk}*{letter}?.flac"))[0]
             shutil.copy(src, root / src.name)
             rows.append({"path": src.name, "label": label, "speaker": spk})
-    with (root / "manifest.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "label", "speaker"])
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(root, rows)
     return root
 
 

@@ -3,11 +3,12 @@
 `write_cache` is the one builder; `make_cache` (speaker folds, for grid/train/report tests) and
 `probe_cache` (three classes, for the probe and the notebooks) are argument sets of it that several
 modules share. `attrs`, `row` and `fake_states` are its parts, for tests that drive CacheWriter
-themselves (crashes, races, refusals).
+themselves (crashes, races, refusals). `write_manifest` writes the manifest of a csv test corpus.
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -157,3 +158,14 @@ def poison(path: Path, utt_id: str, stack: str = "encoder", layer: int = 1, valu
     lo, hi = reader.utterance_rows(stack, k)
     arr = zarr.open_group(str(path), mode="r+")[layer_array_name(stack, layer)]
     arr[lo:hi] = np.full((hi - lo, arr.shape[1]), value, dtype=arr.dtype)
+
+
+def write_manifest(root: Path, rows: Sequence[dict[str, str]]) -> Path:
+    """`root`/manifest.csv of a `csv` corpus (docs/corpora.md): one line per row, the columns in the
+    first row's key order."""
+    path = root / "manifest.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path

@@ -4,7 +4,6 @@ real Zarr stores; faults are injected into options, model outputs, transcripts a
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from pipeline.corpora.manifest import read_corpus
 from pipeline.errors import CacheError, NserError
 from pipeline.extract import whisper_layers
 from pipeline.extract.run import ExtractionOptions, nonfinite_reason, run_extraction
+from tests.helpers import write_manifest
 
 MODEL = "bundled:tiny.en"
 FAST = dict(context="trimmed", token_source="transcript")  # what is tested does not need Whisper's 30 s context
@@ -33,10 +33,7 @@ def make_corpus(root: Path, emodb_root: Path, transcripts: dict[str, str] | None
         shutil.copy(emodb_root / f"{stem}.flac", root / f"{stem}.flac")
         rows.append({"path": f"{stem}.flac", "label": stem[5], "speaker": spk,
                      "transcript": (transcripts or {}).get(stem, "Der Lappen liegt auf dem Eisschrank.")})
-    with (root / "manifest.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "label", "speaker", "transcript"])
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(root, rows)
     return root
 
 

@@ -3,7 +3,6 @@ parts that do not make one whole. Real EmoDB audio, real tiny.en forwards, a rea
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pipeline.corpora.manifest import read_corpus
 from pipeline.errors import CacheError, NserError
 from pipeline.extract.parts import extract_with_workers, local_device, part_range
 from pipeline.extract.run import ExtractionOptions, run_extraction
+from tests.helpers import write_manifest
 
 OPTS = dict(model="bundled:tiny.en", context="trimmed", token_source="transcript", batch_size=2)
 TEXT = "Der Lappen liegt auf dem Eisschrank."
@@ -45,10 +45,7 @@ def corpus_root(tmp_path_factory, emodb_root) -> Path:
                  "transcript": TEXT})
     classes = sorted({r["label"] for r in rows} - {"X"})
     (root / "classes.yaml").write_text(f"classes: [{', '.join(classes)}]\n")
-    with (root / "manifest.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "label", "speaker", "transcript"])
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(root, rows)
     return root
 
 
