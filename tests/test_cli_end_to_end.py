@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cache.reader import CacheReader
+from tests.helpers import write_manifest
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -36,10 +37,7 @@ def test_extract_info_train(tmp_path, emodb_root, noise_root, cache_dir):
     for src, label in ((bored, "boredom"), (typo, "angyr")):
         shutil.copy(src, corpus / "wav" / src.name)
         rows.append({"path": f"wav/{src.name}", "label": label, "speaker": "09"})
-    with (corpus / "manifest.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "label", "speaker"])
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(corpus, rows)
     cache = tmp_path / "c.zarr"
     res = run("nser-extract", "--corpus", "csv", "--data-root", str(corpus), "--model", "bundled:tiny.en",
               "--noise", str(noise_root / "park"), "--snr", "5", "--out", str(cache), "--quiet")

@@ -1,6 +1,5 @@
 """SIGKILL nser-extract at several points; reruns resume and end with the same cache as one clean run."""
 
-import csv
 import os
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ import pytest
 
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.schema import table_columns
+from tests.helpers import write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,7 @@ def corpus(tmp_path_factory, emodb_root):
         for src in sorted(emodb_root.glob(f"{spk}a0*.flac"))[:4]:
             shutil.copy(src, root / src.name)
             rows.append({"path": src.name, "label": src.stem[5], "speaker": spk})
-    with (root / "manifest.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "label", "speaker"])
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(root, rows)
     return root
 
 
