@@ -23,7 +23,7 @@ VALUES = Path(__file__).resolve().parents[2] / "pipeline" / "report" / "paper_va
 
 def test_paper_values_follow_the_schema():
     tables = load_paper_values()
-    assert set(tables) == {"iv", "v"}
+    assert set(tables) == {"iii", "iv", "v", "vi"}
     iv, v = tables["iv"], tables["v"]
     assert [r.label for r in iv.rows[:6]] == ["Last", "Best", "Mean", "Attention", "Scalar Mixing", "Weighted Sum"]
     assert [c.condition for c in iv.datasets["iemocap"][0].columns] == ["clean", "human_0dB", "park_0dB", "traffic_0dB"]
