@@ -144,3 +144,46 @@ def test_ours_only_layout_and_refusals(grid_out, tmp_path):
         res = CliRunner().invoke(report_command, [str(grid_out), "--out", str(refused), *args])
         assert res.exit_code == 1 and why in res.output, res.output
     assert not refused.exists()
+
+
+# --- Tables III and VI: rows of other feature sources than Whisper -------------------------------
+
+def _table_line(table: str, label: str) -> list[float]:
+    """The numbers of the paper's row `label` (a tab-separated cell, perhaps bold) in TABLE `table`."""
+    lines = PAPER.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(f"TABLE {table}:"))
+    cells = next(c for c in (line.split("\t") for line in lines[i:]) if label in c or f"<b>{label}</b>" in c)
+    at = cells.index(label) if label in cells else cells.index(f"<b>{label}</b>")
+    return [float(x) for x in re.findall(r"\d+\.\d+", "\t".join(cells[at + 1:]))]
+
+
+def test_tables_iii_and_vi_follow_the_schema():
+    t = load_paper_values()
+    iii, vi = t["iii"], t["vi"]
+    assert [r.group for r in iii.rows].count("HSF") == 6 and len(iii.rows) == 17
+    assert {r.source for r in iii.rows if r.group == "SSL"} == {
+        "hf-encoder:facebook/wav2vec2-base", "hf-encoder:facebook/hubert-base-ls960", "hf-encoder:microsoft/wavlm-base"}
+    # the baselines this pipeline does not run: the paper's value alone
+    assert {r.id for r in iii.rows if r.stack is None} == {"conv-tasnet", "dccrn", "mldk", "mv-bissm", "conformer",
+                                                           "speechlm"}
+    assert "fine-tunes" in iii.note and "frozen" in iii.note
+    clean = iii.datasets["iemocap"][0].values["conv-tasnet"][0]  # printed "-": no value
+    assert all(v != v for v in clean)
+    rows = {r.id: r for r in vi.rows}
+    assert (rows["bert-whisper"].source, rows["bert-transcripts"].source) == ("text:hypothesis", "text:transcript")
+    assert rows["bert-transcripts"].condition == "clean" and rows["whisper-enc"].source == "whisper"
+    for table in (iii, vi):
+        assert [c.condition for c in table.datasets["iemocap"][0].columns] == ["clean", "human_0dB", "park_0dB",
+                                                                               "traffic_0dB"]
+        ids = {r.id for r in table.rows}
+        assert set(table.datasets["meld"][0].values) == set(table.datasets["iemocap"][0].values) == ids
+
+
+@pytest.mark.parametrize("tid", ["iii", "vi"])
+def test_tables_iii_and_vi_match_the_paper_text(tid):
+    if not PAPER.exists():
+        pytest.skip(f"{PAPER} is absent (the paper text lives beside the repo, not in it)")
+    table = load_paper_values()[tid]
+    for row in table.rows:
+        ours = table.datasets["meld"][0].values[row.id] + table.datasets["iemocap"][0].values[row.id]
+        assert _table_line(tid.upper(), row.label) == [v for pair in ours for v in pair if v == v], row.label
