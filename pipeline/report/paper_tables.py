@@ -181,7 +181,9 @@ def block_frame(runs: pd.DataFrame, table: PaperTable, block: Block) -> pd.DataF
             continue
         for j, col in enumerate(block.columns):
             by_condition = mine.get((row.stack, method), {}) if method else {}
-            cell = by_condition.get(col.condition) or by_condition.get(row.condition)
+            cell, note = by_condition.get(col.condition), ""
+            if cell is None and row.condition in by_condition:
+                cell, note = by_condition[row.condition], f"the run on {row.condition}"
             for k, (attr, name) in enumerate(_METRICS):
                 score = getattr(cell, attr) if cell else agg.Score(math.nan, math.nan, 0)
                 paper = block.values[row.id][j][k] if row.id in block.values else math.nan
@@ -190,7 +192,7 @@ def block_frame(runs: pd.DataFrame, table: PaperTable, block: Block) -> pd.DataF
                             "method": f"{row.stack} {method}" if method else "", "column": col.label,
                             "condition": col.condition, "metric": name, "ours": 100 * score.mean,
                             "ours_std": 100 * score.std, "n": score.n,
-                            "note": cell.note if cell else "", "paper": paper, "diff": 100 * score.mean - paper})
+                            "note": note or (cell.note if cell else ""), "paper": paper, "diff": 100 * score.mean - paper})
     return pd.DataFrame(out)
 
 

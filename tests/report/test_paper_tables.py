@@ -279,6 +279,7 @@ def test_baseline_sources_fill_tables_iii_and_vi(baseline_out, tmp_path):
     transcript = ours("text:fake-bert", "clean", cache="transcript")
     for col in ("IEMOCAP", "IEMOCAP (Human)", "Environment (Park)"):
         assert vi.loc[("bert-transcripts", col, "UAR"), "ours"] == pytest.approx(transcript)
+    assert vi.loc[("bert-transcripts", "IEMOCAP (Human)", "UAR"), "note"] == "the run on clean"
     assert transcript != pytest.approx(vi.loc[("bert-whisper", "IEMOCAP", "UAR"), "ours"])
     assert vi.loc[("whisper-enc", "IEMOCAP", "UAR")].isna()["ours"]  # no Whisper run: the paper's value alone
     md = (tmp_path / "report.md").read_text()
