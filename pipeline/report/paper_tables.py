@@ -191,8 +191,8 @@ def block_frame(runs: pd.DataFrame, table: PaperTable, block: Block) -> pd.DataF
                             "row_id": row.id, "source": row.source if row.stack else "",
                             "method": f"{row.stack} {method}" if method else "", "column": col.label,
                             "condition": col.condition, "metric": name, "ours": 100 * score.mean,
-                            "ours_std": 100 * score.std, "n": score.n,
-                            "note": note or (cell.note if cell else ""), "paper": paper, "diff": 100 * score.mean - paper})
+                            "ours_std": 100 * score.std, "n": score.n, "note": note or (cell.note if cell else ""),
+                            "paper": paper, "diff": 100 * score.mean - paper})
     return pd.DataFrame(out)
 
 
