@@ -12,9 +12,10 @@ from pipeline.cli.common import NserCommand
                 help="A grid's results folder (results.parquet or results.csv inside), or such a table.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for report.md and its files (default: <results dir>/report).")
-@click.option("--paper-table", "paper_tables", multiple=True, type=click.Choice(["iv", "v"]),
-              help="A paper table the runs reproduce (repeatable): its paper-layout table shows the paper's "
-                   "value and our difference beside each cell. Needs --paper-dataset.")
+@click.option("--paper-table", "paper_tables", multiple=True, type=click.Choice(["iii", "iv", "v", "vi"]),
+              help="A paper table the runs reproduce (repeatable; iii: feature sources, iv: fusions, v: SNRs, "
+                   "vi: text vs speech): its paper-layout table shows the paper's value and our difference beside "
+                   "each cell. Needs --paper-dataset.")
 @click.option("--paper-dataset", help="The paper's dataset the runs are (the corpus name: iemocap, meld).")
 @click.option("--compare", nargs=2, metavar="METHOD_A METHOD_B",
               help="Instead of the report: a paired t-test and Wilcoxon signed-rank test of the two methods' UAR "

@@ -1,9 +1,9 @@
-"""The paper's Tables IV and V in the paper's layout (its rows and columns), each cell ours; told
-which paper dataset the runs reproduce, the paper's value and our difference beside each cell; and
-Fig. 5, the proposed model's confusion matrix at each SNR.
+"""The paper's Tables III, IV, V and VI in the paper's layout (its rows and columns), each cell ours;
+told which paper dataset the runs reproduce, the paper's value and our difference beside each cell;
+and Fig. 5, the proposed model's confusion matrix at each SNR.
 
-The paper's numbers and the mapping of its rows to our (stack, method) and of its columns to our
-condition names are data: `paper_values.yaml` next to this module.
+The paper's numbers and the mapping of its rows to our (feature source, stack, method) and of its
+columns to our condition names are data: `paper_values.yaml` next to this module.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import yaml
 
 from pipeline.report import aggregate as agg
 from pipeline.report.aggregate import ReportError
+from pipeline.report.sources import TEXT, text_field, with_source
 
-PAPER_TABLES = ("iv", "v")
+PAPER_TABLES = ("iii", "iv", "v", "vi")
+WHISPER = "whisper"  # a row's default source; the report group fixes the checkpoint
 _METRICS = (("uar", "UAR"), ("f1", "F1"))
 
 
@@ -33,6 +35,8 @@ class PaperRow:
     stack: str | None  # None: a baseline this pipeline does not run (the paper's value alone)
     methods: tuple[str, ...]  # our method labels (aggregate.method_cells), first found wins
     proposed: bool = False
+    source: str = WHISPER  # the runs' feature (`feature`): whisper, mel, opensmile:<set>, text:<field>, ...
+    condition: str | None = None  # stands in where the row has no run at a column's condition
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class PaperTable:
     model: str
     rows: tuple[PaperRow, ...]
     datasets: dict[str, tuple[Block, ...]]
+    note: str = ""  # printed under the table: how its rows of ours differ from the paper's
 
 
 def load_paper_values(path: str | Path | None = None) -> dict[str, PaperTable]:
@@ -77,15 +82,15 @@ def load_paper_values(path: str | Path | None = None) -> dict[str, PaperTable]:
 def _table(tid: str, t: dict[str, Any]) -> PaperTable:
     if t["metrics"] != ["uar", "macro_f1"]:
         raise ValueError(f"table {tid}: metrics must be [uar, macro_f1], not {t['metrics']}")
-    rows = tuple(PaperRow(r["id"], r["group"], r["label"], r["stack"], tuple(r["methods"]), bool(r.get("proposed")))
-                 for r in t["rows"])
+    rows = tuple(PaperRow(r["id"], r["group"], r["label"], r["stack"], tuple(r["methods"]), bool(r.get("proposed")),
+                          r.get("source", WHISPER), r.get("condition")) for r in t["rows"])
     ids = [r.id for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"table {tid}: duplicate row ids")
     datasets = {}
     for name, blocks in t["datasets"].items():
         datasets[name] = tuple(_block(tid, name, b, set(ids)) for b in blocks)
-    return PaperTable(tid, t["caption"], t["model"], rows, datasets)
+    return PaperTable(tid, t["caption"], t["model"], rows, datasets, t.get("note", ""))
 
 
 def _block(tid: str, dataset: str, b: dict[str, Any], ids: set[str]) -> Block:
@@ -94,24 +99,26 @@ def _block(tid: str, dataset: str, b: dict[str, Any], ids: set[str]) -> Block:
     if set(b["values"]) - ids:
         raise ValueError(f"{where}: values for unknown rows {sorted(set(b['values']) - ids)}")
     for rid, cells in b["values"].items():
-        if len(cells) != len(columns) or any(len(c) != 2 or not all(0 <= float(v) <= 100 for v in c) for c in cells):
-            raise ValueError(f"{where}, row {rid}: need one [UAR, F1] pair in 0..100 per column ({len(columns)})")
-    return Block(b["title"], columns, {k: [[float(v) for v in c] for c in cells] for k, cells in b["values"].items()},
-                 b.get("noise"))
+        if len(cells) != len(columns) or any(c is not None and (len(c) != 2 or not all(0 <= float(v) <= 100 for v in c))
+                                             for c in cells):
+            raise ValueError(f"{where}, row {rid}: need one [UAR, F1] pair in 0..100 (or null) per column "
+                             f"({len(columns)})")
+    return Block(b["title"], columns, {k: [[math.nan] * 2 if c is None else [float(v) for v in c] for c in cells]
+                                       for k, cells in b["values"].items()}, b.get("noise"))
 
 
 # --- our runs in the paper's layout -------------------------------------------------------------
 
 def layout_blocks(df: pd.DataFrame, table: PaperTable, dataset: str | None) -> list[Block]:
-    """The paper's blocks for `dataset`, or, without one, blocks with columns from the runs: Table IV
-    one column per condition; Table V one block per noise type run at two or more SNRs."""
+    """The paper's blocks for `dataset`, or, without one, blocks with columns from the runs: Tables
+    III, IV and VI one column per condition; Table V one block per noise type run at two or more SNRs."""
     if dataset is not None:
         if dataset not in table.datasets:
             raise ReportError(f"paper Table {table.id.upper()} has no dataset {dataset!r}; it has "
                               f"{', '.join(table.datasets)}")
         return list(table.datasets[dataset])
     runs = agg.done(df)
-    if table.id == "iv":
+    if table.id != "v":
         conditions = sorted(dict.fromkeys(runs["condition"]), key=lambda c: _snr_key(runs, c))
         return [Block("", tuple(Column(c, c) for c in conditions), {})] if conditions else []
     blocks = []
@@ -129,9 +136,21 @@ def _snr_key(runs: pd.DataFrame, condition: str) -> float:
     return math.inf if pd.isna(snr) else float(snr)
 
 
+def feature(runs: pd.DataFrame) -> pd.Series:
+    """What a row's `source` matches: whisper for any Whisper checkpoint, text:<field> for a text
+    cache (the field its cache records), else the model (mel, opensmile:<set>, hf-encoder:<id>)."""
+    runs = with_source(runs)
+    cache = runs["cache"] if "cache" in runs.columns else pd.Series("", index=runs.index)
+    text = cache.map(lambda c: f"{TEXT}:{text_field(str(c))}")
+    return runs["model"].where(runs["source"] != WHISPER, WHISPER).where(runs["source"] != TEXT, text)
+
+
 def corpus_model_groups(df: pd.DataFrame, dataset: str | None) -> list[tuple[str, str, pd.DataFrame]]:
-    """(corpus, model, runs) to lay out; with a paper dataset only that corpus's runs, which must exist
-    (comparing another corpus's numbers with the paper's would be a wrong comparison)."""
+    """(corpus, Whisper model, runs) to lay out: per corpus, each Whisper checkpoint's runs with the
+    corpus's runs of other sources (mel, openSMILE, SSL, text: the same for every checkpoint), each
+    run's `feature` added; "" and those alone for a corpus without Whisper runs. With a paper dataset
+    only that corpus's runs, which must exist (comparing another corpus's numbers with the paper's
+    would be a wrong comparison)."""
     runs = df
     if dataset is not None:
         runs = df[df["corpus"] == dataset]
@@ -139,29 +158,47 @@ def corpus_model_groups(df: pd.DataFrame, dataset: str | None) -> list[tuple[str
             found = ", ".join(sorted(set(agg.done(df)["corpus"]))) or "none"
             raise ReportError(f"--paper-dataset {dataset}: no finished runs on corpus {dataset!r} (corpora with "
                               f"finished runs: {found})")
-    groups = runs.groupby(["corpus", "model"], sort=True)
-    return [(str(c), str(m), g.assign(where=g["condition"])) for (c, m), g in groups]
+    out = []
+    for corpus, g in runs.groupby("corpus", sort=True):
+        g = g.assign(where=g["condition"], feature=feature(g))
+        whisper, others = g[g["feature"] == WHISPER], g[g["feature"] != WHISPER]
+        for model in sorted(set(whisper["model"])) or [""]:
+            out.append((str(corpus), model, pd.concat([whisper[whisper["model"] == model], others])))
+    return out
 
 
 def block_frame(runs: pd.DataFrame, table: PaperTable, block: Block) -> pd.DataFrame:
-    """Long form of one block: a row per (paper row, column, metric) with ours, the paper's and the difference."""
-    _, cells = agg.method_cells(runs[runs["condition"].isin([c.condition for c in block.columns])])
+    """Long form of one block: a row per (paper row, column, metric) with ours, the paper's and the
+    difference. A row's runs are those of its `source` (`corpus_model_groups` adds each run's `feature`)."""
+    conditions = [c.condition for c in block.columns] + [r.condition for r in table.rows if r.condition]
+    runs = runs[runs["condition"].isin(conditions)]
+    cells = {f: agg.method_cells(g)[1] for f, g in runs.groupby("feature", sort=False)}
     out = []
     for row in table.rows:
-        method = next((m for m in row.methods if (row.stack, m) in cells), None)
+        mine = cells.get(row.source, {})
+        method = next((m for m in row.methods if (row.stack, m) in mine), None)
         if method is None and row.id not in block.values:
             continue
         for j, col in enumerate(block.columns):
-            cell = cells.get((row.stack, method), {}).get(col.condition) if method else None
+            by_condition = mine.get((row.stack, method), {}) if method else {}
+            cell, note = by_condition.get(col.condition), ""
+            if cell is None and row.condition in by_condition:
+                cell, note = by_condition[row.condition], f"the run on {row.condition}"
             for k, (attr, name) in enumerate(_METRICS):
                 score = getattr(cell, attr) if cell else agg.Score(math.nan, math.nan, 0)
                 paper = block.values[row.id][j][k] if row.id in block.values else math.nan
                 out.append({"table": table.id.upper(), "block": block.title, "group": row.group, "row": row.label,
-                            "row_id": row.id, "method": f"{row.stack} {method}" if method else "", "column": col.label,
+                            "row_id": row.id, "source": row.source if row.stack else "",
+                            "method": f"{row.stack} {method}" if method else "", "column": col.label,
                             "condition": col.condition, "metric": name, "ours": 100 * score.mean,
-                            "ours_std": 100 * score.std, "n": score.n,
-                            "note": cell.note if cell else "", "paper": paper, "diff": 100 * score.mean - paper})
+                            "ours_std": 100 * score.std, "n": score.n, "note": note or (cell.note if cell else ""),
+                            "paper": paper, "diff": 100 * score.mean - paper})
     return pd.DataFrame(out)
+
+
+def has_ours(frame: pd.DataFrame) -> bool:
+    """Whether a block's long form has a cell of ours (not only the paper's values)."""
+    return not frame.empty and frame["n"].max() > 0
 
 
 def block_markdown(frame: pd.DataFrame, block: Block, with_paper: bool) -> list[list[str]]:
@@ -191,7 +228,7 @@ def proposed_confusions(runs: pd.DataFrame, table: PaperTable, block: Block,
     """(column label, confusion summed over the proposed row's runs) per column that has them, and the class names."""
     row = next(r for r in table.rows if r.proposed)
     runs = agg.done(runs)
-    runs = runs[(runs["stack"] == row.stack) & runs["method"].isin(row.methods)
+    runs = runs[(runs["feature"] == row.source) & (runs["stack"] == row.stack) & runs["method"].isin(row.methods)
                 & runs["confusion"].map(lambda v: isinstance(v, (str, list)) and len(v) > 0)]
     panels, classes = [], []
     for col in block.columns:
@@ -207,8 +244,8 @@ def proposed_confusions(runs: pd.DataFrame, table: PaperTable, block: Block,
 # --- report sections ----------------------------------------------------------------------------
 
 def check_paper_request(df: pd.DataFrame, compare: tuple[str, ...], dataset: str | None) -> None:
-    """Refuse a comparison with the paper that cannot be made: an unknown table or dataset, or none
-    of the runs on that dataset."""
+    """Refuse a comparison with the paper that cannot be made: an unknown table or dataset, none of
+    the runs on that dataset, or none of them a run of the table's rows (its sources and methods)."""
     if not compare:
         return
     if dataset is None:
@@ -218,13 +255,29 @@ def check_paper_request(df: pd.DataFrame, compare: tuple[str, ...], dataset: str
         if tid not in tables:
             raise ReportError(f"unknown paper table {tid!r}; known: {', '.join(tables)}")
         layout_blocks(df, tables[tid], dataset)
-    corpus_model_groups(df, dataset)
+    groups = corpus_model_groups(df, dataset)
+    for tid in compare:
+        table = tables[tid]
+        if not any(has_ours(block_frame(runs, table, b)) for _, _, runs in groups
+                   for b in table.datasets[dataset]):
+            sources = ", ".join(dict.fromkeys(f"{r.source} {r.stack} {r.methods[0]}" for r in table.rows if r.stack))
+            raise ReportError(f"--paper-table {tid}: no finished run on {dataset!r} at the table's conditions of any "
+                              f"of its rows ({sources})")
+
+
+def _other_sources_run(table: PaperTable, frames: list[pd.DataFrame]) -> bool:
+    """True for a table of Whisper rows alone; else whether a row of another source has a cell of ours."""
+    if all(r.source == WHISPER for r in table.rows):
+        return True
+    return any(((f["source"] != WHISPER) & (f["n"] > 0)).any() for f in frames)
 
 
 def paper_sections(df: pd.DataFrame, base: Path, out: Path, rep: Any, compare: tuple[str, ...],
                    dataset: str | None) -> list[str]:
-    """Markdown of "Paper Table IV", "Paper Table V" and "Paper Fig. 5"; their CSV and PNG files go to
-    `out` and `rep.files`. Tables in `compare` carry the paper's values for `dataset`."""
+    """Markdown of "Paper Table III" to "Paper Table VI" and "Paper Fig. 5"; their CSV and PNG files go to
+    `out` and `rep.files`. Tables in `compare` carry the paper's values for `dataset`. A table of several
+    sources (III, VI) not in `compare` is left out unless a row of another source than Whisper has runs:
+    its Whisper rows alone are Tables IV and V's."""
     from pipeline.report.build import _md_table, _slug
 
     tables = load_paper_values()
@@ -233,19 +286,22 @@ def paper_sections(df: pd.DataFrame, base: Path, out: Path, rep: Any, compare: t
     for tid in PAPER_TABLES:
         table, with_paper = tables[tid], tid in compare
         name = f"paper_{tid}"
-        md += [f"## Paper Table {tid.upper()} layout", "", f"_{table.caption}_", ""]
-        frames = []
+        head = [f"## Paper Table {tid.upper()} layout", "", f"_{table.caption}_", ""]
+        frames, body = [], []
         for corpus, model, runs in corpus_model_groups(df, dataset if with_paper else None):
             for block in layout_blocks(runs, table, dataset if with_paper else None):
                 frame = block_frame(runs, table, block)
-                if frame.empty or frame["n"].max() == 0:
+                if not has_ours(frame):
                     continue
                 frames.append(frame.assign(corpus=corpus, model=model))
                 header = ["", "method"] + [f"{c.label} {m}" for c in block.columns for _, m in _METRICS]
                 title = " · ".join(p for p in (corpus, model, block.title) if p)
-                md += [f"### {title}", "", _md_table(header, block_markdown(frame, block, with_paper)), ""]
+                body += [f"### {title}", "", _md_table(header, block_markdown(frame, block, with_paper)), ""]
                 if tid == "v":
                     fig5.append((corpus, model, title, runs, block))
+        if not with_paper and not _other_sources_run(table, frames):
+            continue
+        md += head + body
         if not frames:
             rep.skipped[name] = "no finished run of the table's methods on its conditions"
             md += [f"_Skipped: {rep.skipped[name]}._", ""]
@@ -258,7 +314,7 @@ def paper_sections(df: pd.DataFrame, base: Path, out: Path, rep: Any, compare: t
                       f"{dataset}; the paper's model is {table.model}." if with_paper else
                       "Cells: ours, mean ± std over runs x folds; `nser-report --paper-table "
                       f"{tid} --paper-dataset DATASET` adds the paper's values.")
-        md += [paper_note + f" Rows without a method of ours are the paper's baselines. Long form: "
+        md += [paper_note + f" Rows without a method of ours are the paper's baselines. {table.note}Long form: "
                f"[{csv.name}]({csv.name}).", ""]
     md += ["## Paper Fig. 5: the proposed model's confusion matrices per SNR", ""]
     drawn = 0

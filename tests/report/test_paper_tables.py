@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -23,7 +24,7 @@ VALUES = Path(__file__).resolve().parents[2] / "pipeline" / "report" / "paper_va
 
 def test_paper_values_follow_the_schema():
     tables = load_paper_values()
-    assert set(tables) == {"iv", "v"}
+    assert set(tables) == {"iii", "iv", "v", "vi"}
     iv, v = tables["iv"], tables["v"]
     assert [r.label for r in iv.rows[:6]] == ["Last", "Best", "Mean", "Attention", "Scalar Mixing", "Weighted Sum"]
     assert [c.condition for c in iv.datasets["iemocap"][0].columns] == ["clean", "human_0dB", "park_0dB", "traffic_0dB"]
@@ -144,3 +145,167 @@ def test_ours_only_layout_and_refusals(grid_out, tmp_path):
         res = CliRunner().invoke(report_command, [str(grid_out), "--out", str(refused), *args])
         assert res.exit_code == 1 and why in res.output, res.output
     assert not refused.exists()
+
+
+# --- Tables III and VI: rows of other feature sources than Whisper -------------------------------
+
+def _table_line(table: str, label: str) -> list[float]:
+    """The numbers of the paper's row `label` (a tab-separated cell, perhaps bold) in TABLE `table`."""
+    lines = PAPER.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(f"TABLE {table}:"))
+    cells = next(c for c in (line.split("\t") for line in lines[i:]) if label in c or f"<b>{label}</b>" in c)
+    at = cells.index(label) if label in cells else cells.index(f"<b>{label}</b>")
+    return [float(x) for x in re.findall(r"\d+\.\d+", "\t".join(cells[at + 1:]))]
+
+
+def test_tables_iii_and_vi_follow_the_schema():
+    t = load_paper_values()
+    iii, vi = t["iii"], t["vi"]
+    assert [r.group for r in iii.rows].count("HSF") == 6 and len(iii.rows) == 17
+    assert {r.source for r in iii.rows if r.group == "SSL"} == {
+        "hf-encoder:facebook/wav2vec2-base", "hf-encoder:facebook/hubert-base-ls960", "hf-encoder:microsoft/wavlm-base"}
+    # the baselines this pipeline does not run: the paper's value alone
+    assert {r.id for r in iii.rows if r.stack is None} == {"conv-tasnet", "dccrn", "mldk", "mv-bissm", "conformer",
+                                                           "speechlm"}
+    assert "fine-tunes" in iii.note and "frozen" in iii.note
+    clean = iii.datasets["iemocap"][0].values["conv-tasnet"][0]  # printed "-": no value
+    assert all(v != v for v in clean)
+    rows = {r.id: r for r in vi.rows}
+    assert (rows["bert-whisper"].source, rows["bert-transcripts"].source) == ("text:hypothesis", "text:transcript")
+    assert rows["bert-transcripts"].condition == "clean" and rows["whisper-enc"].source == "whisper"
+    for table in (iii, vi):
+        assert [c.condition for c in table.datasets["iemocap"][0].columns] == ["clean", "human_0dB", "park_0dB",
+                                                                               "traffic_0dB"]
+        ids = {r.id for r in table.rows}
+        assert set(table.datasets["meld"][0].values) == set(table.datasets["iemocap"][0].values) == ids
+
+
+@pytest.mark.parametrize("tid", ["iii", "vi"])
+def test_tables_iii_and_vi_match_the_paper_text(tid):
+    if not PAPER.exists():
+        pytest.skip(f"{PAPER} is absent (the paper text lives beside the repo, not in it)")
+    table = load_paper_values()[tid]
+    for row in table.rows:
+        ours = table.datasets["meld"][0].values[row.id] + table.datasets["iemocap"][0].values[row.id]
+        assert _table_line(tid.upper(), row.label) == [v for pair in ours for v in pair if v == v], row.label
+
+
+def _baseline_row(i: int) -> dict:
+    fold = str((i // 2) % 3)
+    return row(i, speaker=f"s{fold}", label="ab"[i % 2], fold=fold, transcript="t", hypothesis="h", duration=None)
+
+
+def _opensmile_cache(path: Path, condition: str, noise: str | None, snr: float | None, n: int = 18) -> str:
+    """A per-utterance cache (one float32 vector per utterance) as an openSMILE set writes it."""
+    from pipeline.cache.writer import CacheWriter
+    from tests.helpers import LAYOUT, attrs
+
+    a = attrs(n_enc=1, n_dec=0, d=6, identity={"paper": condition}, corpus="iemocap",
+              model="opensmile:IS10_paraling", condition=condition, noise_type=noise, snr_db=snr)
+    a["model"].update(frame_rate=0.0, source="opensmile")
+    a["extraction"].update(context="trimmed", token_source="none", dtype="float32")
+    rng = np.random.default_rng(0)
+    with CacheWriter(path, a, layout=LAYOUT) as w:
+        for k in range(n):
+            r = {**_baseline_row(k), "duration": 1.0}
+            w.add(r, [(rng.normal(size=(1, 6)) + 3.0 * (r["label"] == "b")).astype(np.float32)], [],
+                  np.zeros(0, dtype=np.int32))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def baseline_out(tmp_path_factory) -> Path:
+    """A 1-epoch grid of Table III's and VI's baseline rows on fake IEMOCAP caches: mel (clean, human 0 dB),
+    openSMILE IS10 (clean), BERT on the transcripts (clean) and on the hypotheses (clean, human 0 dB)."""
+    root = tmp_path_factory.mktemp("baseline_grid")
+
+    def cache(name: str, model: str, cond: str, n_enc: int, seed: int = 0, **identity) -> str:
+        noise, snr = (None, None) if cond == "clean" else ("human", 0.0)
+        path = root / cond / f"{name}.zarr"
+        write_cache(path, 18, rows=_baseline_row, lengths=lambda rng, i: (4 + i % 3, 0), n_enc=n_enc, n_dec=0,
+                    signal=Signal("encoder", n_enc - 1, {"b": 3.0}), seed=seed,
+                    identity={"paper": f"{cond} {name}", **identity},
+                    corpus="iemocap", model=model, condition=cond, noise_type=noise, snr_db=snr)
+        return str(path)
+
+    mel = [cache("mel", "mel", c, 1) for c in ("clean", "human_0dB")]
+    text = [cache(f"text-{f}", "text:fake-bert", c, 13, seed=k, text={"field": f})
+            for k, (f, c) in enumerate((("transcript", "clean"), ("hypothesis", "clean"), ("hypothesis", "human_0dB")))]
+    hsf = _opensmile_cache(root / "clean" / "opensmile.zarr", "clean", None, None)
+    spec = parse_grid({"out": str(root / "out"), "seeds": [0], "folds": ["0"],
+                       "train": {"epochs": 1, "hidden": 8, "batch_size": 4, "lr": 0.01},
+                       "subgrids": [{"caches": mel, "fusions": ["single"], "layers": ["enc:0"]},
+                                    {"caches": [hsf], "fusions": ["fc"], "layers": ["enc:all"]},
+                                    {"caches": text, "fusions": ["mean-fc"], "layers": ["enc:12"]}]})
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        outcome = run_grid(expand(spec), spec.out, client=client, progress=False)
+    assert set(outcome.table["status"]) == {"done"}, outcome.table["error"].tolist()
+    return spec.out
+
+
+def test_baseline_sources_fill_tables_iii_and_vi(baseline_out, tmp_path):
+    res = CliRunner().invoke(report_command, [str(baseline_out), "--out", str(tmp_path), "--paper-table", "iii",
+                                              "--paper-table", "vi", "--paper-dataset", "iemocap"])
+    assert res.exit_code == 0, res.output
+    results = pd.read_csv(baseline_out / "results.csv")
+
+    def ours(model: str, condition: str, metric: str = "uar", cache: str = "") -> float:
+        r = results[(results["model"] == model) & (results["condition"] == condition)
+                    & results["cache"].str.contains(cache)]
+        assert len(r) == 1
+        return 100 * r[metric].iloc[0]
+
+    iii = pd.read_csv(tmp_path / "paper_table_iii.csv").set_index(["row_id", "column", "metric"])
+    mel = iii.loc[("mel", "IEMOCAP (Human)", "UAR")]
+    assert mel["ours"] == pytest.approx(ours("mel", "human_0dB")) and mel["paper"] == 53.22
+    assert mel["diff"] == pytest.approx(mel["ours"] - 53.22) and mel["method"] == "enc single, last"
+    assert iii.loc[("mel", "IEMOCAP", "F1"), "ours"] == pytest.approx(ours("mel", "clean", "macro_f1"))
+    is10 = iii.loc[("is10", "IEMOCAP", "F1")]
+    assert is10["ours"] == pytest.approx(ours("opensmile:IS10_paraling", "clean", "macro_f1"))
+    assert is10["paper"] == 59.49
+    assert pd.isna(iii.loc[("is10", "IEMOCAP (Human)", "UAR"), "ours"])  # no IS10 run at human 0 dB
+    assert iii.loc[("is10", "IEMOCAP (Human)", "UAR"), "paper"] == 56.34
+    assert iii.loc[("is09", "IEMOCAP", "UAR")].isna()["ours"] and iii.loc[("is09", "IEMOCAP", "UAR"), "paper"] == 58.65
+    dccrn = iii.loc["dccrn"]
+    assert dccrn["ours"].isna().all() and dccrn["paper"].isna().sum() == 2  # the paper's "-" on clean IEMOCAP
+    vi = pd.read_csv(tmp_path / "paper_table_vi.csv").set_index(["row_id", "column", "metric"])
+    hyp = vi.loc[("bert-whisper", "IEMOCAP (Human)", "UAR")]
+    assert hyp["ours"] == pytest.approx(ours("text:fake-bert", "human_0dB")) and hyp["paper"] == 56.87
+    assert vi.loc[("bert-whisper", "IEMOCAP", "UAR"), "ours"] == pytest.approx(
+        ours("text:fake-bert", "clean", cache="hypothesis"))
+    # the transcripts do not change with the noise: the clean transcript run stands in for every column
+    transcript = ours("text:fake-bert", "clean", cache="transcript")
+    for col in ("IEMOCAP", "IEMOCAP (Human)", "Environment (Park)"):
+        assert vi.loc[("bert-transcripts", col, "UAR"), "ours"] == pytest.approx(transcript)
+    assert vi.loc[("bert-transcripts", "IEMOCAP (Human)", "UAR"), "note"] == "the run on clean"
+    assert transcript != pytest.approx(vi.loc[("bert-whisper", "IEMOCAP", "UAR"), "ours"])
+    assert vi.loc[("whisper-enc", "IEMOCAP", "UAR")].isna()["ours"]  # no Whisper run: the paper's value alone
+    md = (tmp_path / "report.md").read_text()
+    assert "## Paper Table III layout" in md and "ours are frozen" in md
+    assert f"| – | Mel-Spectrogram | " in md and f"/ 53.22 ({mel['ours'] - 53.22:+.2f})" in md
+
+
+def test_tables_iii_and_vi_refused_without_their_runs(baseline_out, grid_out, tmp_path):
+    results = pd.read_csv(baseline_out / "results.csv")
+    text_only, audio_only = tmp_path / "text.csv", tmp_path / "audio.csv"
+    results[results["model"].str.startswith("text:")].to_csv(text_only, index=False)
+    results[~results["model"].str.startswith("text:")].to_csv(audio_only, index=False)
+    refused = tmp_path / "refused"
+    for source, args, why in (
+            (baseline_out, ["--paper-table", "iii", "--paper-dataset", "meld"], "no finished runs on corpus 'meld'"),
+            (text_only, ["--paper-table", "iii", "--paper-dataset", "iemocap"], "--paper-table iii: no finished run"),
+            (audio_only, ["--paper-table", "vi", "--paper-dataset", "iemocap"], "--paper-table vi: no finished run"),
+            (baseline_out, ["--paper-table", "iv", "--paper-dataset", "iemocap"], "--paper-table iv: no finished run")):
+        res = CliRunner().invoke(report_command, [str(source), "--out", str(refused), *args])
+        assert res.exit_code == 1 and why in res.output, res.output
+    assert not refused.exists()
+    # without --paper-table: Tables III and VI are left out where only Whisper rows ran (Tables IV and V)
+    res = CliRunner().invoke(report_command, [str(grid_out), "--out", str(tmp_path / "whisper")])
+    assert res.exit_code == 0 and "paper_iii" not in res.output and "paper_vi" not in res.output, res.output
+    res = CliRunner().invoke(report_command, [str(text_only), "--out", str(tmp_path / "text")])
+    assert res.exit_code == 0 and "paper_vi" in res.output and "paper_iii" not in res.output, res.output
+    vi = pd.read_csv(tmp_path / "text" / "paper_table_vi.csv")
+    assert list(dict.fromkeys(vi["column"])) == ["human_0dB", "clean"] and vi["paper"].isna().all()
