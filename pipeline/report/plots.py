@@ -99,7 +99,15 @@ def wer_f1_plot(points: dict[str, list[tuple[float, float, str]]], metric: str, 
     fig = Figure(figsize=(6, 4.2), layout="constrained")
     ax = fig.subplots()
     for method, pts in points.items():
-        ax.scatter([100 * x for x, _, _ in pts], [100 * y for _, y, _ in pts], label=method)
+        x, y = np.array([100 * p[0] for p in pts]), np.array([100 * p[1] for p in pts])
+        dots = ax.scatter(x, y, label=method)
+        for xi, yi, (_, _, where) in zip(x, y, pts):
+            ax.annotate(where.rsplit("/", 1)[-1], (xi, yi), fontsize=6, alpha=0.7,
+                        xytext=(3, 3), textcoords="offset points")
+        if len(pts) >= 3 and np.ptp(x) > 0:  # least-squares line, as the paper draws its correlation
+            slope, icpt = np.polyfit(x, y, 1)
+            xs = np.array([x.min(), x.max()])
+            ax.plot(xs, slope * xs + icpt, color=dots.get_facecolor()[0], lw=1, alpha=0.6)
     ax.set_xlabel(f"ASR {metric} (%)")
     ax.set_ylabel("emotion macro-F1 (%)")
     ax.grid(alpha=0.3)
