@@ -135,7 +135,7 @@ estimate:
 ## Whisper rows only: make paper PAPER_BASELINES= TEXT_MODEL=
 PAPER_GRID ?= grids/paper.yaml
 PAPER_OUT ?= runs/paper_$(DATASET)_$(MODEL_TAG)
-PAPER_TABLES = $(if $(filter iemocap,$(DATASET)),--paper-table iv --paper-table v --paper-dataset iemocap,$(if $(filter meld,$(DATASET)),--paper-table iv --paper-dataset meld))
+PAPER_TABLES = $(if $(filter iemocap,$(DATASET)),--paper-table iii --paper-table iv --paper-table v --paper-table vi --paper-dataset iemocap,$(if $(filter meld,$(DATASET)),--paper-table iii --paper-table iv --paper-table vi --paper-dataset meld))
 PAPER_CONDITIONS = clean $(addsuffix _0dB,$(NOISES))
 HSF_SETS ?= IS09_emotion IS10_paraling IS11_speaker_state IS12_speaker_trait IS13_ComParE eGeMAPSv02
 SSL_MODELS ?= facebook/wav2vec2-base facebook/hubert-base-ls960 microsoft/wavlm-base

@@ -87,7 +87,8 @@ def test_paper_extracts_every_condition_then_runs_the_grid_and_the_report(tmp_pa
     # the caches first, then the grid on the rewritten spec, then the report against the paper's values
     last_extract = max(i for i, ln in enumerate(lines) if ln.startswith("nser-extract"))
     assert last_extract < lines.index(f"nser-grid {out}/grid.yaml")
-    assert lines[-1] == f"nser-report {out} --paper-table iv --paper-table v --paper-dataset iemocap"
+    tables = " ".join(f"--paper-table {t}" for t in ("iii", "iv", "v", "vi"))
+    assert lines[-1] == f"nser-report {out} {tables} --paper-dataset iemocap"
     # the rewritten spec finds the 16 Whisper caches where extract-all writes them, and the mel caches;
     # the runs of caches not built (openSMILE, SSL, text here) are left out with a warning naming them
     recipe = res.stdout[res.stdout.index("mkdir -p"):res.stdout.index("nser-grid")]
