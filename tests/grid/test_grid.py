@@ -134,6 +134,12 @@ def test_example_grid_parses():
                for sub in s.subgrids)
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "grids").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_grid_parses(path):
+    s = load_grid(path)
+    assert s.subgrids and all(sub.fusions and sub.caches for sub in s.subgrids)
+
+
 # --- running on Dask ----------------------------------------------------------------------------
 
 def test_grid_on_dask_records_failures_and_resumes(tmp_path, caches):
