@@ -69,9 +69,9 @@ def _positive_finite(ctx, param, value: float | None) -> float | None:
               help="The part that picks the epoch. paper (default): speaker-carve on cv caches, train+dev on split "
                    "caches, the paper's training data; next-fold: the fold after the test fold (cv; on a split "
                    "cache: dev), this tool's default before the option existed; speaker-carve: speakers carved from "
-                   "the training folds (cv), so training sees every fold but the test fold; dev: train on train, pick on dev (split); train+dev: train on "
-                   "train+dev less carved speakers (split); none: no validation, the last epoch is kept "
-                   "(docs/training.md).")
+                   "the training folds (cv), so training sees every fold but the test fold; dev: train on train, "
+                   "pick on dev (split); train+dev: train on train+dev less carved speakers (split); none: no "
+                   "validation, the last epoch is kept (docs/training.md).")
 @seed_option("Seed of weight initialisation, batch order and carved validation speakers.")
 @click.option("--folds", default="all", show_default=True, help="Test folds to run (comma-separated).")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True,
@@ -87,9 +87,9 @@ def _positive_finite(ctx, param, value: float | None) -> float | None:
               help="Folder for per-epoch training loss and validation UAR as TensorBoard scalars "
                    "(needs the tensorboard package: pip install tensorboard).")
 @quiet_option
-def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, layer_weight_lr, length_buckets, adapter_dropout,
-                  validation, seed, folds, device, memory_budget, threads, expect_model, allow_missing, tensorboard,
-                  quiet):
+def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, layer_weight_lr, length_buckets,
+                  adapter_dropout, validation, seed, folds, device, memory_budget, threads, expect_model, allow_missing,
+                  tensorboard, quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
     from pipeline.cache.reader import CacheReader
     from pipeline.folds import echo_coverage_warnings

@@ -76,7 +76,8 @@ class SourceEntry:
 
 SOURCES: dict[str, SourceEntry] = {}
 DEFAULT_SOURCE = "whisper"  # any --model value without a registered `<name>` or `<name>:` prefix
-TEXT_PREFIX = "text:"  # pipeline/extract/text_run.py's sources, reached through --text-from
+TEXT_SOURCE = "text"  # pipeline/extract/text_run.py's source, reached through --text-from
+TEXT_PREFIX = f"{TEXT_SOURCE}:"
 
 
 def register_source(name: str, help: str):
@@ -96,6 +97,12 @@ def source_of(spec: str) -> tuple[str, str | None]:
     if name in SOURCES and name != DEFAULT_SOURCE:
         return name, (argument if sep else None)
     return DEFAULT_SOURCE, spec
+
+
+def source_name(model: str) -> str:
+    """The feature source of a cache's model (its `--model` value): a registered source's name, or
+    `text` for a text cache (`text:<id>`, made with --text-from, not a registered source)."""
+    return TEXT_SOURCE if model.startswith(TEXT_PREFIX) else source_of(model)[0]
 
 
 def open_source(spec: str, opts: "ExtractionOptions", language: str | None) -> FeatureSource:

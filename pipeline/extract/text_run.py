@@ -23,7 +23,7 @@ from pipeline.cache.records import FAILED, CacheAttrs, ErrorRecord, ExtractionRe
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import NserError
 from pipeline.extract.run import ExtractionReport, nonfinite_reason, resolve_device
-from pipeline.extract.sources import TEXT_PREFIX as PREFIX
+from pipeline.extract.sources import TEXT_PREFIX as PREFIX, TEXT_SOURCE
 from pipeline.extract.text_layers import TextUtterance, empty_text_reason, text_utterances
 from pipeline.extract.whisper_layers import TranscriptTooLong
 from pipeline.failpoints import failpoint
@@ -73,7 +73,7 @@ def run_text_extraction(out: str | Path, opts: TextOptions, progress: bool = Tru
     extractor = TextLayerExtractor(load_text_encoder(spec, device=device, dtype=dtype))
     enc = extractor.enc
     model = ModelRecord(opts.model, enc.weights_hash, n_encoder_states=enc.n_states, n_decoder_states=0,
-                        d_model=enc.d_model, frame_rate=TEXT_FRAME_RATE, source="text")
+                        d_model=enc.d_model, frame_rate=TEXT_FRAME_RATE, source=TEXT_SOURCE)
     extraction = ExtractionRecord(context="trimmed", token_source="none", dtype="float16",
                                   compute_dtype=str(dtype).removeprefix("torch."), device=torch.device(device).type,
                                   max_seconds=meta.extraction.max_seconds)

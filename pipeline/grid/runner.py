@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.errors import NserError
-from pipeline.extract.sources import source_of
+from pipeline.extract.sources import source_name
 from pipeline.failpoints import failpoint
 from pipeline.grid.derive import derived_metrics
 from pipeline.grid.packing import plan_packs
@@ -50,7 +50,6 @@ COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition"
            "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "peak_rss_mb", "code_version",
            # what the report and a human debugging a run need besides the numbers
            "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error", "validation"]
-TEXT_PREFIX = "text:"  # pipeline.extract.text_run.PREFIX, which imports the extraction stack
 _FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds", "peak_rss_mb"]
 
 
@@ -253,12 +252,6 @@ def _error_line(run_dir: Path) -> str | None:
     return lines[-1].strip() if lines else "failed"
 
 
-def run_source(model: str) -> str:
-    """The feature source of a cache's model name (its `--model` value): whisper, mel, opensmile,
-    hf-encoder, or text for a text cache (`text:<id>`, written by `--text-from`, not a registered source)."""
-    return "text" if model.startswith(TEXT_PREFIX) else source_of(model)[0]
-
-
 def run_row(run: RunSpec) -> dict[str, Any]:
     """One results row from the run's spec and, when finished, its metrics.json and config.json."""
     run_dir = Path(run.run_dir)
@@ -266,8 +259,9 @@ def run_row(run: RunSpec) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(run_key=run.key, cache=run.cache, cache_identity=run.cache_identity, corpus=run.corpus,
                condition=run.condition, noise_type=run.noise_type, snr_db=run.snr_db, model=run.model,
-               source=run_source(run.model), fusion=cfg.fusion, layers=run.layers, n_layers=run.n_layers,
-               seed=cfg.seed, epochs=cfg.epochs, stack=run.stack, selection=run.selection, folds=cfg.folds, run_dir=str(run_dir))
+               source=source_name(run.model), fusion=cfg.fusion, layers=run.layers, n_layers=run.n_layers,
+               seed=cfg.seed, epochs=cfg.epochs, stack=run.stack, selection=run.selection, folds=cfg.folds,
+               run_dir=str(run_dir))
     if is_done(run):
         try:
             metrics = RunMetrics.read(run_dir / "metrics.json")

@@ -39,8 +39,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def build_report(source: str | Path, out_dir: str | Path | None = None, paper_tables: tuple[str, ...] = (),
                  paper_dataset: str | None = None) -> Report:
     """Write the report for a grid folder or results file into `out_dir` (default: `<grid>/report`).
-    `paper_tables` (any of "iii", "iv", "v", "vi") with `paper_dataset` (e.g. "iemocap"): the runs reproduce those paper
-    tables on that dataset, so their paper-layout tables show the paper's values and our differences."""
+    `paper_tables` (any of "iii", "iv", "v", "vi") with `paper_dataset` (e.g. "iemocap"): the runs
+    reproduce those paper tables on that dataset, so their paper-layout tables show the paper's values
+    and our differences."""
     df, base = agg.load_results(source)
     from pipeline.report.paper_tables import check_paper_request, paper_sections  # imports this module
 

@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.extract.sources import TEXT_SOURCE as TEXT
+from pipeline.extract.sources import source_name
 from pipeline.report import aggregate as agg
-
-TEXT = "text"
 
 
 def with_source(df: pd.DataFrame) -> pd.DataFrame:
     """`source` filled for results tables written before the grid recorded it (from the model name)."""
-    from pipeline.grid.runner import run_source
-
     df = df.copy()
     known = df["source"].fillna("").astype(str) if "source" in df.columns else pd.Series("", index=df.index)
-    df["source"] = known.where(known != "", df["model"].map(run_source))
+    df["source"] = known.where(known != "", df["model"].map(source_name))
     return df
 
 
