@@ -31,9 +31,12 @@ from pipeline.cli.common import NserCommand, quiet_option
               help="Train every best/last run, even where the grid's single runs give its results (docs/grid.md).")
 @click.option("--no-pack", is_flag=True,
               help="One run per task: do not train runs that share their states from one read (docs/grid.md).")
+@click.option("--collect", is_flag=True,
+              help="Train nothing: write the results table of the runs finished so far (the rest `pending`), "
+                   "e.g. to report on a grid that is finished in parts.")
 @quiet_option
 def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, dry_run, no_derive, no_pack,
-                 quiet):
+                 collect, quiet):
     """Run an ablation grid (fusions x layers x caches x seeds) and aggregate its results.
 
     Finished runs (a done.json in their run dir) are skipped, so rerunning the same command
@@ -67,7 +70,7 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
     if warning:
         click.echo(f"warning: {warning}", err=True)
     outcome = run_grid(runs, spec.out, scheduler=scheduler, n_workers=workers, security=security,
-                       progress=not quiet, pack=not no_pack)
+                       progress=not quiet, pack=not no_pack, train=not collect)
     click.echo(outcome.summary(), err=True)
     failed = outcome.table[outcome.table["status"] == "failed"]
     for _, row in failed.head(20).iterrows():

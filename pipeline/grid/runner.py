@@ -439,12 +439,14 @@ class GridOutcome:
 
 def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, scheduler: str | None = None,
              n_workers: int | None = None, security: Any = None, progress: bool = True,
-             write_every_s: float = 5.0, pack: bool = True) -> GridOutcome:
+             write_every_s: float = 5.0, pack: bool = True, train: bool = True) -> GridOutcome:
     """Run every unfinished run on Dask (the given client, else `scheduler` with `security`, else a local cluster)
     and write `<out>/results.{csv,parquet}`: during the grid at most every `write_every_s` seconds,
     and at the end (also when interrupted). A derived run is written here as soon as its sources
     are finished (or failed), before, during or after the training. Runs that can share their states
-    train in one task each (`pack`, pipeline/grid/packing.py); `pack=False`: one run per task."""
+    train in one task each (`pack`, pipeline/grid/packing.py); `pack=False`: one run per task.
+    `train=False` trains nothing: the table of what is finished (derived runs whose sources are),
+    the rest `pending`, e.g. for a report while a grid is finished in parts."""
     out = Path(out)
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
@@ -464,7 +466,7 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
 
         try:
             _derive_ready(waiting, training, rows, derived)
-            if pending:
+            if pending and train:
                 with (contextlib.nullcontext(client) if client is not None
                       else dask_client(scheduler, n_workers, security)) as c:
                     _run_pending(c, pending, rows, ran, out, progress, write_every_s, finished, pack)

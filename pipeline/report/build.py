@@ -117,6 +117,9 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
                          and not math.isnan(getattr(cells[k][w], m).mean)), default=math.nan)
             for w in wheres for m in ("uar", "f1")}
     header = ["stack", "method"] + [f"{w} {name}" for w in wheres for name in agg.METRICS.values()]
+    # a grid finished in parts pools fewer folds in some cells: say so in those cells
+    counts = {cell.uar.n for key in order for cell in cells[key].values()}
+    full_n = max(counts)
     rows, flat = [], []
     for key in order:
         stack, method = key
@@ -129,6 +132,7 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
                     continue
                 score = getattr(cell, m)
                 text = score.fmt() + (f" ({cell.note})" if cell.note and m == "uar" else "")
+                text += f" [n={score.n}]" if score.n < full_n else ""
                 row.append(f"**{text}**" if score.mean == best[(w, m)] else text)
                 seeds = getattr(cell, f"seeds_{m}")
                 flat.append({"stack": stack, "method": method, "where": w, "metric": m, "mean": score.mean,
@@ -144,6 +148,10 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
            "`single, best†`: the single layer with the best *test* UAR (an oracle choice, optimistic; the "
            "`best` fusion chooses its layer on validation). Methods without a `[selection]` use the whole "
            f"stack(s) named in the first column. Long form: [{csv.name}]({csv.name}).", ""]
+    if len(counts) > 1:
+        md += [f"**Cells pool different numbers of scores** (runs x folds, {min(counts)} to {full_n}): a cell "
+               f"marked `[n=k]` has fewer than {full_n}, e.g. a grid finished in parts; compare cells of equal n "
+               "only.", ""]
     md += _seed_table(order, cells)
     return md, None
 

@@ -226,6 +226,45 @@ def test_cli_dry_run_and_spec_errors(tmp_path, caches):
     assert res.exit_code == 1 and "no 'out' folder" in res.output
 
 
+
+def test_cli_collect_tables_finished_runs_without_training(tmp_path, caches):
+    """--collect writes what is finished, marks the rest pending and trains nothing; a grid finished
+    in parts (here: one layer first) is then tabled whole, with the derived run once its sources are done."""
+    from pipeline.safe_files import Flock
+
+    out = tmp_path / "out"
+    full = {"out": str(out), "caches": [str(caches["good"])], "train": TINY,
+            "subgrids": [{"fusions": ["single"], "layers": ["each:enc:blocks"]},
+                         {"fusions": ["best"], "layers": ["enc:blocks"]}]}
+    grid, part = tmp_path / "grid.yaml", tmp_path / "part.yaml"
+    grid.write_text(yaml.safe_dump(full))
+    part.write_text(yaml.safe_dump({**full, "subgrids": [{"fusions": ["single"], "layers": ["enc:1"]}]}))
+    runs = expand(load_grid(grid))
+    assert len(runs) == 3 and sum(r.derived for r in runs) == 1
+
+    res = CliRunner().invoke(grid_command, [str(grid), "--collect", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "3 runs: 0 done" in res.output and "3 pending" in res.output
+    assert (pd.read_csv(out / "results.csv")["status"] == "pending").all()
+    assert not any((r.run_dir / DONE).exists() for r in runs)
+
+    assert CliRunner().invoke(grid_command, [str(part), "--workers", "1", "--quiet"]).exit_code == 0
+    res = CliRunner().invoke(grid_command, [str(grid), "--collect", "--quiet"])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "results.csv").set_index("layers")
+    assert table.loc["enc:1", "status"] == "done" and table.loc["enc:2", "status"] == "pending"
+    assert table.loc["enc:blocks", "status"] == "pending"  # best needs both layers' runs
+    assert not any((r.run_dir / DONE).exists() for r in runs if r.layers == "enc:2")
+
+    lock = Flock(out / ".nser-grid.lock")  # another nser-grid at work in this folder
+    lock.acquire()
+    try:
+        res = CliRunner().invoke(grid_command, [str(grid), "--collect", "--quiet"])
+    finally:
+        lock.release()
+    assert res.exit_code == 1 and "in use" in res.output
+
+
 # --- remote schedulers --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("address, remote", [

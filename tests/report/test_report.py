@@ -120,6 +120,24 @@ def test_cell_pools_seeds_and_folds(tmp_path):
     assert one.mean == pytest.approx(group["uar"].iloc[0]) and one.std == pytest.approx(group["uar_std"].iloc[0])
 
 
+
+def test_cells_pooling_fewer_folds_are_marked(tmp_path):
+    """A grid finished in parts: one method's cell pools fewer (run, fold) scores than the others;
+    the table says so in that cell and under the table, and not when every cell pools as many."""
+    df = synthetic(conditions=(("babble_0dB", 0.0),), layerwise=False)
+    df.to_csv(tmp_path / "whole.csv", index=False)
+    build_report(tmp_path / "whole.csv", tmp_path / "whole")
+    assert "[n=" not in (tmp_path / "whole" / "report.md").read_text()
+    partial = df.drop(df.index[(df["fusion"] == "l-adapter") & (df["stack"] == "enc") & (df["seed"] == 1)])
+    partial.to_csv(tmp_path / "partial.csv", index=False)
+    build_report(tmp_path / "partial.csv", tmp_path / "partial")
+    md = (tmp_path / "partial" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| enc | l-adapter"))
+    assert row.count("[n=3]") == 2  # UAR and F1
+    assert "[n=" not in next(line for line in md.splitlines() if line.startswith("| enc | mean"))
+    assert "Cells pool different numbers of scores** (runs x folds, 3 to 6)" in md
+
+
 def test_partial_results_skip_sections_with_reasons(tmp_path):
     df = synthetic(conditions=(("babble_0dB", 0.0),), layerwise=False)
     df = df.drop(columns=["classes"])  # class names then come from each run's metrics.json
