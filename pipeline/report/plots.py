@@ -94,16 +94,35 @@ def confusion_plot(matrix: np.ndarray, classes: list[str], title: str, path: Pat
     return path
 
 
+LABEL_OFFSETS = ((3, 3), (3, -9), (-3, 3), (-3, -9))  # points: above right, below right, then to the left
+
+
+def label_offsets(xy: list[tuple[float, float]], near: float = 0.05) -> list[tuple[int, int]]:
+    """An offset (points) for each point's label: the first of LABEL_OFFSETS that no earlier point
+    within `near` of the axes' span (in both x and y) already uses, so that conditions with almost
+    the same WER and F1 (e.g. two noises at one SNR) do not print their names over each other."""
+    pts = np.asarray(xy, dtype=float).reshape(-1, 2)
+    span = np.where(np.ptp(pts, axis=0) > 0, np.ptp(pts, axis=0), 1.0) if len(pts) else np.ones(2)
+    chosen: list[tuple[int, int]] = []
+    for i, p in enumerate(pts):
+        close = [chosen[j] for j in range(i) if (np.abs(pts[j] - p) <= near * span).all()]
+        chosen.append(next((o for o in LABEL_OFFSETS if o not in close), LABEL_OFFSETS[i % len(LABEL_OFFSETS)]))
+    return chosen
+
+
 def wer_f1_plot(points: dict[str, list[tuple[float, float, str]]], metric: str, path: Path) -> Path:
     """Macro-F1 against the ASR error rate per condition, one marker series per method (paper Fig. 6)."""
     fig = Figure(figsize=(6, 4.2), layout="constrained")
     ax = fig.subplots()
+    every = [(100 * p[0], 100 * p[1]) for pts in points.values() for p in pts]
+    offsets = iter(label_offsets(every))
     for method, pts in points.items():
         x, y = np.array([100 * p[0] for p in pts]), np.array([100 * p[1] for p in pts])
         dots = ax.scatter(x, y, label=method)
         for xi, yi, (_, _, where) in zip(x, y, pts):
-            ax.annotate(where.rsplit("/", 1)[-1], (xi, yi), fontsize=6, alpha=0.7,
-                        xytext=(3, 3), textcoords="offset points")
+            dx, dy = next(offsets)
+            ax.annotate(where.rsplit("/", 1)[-1], (xi, yi), fontsize=6, alpha=0.7, xytext=(dx, dy),
+                        textcoords="offset points", ha="left" if dx > 0 else "right")
         if len(pts) >= 3 and np.ptp(x) > 0:  # least-squares line, as the paper draws its correlation
             slope, icpt = np.polyfit(x, y, 1)
             xs = np.array([x.min(), x.max()])

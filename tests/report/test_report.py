@@ -174,3 +174,16 @@ def test_whole_stacks_are_shown_by_fusion_name_with_or_without_the_embeddings():
                                  "layers": ["enc:blocks", "enc:all,dec:blocks", "enc:blocks,dec:blocks", "enc:2-6"],
                                  "uar": 0.5, "macro_f1": 0.5}))
     assert list(df["method"]) == ["mean", "mean", "l-adapter", "mean [enc:2-6]"]
+
+
+def test_wer_f1_labels_of_near_conditions_do_not_overlap(tmp_path):
+    """Two conditions with almost the same WER and F1 (traffic and babble at 0 dB on full-length
+    EmoDB) get their names on different sides; far-apart points keep the first place."""
+    from pipeline.report.plots import LABEL_OFFSETS, label_offsets, wer_f1_plot
+
+    xy = [(11.4, 92.3), (47.6, 79.2), (49.9, 80.1), (94.4, 61.4), (48.5, 79.6)]
+    offsets = label_offsets(xy)
+    assert offsets[0] == offsets[1] == offsets[3] == LABEL_OFFSETS[0]
+    assert len({offsets[1], offsets[2], offsets[4]}) == 3
+    pts = {"m": [(x / 100, y / 100, f"emodb/c{i}") for i, (x, y) in enumerate(xy)]}
+    assert wer_f1_plot(pts, "WER", tmp_path / "w.png").stat().st_size > 0
