@@ -18,13 +18,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import NserError
+from pipeline.errors import ModelUnavailableError, NserError
 from pipeline.safe_files import staged
 
 from .whisper_convert import CONVERSION_VERSION, PROVENANCE_FILE, convert_ctranslate2_whisper
 
 __all__ = [
     "BundledModelError",
+    "BundledModelNotInstalled",
     "BundledModelSpec",
     "BundledSource",
     "bundled_model_dir",
@@ -37,6 +38,11 @@ __all__ = [
 
 class BundledModelError(NserError, RuntimeError):
     """A bundled model is unknown or its packages are not installed."""
+
+
+class BundledModelNotInstalled(BundledModelError, ModelUnavailableError):
+    """The bundled model's weight packages are not installed: a model that cannot be had here, like
+    an unreachable hub id (its own exit status), where a typo in the name or a broken install is not."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ def _package_dir(package: str, spec: BundledModelSpec) -> Path:
     """Folder of an installed package, found without importing it (data-only packages)."""
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise BundledModelError(
+        raise BundledModelNotInstalled(
             f"bundled model {spec.name!r} needs the Python package {package!r}, which is not installed; "
             f"run: {spec.pip_install_hint}"
         )

