@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.cli.common import NserCommand
+from pipeline.report import PAPER_TABLES
 
 
 @click.command("report", cls=NserCommand)
@@ -12,7 +13,7 @@ from pipeline.cli.common import NserCommand
                 help="A grid's results folder (results.parquet or results.csv inside), or such a table.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for report.md and its files (default: <results dir>/report).")
-@click.option("--paper-table", "paper_tables", multiple=True, type=click.Choice(["iii", "iv", "v", "vi"]),
+@click.option("--paper-table", "paper_tables", multiple=True, type=click.Choice(PAPER_TABLES),
               help="A paper table the runs reproduce (repeatable; iii: feature sources, iv: fusions, v: SNRs, "
                    "vi: text vs speech): its paper-layout table shows the paper's value and our difference beside "
                    "each cell. Needs --paper-dataset.")

@@ -19,11 +19,11 @@ import pandas as pd
 import yaml
 
 from pipeline.extract.sources import DEFAULT_SOURCE
+from pipeline.report import PAPER_TABLES
 from pipeline.report import aggregate as agg
 from pipeline.report.aggregate import ReportError
 from pipeline.report.sources import TEXT, text_field, with_source
 
-PAPER_TABLES = ("iii", "iv", "v", "vi")
 WHISPER = DEFAULT_SOURCE  # a row's default source; the report group fixes the checkpoint
 _METRICS = (("uar", "UAR"), ("f1", "F1"))
 

@@ -57,6 +57,16 @@ def test_values_match_the_paper_text():
                                                                                   for x in p]
 
 
+
+def test_the_command_offers_exactly_the_tables_the_values_file_holds():
+    from pipeline.cli.report import report_command
+    from pipeline.report import PAPER_TABLES
+
+    assert tuple(yaml.safe_load(VALUES.read_text())["tables"]) == PAPER_TABLES
+    option = next(p for p in report_command.params if p.name == "paper_tables")
+    assert tuple(option.type.choices) == PAPER_TABLES
+
+
 def test_a_broken_values_file_is_refused(tmp_path):
     raw = yaml.safe_load(VALUES.read_text())
     raw["tables"]["v"]["datasets"]["iemocap"][0]["values"]["proposed"].pop()
