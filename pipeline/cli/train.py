@@ -12,6 +12,7 @@ from pipeline.cli.common import NserCommand, RegistryChoice, cache_option, layer
     seed_option, storage_options_option
 from pipeline.folds import VALIDATIONS
 from pipeline.layers import PAPER_LAYERS
+from pipeline.train.config import PRECISIONS
 
 
 def _fusion_names():
@@ -77,6 +78,10 @@ def _positive_finite(ctx, param, value: float | None) -> float | None:
 @click.option("--device", type=DeviceType(), default="auto", show_default=True,
               help="auto: cuda when torch sees a GPU (said on stderr), else cpu; cuda:N picks a GPU; the states "
                    "then live on the GPU when they fit (docs/gpu.md).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
+              help="bfloat16: the model's forward passes under CUDA autocast (GRUs, matrix products), faster on "
+                   "a GPU, with a drift docs/gpu.md measures; refused on CPU, where torch's autocast leaves the "
+                   "GRUs in float32.")
 @click.option("--memory-budget", default="0", show_default=True,
               help="Bytes for the run's states in memory, e.g. 8G (0: half the available memory); larger "
                    "selections are streamed from the cache every epoch, in other batches (docs/training.md).")
@@ -88,8 +93,8 @@ def _positive_finite(ctx, param, value: float | None) -> float | None:
                    "(needs the tensorboard package: pip install tensorboard).")
 @quiet_option
 def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, layer_weight_lr, length_buckets,
-                  adapter_dropout, validation, seed, folds, device, memory_budget, threads, expect_model, allow_missing,
-                  tensorboard, quiet):
+                  adapter_dropout, validation, seed, folds, device, precision, memory_budget, threads, expect_model,
+                  allow_missing, tensorboard, quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
     from pipeline.cache.reader import CacheReader
     from pipeline.folds import echo_coverage_warnings
@@ -101,7 +106,8 @@ def train_command(cache, storage_options, out, fusion, layers, epochs, batch_siz
                       layer_weight_lr=layer_weight_lr,
                       adapter_dropout=adapter_dropout, length_buckets=length_buckets, validation=validation, seed=seed,
                       folds=folds, device=device, threads=threads, expect_model=expect_model,
-                      allow_missing=allow_missing, memory_budget=parse_size(memory_budget), tensorboard=tensorboard)
+                      allow_missing=allow_missing, memory_budget=parse_size(memory_budget), tensorboard=tensorboard,
+                      precision=precision)
     cfg.check()  # before the cache is opened: a bad setting is named even if the cache is also wrong
     with CacheReader(cache, storage_options) as reader, \
             echo_coverage_warnings(lambda line: click.echo(line, err=True)):  # when they happen, not hours later

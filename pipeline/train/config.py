@@ -38,6 +38,8 @@ class TrainConfig:
     length_buckets: bool = False  # training batches of similar lengths (pipeline/train/batching.py)
     validation: str = "paper"  # how the epoch-picking part is made (pipeline/folds.py, docs/training.md)
     tensorboard: str | None = None  # folder for per-epoch TensorBoard scalars (needs the tensorboard package)
+    # float32, the recipe; bfloat16: forward passes under CUDA autocast (docs/gpu.md measures the drift)
+    precision: str = "float32"
 
     def check(self) -> None:
         """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
@@ -72,6 +74,7 @@ class TrainConfig:
              "'all' or comma-separated fold names"),
             ("length_buckets", self.length_buckets, isinstance(self.length_buckets, bool), "true or false"),
             ("validation", self.validation, self.validation in VALIDATIONS, f"one of {', '.join(VALIDATIONS)}"),
+            ("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
         ) if not ok]
         if (self.layer_weight_lr is not None and self.fusion in FUSION_SPECS
                 and not FUSION_SPECS[self.fusion].learned_layer_weights):
@@ -81,6 +84,9 @@ class TrainConfig:
             problems.append(f"fusion {self.fusion} chooses its layer on validation, which --validation none leaves out")
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+PRECISIONS = ("float32", "bfloat16")
 
 
 class ConfigError(NserError):
@@ -97,7 +103,7 @@ NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memo
 # result settings at such a value, so earlier run keys and run dirs stay valid. validation: a split
 # cache's next fold is its dev part (pipeline/folds.py), so both are what runs did before.
 LATER_NEUTRAL: dict[str, tuple[Any, ...]] = {"length_buckets": (False,), "validation": ("next-fold", "dev"),
-                                              "layer_weight_lr": (None,)}
+                                              "layer_weight_lr": (None,), "precision": ("float32",)}
 
 
 def result_settings(config: dict[str, Any]) -> dict[str, Any]:

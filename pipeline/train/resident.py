@@ -151,7 +151,10 @@ class RunData:
                           device=src0.device)
         for b, ((src, take, row), m) in enumerate(zip(sources, lengths.tolist())):
             out[:, b, :m] = src[take, row:row + m]
-        return out.float()
+        out = out.float()
+        # states held on the CPU for a GPU run (streamed, or too large for it): a page-locked batch,
+        # which the trainer copies with non_blocking while the GPU is still at work
+        return out.pin_memory() if self.device.type == "cuda" and out.device.type == "cpu" else out
 
     def _take(self, stack: str, chosen: Sequence[int], held: Sequence[int]) -> Any:
         """Index of `chosen` layers along the layer axis of a buffer holding `held`: a slice (a view)

@@ -60,7 +60,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> tuple[list[int], list[int]]:
+def _forward(model: torch.nn.Module, batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
+    """The model's float32 logits for a batch, under bfloat16 autocast with `precision` bfloat16
+    (a CUDA device: _prepare_run refuses it elsewhere). non_blocking: pinned (streamed) batches
+    copy to the GPU while the previous step runs; a no-op on CPU."""
+    with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+        logits = model([x.to(cfg.device, non_blocking=True) for x in batch["layers"]], batch["lengths"])
+    return logits.float()
+
+
+def _evaluate(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig) -> tuple[list[int], list[int]]:
     """Labels and predictions; a NaN state or output is an error, not a prediction (argmax of NaN
     logits is some class, which would score)."""
     model.eval()
@@ -68,7 +77,7 @@ def _evaluate(model: torch.nn.Module, loader: DataLoader, device: str) -> tuple[
     with torch.no_grad():
         for batch in loader:
             loader.dataset.check_finite(batch)
-            logits = model([x.to(device) for x in batch["layers"]], batch["lengths"])
+            logits = _forward(model, batch, cfg)
             if not bool(torch.isfinite(logits).all()):
                 raise NonFiniteError(f"the model's outputs are not finite on the {loader.dataset.part}: its "
                                      "weights diverged; lower the learning rate (--lr)")
@@ -136,7 +145,7 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
         losses = []
         for batch in train_loader:
             train_loader.dataset.check_finite(batch)
-            logits = model([x.to(cfg.device) for x in batch["layers"]], batch["lengths"])
+            logits = _forward(model, batch, cfg)
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"].to(cfg.device))
             if not bool(torch.isfinite(loss)):  # before the step: a NaN step would poison every weight
                 raise NonFiniteError(f"{desc}, epoch {epoch}: the training loss is {loss.item()}, the model "
@@ -146,7 +155,7 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
             opt.step()
             losses.append(loss.item())
         t_train = time.perf_counter() - t0
-        val = classification_metrics(*_evaluate(model, val_loader, cfg.device), len(class_ids)) if val_loader else None
+        val = classification_metrics(*_evaluate(model, val_loader, cfg), len(class_ids)) if val_loader else None
         if val is None:
             best = (None, epoch, None)
         elif val["uar"] > best[0]:
@@ -207,7 +216,7 @@ def _test_fold(model: torch.nn.Module, data: RunData | PerUtteranceData, selecti
                cfg: TrainConfig, test_fold: str, test_idx: list[int], best_val: float, best_epoch: int, n_train: int,
                n_val: int) -> FoldMetrics:
     loader = _loader(data, test_idx, selection, class_ids, cfg, f"test fold {test_fold}")
-    test = classification_metrics(*_evaluate(model, loader, cfg.device), len(class_ids))
+    test = classification_metrics(*_evaluate(model, loader, cfg), len(class_ids))
     weights = (dict(zip(selection.names, model.layer_weights().detach().tolist()))
                if hasattr(model, "layer_weights") else None)
     return FoldMetrics(**test, best_epoch=best_epoch, val_uar=best_val, n_train=n_train, n_val=n_val,
@@ -350,6 +359,10 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     if cfg.device == "auto":
         print(f"nser-train: training on {device}"
               + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""), file=sys.stderr)
+    if cfg.precision == "bfloat16" and not device.startswith("cuda"):
+        raise NserError(f"--precision bfloat16 is for a CUDA device, and this run trains on {device}: torch's "
+                        "CPU autocast leaves the GRUs in float32, so only the classifier would change; use "
+                        "float32 here (docs/gpu.md)")
     run_info["device"] = device
     cfg = replace(cfg, device=device)  # what the rest of the run uses; config.json keeps what was asked
     if per_utterance:

@@ -36,7 +36,7 @@ def test_result_settings_leave_out_exactly_the_non_result_fields():
     cfg = TrainConfig(fusion="mean", layers="enc:1-2", seed=3)
     settings = result_settings(asdict(cfg))
     neutral = {k for k, v in LATER_NEUTRAL.items() if asdict(cfg)[k] in v}  # later settings at their old value
-    assert neutral == {"length_buckets", "layer_weight_lr"} and set(settings) == set(asdict(cfg)) - set(NON_RESULT_FIELDS) - neutral
+    assert neutral == {"length_buckets", "layer_weight_lr", "precision"} and set(settings) == set(asdict(cfg)) - set(NON_RESULT_FIELDS) - neutral
     assert settings["fusion"] == "mean" and settings["seed"] == 3
     other_machine = replace(cfg, threads=4, device="cuda", allow_missing=True, expect_model="m", memory_budget=1)
     assert result_settings(asdict(other_machine)) == settings
@@ -60,6 +60,17 @@ def test_validation_protocols_keep_earlier_run_keys_and_key_the_new_ones():
         TrainConfig(validation="random").check()
     with pytest.raises(ConfigError, match="--validation none"):
         TrainConfig(fusion="best", validation="none").check()
+
+
+
+def test_precision_keeps_float32_keys_and_keys_bfloat16():
+    """float32 is what every run did before the setting existed: the same key; bfloat16 changes
+    results (autocast), so it has its own."""
+    cfg = TrainConfig(fusion="mean", layers="enc:1-2")
+    assert cfg.precision == "float32" and "precision" not in result_settings(asdict(cfg))
+    assert run_key(replace(cfg, precision="bfloat16"), "id") != run_key(cfg, "id")
+    with pytest.raises(ConfigError, match="precision must be one of float32, bfloat16, got 'fp8'"):
+        TrainConfig(precision="fp8").check()
 
 
 def test_check_knows_the_fusions_without_their_models():
