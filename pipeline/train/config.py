@@ -38,7 +38,7 @@ class TrainConfig:
     length_buckets: bool = False  # training batches of similar lengths (pipeline/train/batching.py)
     validation: str = "paper"  # how the epoch-picking part is made (pipeline/folds.py, docs/training.md)
     tensorboard: str | None = None  # folder for per-epoch TensorBoard scalars (needs the tensorboard package)
-    # float32, the recipe; bfloat16: forward passes under CUDA autocast (docs/gpu.md measures the drift)
+    # float32, the recipe; float16: CUDA mixed precision, autocast + loss scaling (docs/gpu.md)
     precision: str = "float32"
 
     def check(self) -> None:
@@ -86,7 +86,7 @@ class TrainConfig:
             raise ConfigError("; ".join(problems))
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "float16")
 
 
 class ConfigError(NserError):

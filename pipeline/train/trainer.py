@@ -61,10 +61,12 @@ def seed_everything(seed: int) -> None:
 
 
 def _forward(model: torch.nn.Module, batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
-    """The model's float32 logits for a batch, under bfloat16 autocast with `precision` bfloat16
-    (a CUDA device: _prepare_run refuses it elsewhere). non_blocking: pinned (streamed) batches
-    copy to the GPU while the previous step runs; a no-op on CPU."""
-    with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+    """The model's float32 logits for a batch, under float16 autocast with `precision` float16 (a
+    CUDA device: _prepare_run refuses it elsewhere). Float16, not bfloat16: torch's autocast runs
+    cuDNN RNNs in float16 whatever dtype it is given (ATen's AutocastRNN), so the GRUs, most of the
+    work, would be float16 either way, and float16 needs the loss scaling _train_fold applies.
+    non_blocking: pinned (streamed) batches copy to the GPU while the previous step runs."""
+    with torch.autocast(torch.device(cfg.device).type, dtype=torch.float16, enabled=cfg.precision == "float16"):
         logits = model([x.to(cfg.device, non_blocking=True) for x in batch["layers"]], batch["lengths"])
     return logits.float()
 
@@ -124,6 +126,8 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
     if hasattr(model, "fit_input_stats"):  # a head that standardises its input: training part only
         model.fit_input_stats(_loader(data, train_idx, selection, class_ids, cfg, f"training part of {desc}"))
     opt = _optimizer(model, cfg)
+    # loss scaling for float16 gradients; disabled (a pass-through) at float32
+    scaler = torch.amp.GradScaler(torch.device(cfg.device).type, enabled=cfg.precision == "float16")
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = _loader(data, train_idx, selection, class_ids, cfg, f"training part of {desc}", generator=gen)
     val_loader = _loader(data, val_idx, selection, class_ids, cfg, f"validation part of {desc}") if val_idx else None
@@ -133,6 +137,8 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         best = (state["best_val"], state["best_epoch"], ckpt.best_model(key, state))
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["shuffle_rng"])
@@ -151,8 +157,9 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
                 raise NonFiniteError(f"{desc}, epoch {epoch}: the training loss is {loss.item()}, the model "
                                      f"diverged; lower the learning rate (--lr, now {cfg.lr})")
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             losses.append(loss.item())
         t_train = time.perf_counter() - t0
         val = classification_metrics(*_evaluate(model, val_loader, cfg), len(class_ids)) if val_loader else None
@@ -168,6 +175,7 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
                         "epoch_seconds": time.perf_counter() - t0})
         if epoch < cfg.epochs:
             ckpt.save_epoch(key, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                  **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
                                   "best_val": best[0], "best_epoch": best[1],
                                   "torch_rng": torch.get_rng_state(), "shuffle_rng": gen.get_state(),
                                   "entries": log.entries(key)})
@@ -359,10 +367,10 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     if cfg.device == "auto":
         print(f"nser-train: training on {device}"
               + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""), file=sys.stderr)
-    if cfg.precision == "bfloat16" and not device.startswith("cuda"):
-        raise NserError(f"--precision bfloat16 is for a CUDA device, and this run trains on {device}: torch's "
-                        "CPU autocast leaves the GRUs in float32, so only the classifier would change; use "
-                        "float32 here (docs/gpu.md)")
+    if cfg.precision != "float32" and not device.startswith("cuda"):
+        raise NserError(f"--precision {cfg.precision} is for a CUDA device, and this run trains on {device}: "
+                        "torch's CPU autocast leaves the GRUs in float32 (and this CPU has no fast half-precision "
+                        "arithmetic); use float32 here (docs/gpu.md)")
     run_info["device"] = device
     cfg = replace(cfg, device=device)  # what the rest of the run uses; config.json keeps what was asked
     if per_utterance:

@@ -63,14 +63,14 @@ def test_validation_protocols_keep_earlier_run_keys_and_key_the_new_ones():
 
 
 
-def test_precision_keeps_float32_keys_and_keys_bfloat16():
-    """float32 is what every run did before the setting existed: the same key; bfloat16 changes
+def test_precision_keeps_float32_keys_and_keys_float16():
+    """float32 is what every run did before the setting existed: the same key; float16 changes
     results (autocast), so it has its own."""
     cfg = TrainConfig(fusion="mean", layers="enc:1-2")
     assert cfg.precision == "float32" and "precision" not in result_settings(asdict(cfg))
-    assert run_key(replace(cfg, precision="bfloat16"), "id") != run_key(cfg, "id")
-    with pytest.raises(ConfigError, match="precision must be one of float32, bfloat16, got 'fp8'"):
-        TrainConfig(precision="fp8").check()
+    assert run_key(replace(cfg, precision="float16"), "id") != run_key(cfg, "id")
+    with pytest.raises(ConfigError, match="precision must be one of float32, float16, got 'bfloat16'"):
+        TrainConfig(precision="bfloat16").check()
 
 
 def test_check_knows_the_fusions_without_their_models():

@@ -173,22 +173,22 @@ def test_cuda_run_keeps_states_on_the_gpu(fake, tmp_path):
     assert abs(gpu["uar"] - cpu["uar"]) <= 0.2  # same method; float differences only
 
 
-def test_bfloat16_is_refused_off_cuda_before_the_run_dir_is_claimed(fake, tmp_path):
-    """torch's CPU autocast leaves nn.GRU in float32: a bfloat16 run there would be float32 GRUs
+def test_float16_is_refused_off_cuda_before_the_run_dir_is_claimed(fake, tmp_path):
+    """torch's CPU autocast leaves nn.GRU in float32: a float16 run there would be float32 GRUs
     under another run key, so it is refused, naming the device, and writes nothing."""
-    cfg = TrainConfig(layers="enc:1", epochs=1, batch_size=4, hidden=8, threads=1, device="cpu", precision="bfloat16")
-    with pytest.raises(NserError, match="--precision bfloat16 is for a CUDA device, and this run trains on cpu"):
+    cfg = TrainConfig(layers="enc:1", epochs=1, batch_size=4, hidden=8, threads=1, device="cpu", precision="float16")
+    with pytest.raises(NserError, match="--precision float16 is for a CUDA device, and this run trains on cpu"):
         train_on_cache(fake, tmp_path / "run", cfg, progress=False)
     assert not (tmp_path / "run" / "config.json").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (docs/gpu.md says how to run it)")
-def test_cuda_bfloat16_runs_and_streams_pinned_batches(fake, tmp_path):
-    """bfloat16 autocast trains on the GPU with float32 weights; a streamed run (budget 1 byte)
-    builds page-locked batches on the CPU for non_blocking copies."""
+def test_cuda_float16_runs_and_streams_pinned_batches(fake, tmp_path):
+    """float16 mixed precision trains on the GPU with float32 weights; a streamed run (budget 1
+    byte) builds page-locked batches on the CPU for non_blocking copies."""
     cfg = TrainConfig(layers="enc:all,dec:all", epochs=2, batch_size=4, lr=1e-2, hidden=8, device="cuda",
-                      precision="bfloat16")
-    low = train_on_cache(fake, tmp_path / "bf16", cfg, progress=False)
+                      precision="float16")
+    low = train_on_cache(fake, tmp_path / "fp16", cfg, progress=False)
     full = train_on_cache(fake, tmp_path / "fp32", TrainConfig(**{**cfg.__dict__, "precision": "float32"}),
                           progress=False)
     assert abs(low["uar"] - full["uar"]) <= 0.2
