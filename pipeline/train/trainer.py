@@ -369,8 +369,8 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
               + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""), file=sys.stderr)
     if cfg.precision != "float32" and not device.startswith("cuda"):
         raise NserError(f"--precision {cfg.precision} is for a CUDA device, and this run trains on {device}: "
-                        "torch's CPU autocast leaves the GRUs in float32 (and this CPU has no fast half-precision "
-                        "arithmetic); use float32 here (docs/gpu.md)")
+                        "torch's CPU autocast leaves the GRUs in float32, so only the classifier would change; "
+                        "use float32 here (docs/gpu.md)")
     run_info["device"] = device
     cfg = replace(cfg, device=device)  # what the rest of the run uses; config.json keeps what was asked
     if per_utterance:
