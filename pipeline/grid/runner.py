@@ -33,7 +33,7 @@ from pipeline.extract.sources import source_name
 from pipeline.failpoints import failpoint
 from pipeline.grid.derive import derived_metrics
 from pipeline.grid.packing import plan_packs
-from pipeline.grid.spec import RunSpec
+from pipeline.grid.spec import RunSpec, settings_key, train_settings
 from pipeline.safe_files import Flock, LockBusy, atomic_open
 from pipeline.safe_files import atomic_write as _write_atomic  # readers see the old file or the new one
 from pipeline.train.fusion_specs import fusion_spec
@@ -49,7 +49,9 @@ COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition"
            "source", "fusion", "layers", "n_layers", "best_layer", "seed", "epochs", "uar", "uar_std", "macro_f1",
            "macro_f1_std", "fold_uar", "fold_macro_f1", "confusion", "seconds", "peak_rss_mb", "code_version",
            # what the report and a human debugging a run need besides the numbers
-           "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error", "validation"]
+           "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error", "validation",
+           # what a report cell must not pool across (pipeline.grid.spec.settings_key) and the settings it names
+           "settings_key", "settings"]
 _FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds", "peak_rss_mb"]
 
 
@@ -261,7 +263,8 @@ def run_row(run: RunSpec) -> dict[str, Any]:
                condition=run.condition, noise_type=run.noise_type, snr_db=run.snr_db, model=run.model,
                source=source_name(run.model), fusion=cfg.fusion, layers=run.layers, n_layers=run.n_layers,
                seed=cfg.seed, epochs=cfg.epochs, stack=run.stack, selection=run.selection, folds=cfg.folds,
-               run_dir=str(run_dir))
+               run_dir=str(run_dir), settings_key=settings_key(cfg, run.cache_identity),
+               settings=json.dumps(train_settings(cfg), sort_keys=True))
     if is_done(run):
         try:
             metrics = RunMetrics.read(run_dir / "metrics.json")
@@ -297,12 +300,16 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def write_results(df: pd.DataFrame, out: Path) -> tuple[Path, Path]:
-    """results.csv and results.parquet, each replaced atomically."""
+    """results.parquet, then results.csv, each replaced atomically, the parquet's mtime then set to
+    the CSV's: a failed write leaves the old pair or a newer parquet, and a CSV newer than the parquet
+    beside it is one edited by hand, which nser-report then reads (aggregate.results_file)."""
     out.mkdir(parents=True, exist_ok=True)
     csv, parquet = out / "results.csv", out / "results.parquet"
-    _write_atomic(csv, df.to_csv(index=False))
     with atomic_open(parquet, "wb") as f:
         df.to_parquet(f, index=False)
+    _write_atomic(csv, df.to_csv(index=False))
+    stamp = csv.stat().st_mtime_ns
+    os.utime(parquet, ns=(stamp, stamp))
     return csv, parquet
 
 

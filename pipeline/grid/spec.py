@@ -197,6 +197,22 @@ def run_key(config: TrainConfig, cache_identity: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+# Fields with their own results-table columns (or, for seed and folds, what a report cell pools over)
+_NOT_SETTINGS = ("seed", "folds", "fusion", "layers")
+
+
+def settings_key(config: TrainConfig, cache_identity: str) -> str:
+    """The run key with seed and test folds neutralised: runs that share it differ in those alone, so
+    a report may pool them into one cell; runs that differ in it never share one."""
+    return run_key(replace(config, seed=0, folds="all"), cache_identity)
+
+
+def train_settings(config: TrainConfig) -> dict[str, Any]:
+    """The result settings other than fusion, layers, seed and folds (lr, epochs, ...): what the
+    report names when runs of one fusion differ in them."""
+    return {k: v for k, v in result_settings(asdict(config)).items() if k not in _NOT_SETTINGS}
+
+
 def _cache_paths(entries: tuple[str, ...], missing: list[str]) -> list[str]:
     """The cache paths of a `caches:` list; entries that name nothing are appended to `missing`."""
     from pipeline.cache.reader import is_url
