@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import NserError
+from pipeline.train.config import LATER_NEUTRAL
 from pipeline.train.fusion_specs import FUSION_SPECS, layer_sweep_fusions
 from pipeline.train.run_metrics import RunMetrics
 
@@ -40,19 +41,32 @@ class ReportError(NserError):
 
 # --- loading ------------------------------------------------------------------------------------
 
-def load_results(source: str | Path) -> tuple[pd.DataFrame, Path]:
-    """A results table from a grid folder (results.parquet, else results.csv) or a .csv/.parquet
-    file; returns it with the folder that holds it (run dirs are looked up relative to it)."""
+def results_file(source: str | Path) -> tuple[Path, str]:
+    """The results file of a grid folder (or `source` itself) and, when it matters, why that one:
+    results.parquet, unless the results.csv beside it is newer (edited by hand: the grid writes the
+    parquet first and gives it the CSV's mtime, pipeline.grid.runner.write_results) or alone."""
     source = Path(source)
-    if source.is_dir():
-        for name in ("results.parquet", "results.csv"):
-            if (source / name).is_file():
-                return load_results(source / name)
-        raise ReportError(f"{source} has neither results.parquet nor results.csv (run nser-grid first)")
-    if not source.is_file():
-        raise ReportError(f"no results at {source}")
+    if not source.is_dir():
+        if not source.is_file():
+            raise ReportError(f"no results at {source}")
+        return source, ""
+    csv, parquet = source / "results.csv", source / "results.parquet"
+    if parquet.is_file() and csv.is_file() and csv.stat().st_mtime_ns > parquet.stat().st_mtime_ns:
+        return csv, "newer than the results.parquet beside it, which was not read"
+    for path in (parquet, csv):
+        if path.is_file():
+            return path, ""
+    raise ReportError(f"{source} has neither results.parquet nor results.csv (run nser-grid first)")
+
+
+def load_results(source: str | Path) -> tuple[pd.DataFrame, Path]:
+    """A results table from a grid folder (`results_file`) or a .csv/.parquet file; returns it with
+    the folder that holds it (run dirs are looked up relative to it)."""
+    source, _ = results_file(source)
+    # keys and fold names as written: "03" or an all-digit hash must not become a number
+    text = {c: str for c in ("run_key", "cache_identity", "settings_key", "folds")}
     try:
-        df = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source)
+        df = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source, dtype=text)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same user problem
         raise ReportError(f"cannot read {source}: {exc}") from exc
     return normalize(df), source.parent
@@ -65,7 +79,9 @@ def _stack_of(layers: str) -> str:
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """Fill the columns a hand-made or older table may lack, and derive `where` (the column label
-    of a condition) and `method` (the row label of a fusion + layer selection)."""
+    of a condition), `base_method` (fusion + layer selection) and `method` (the row label: the base,
+    plus what tells its runs apart from others of that fusion, `_variants`, plus the validation
+    protocol when the finished runs used several)."""
     need = {"condition", "fusion", "layers", "uar", "macro_f1"}
     missing = need - set(df.columns)
     if missing:
@@ -74,7 +90,8 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     defaults: dict[str, Any] = {"status": "done", "corpus": "", "model": "", "noise_type": None, "snr_db": np.nan,
                                 "uar_std": np.nan, "macro_f1_std": np.nan, "fold_uar": None, "fold_macro_f1": None,
                                 "confusion": None, "classes": None, "run_dir": None, "run_key": None,
-                                "error": None, "seed": 0, "validation": None}
+                                "error": None, "seed": 0, "validation": None, "folds": "all", "cache_identity": "",
+                                "settings_key": "", "settings": None}
     for col, value in defaults.items():
         if col not in df.columns:
             df[col] = value
@@ -84,18 +101,75 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
         df["selection"] = df["layers"]
     for col in ("uar", "macro_f1", "uar_std", "macro_f1_std", "snr_db"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    for col in ("corpus", "model", "condition", "fusion", "layers", "stack", "selection"):
+    for col in ("corpus", "model", "condition", "fusion", "layers", "stack", "selection", "cache_identity",
+                "settings_key", "folds"):
         df[col] = df[col].fillna("").astype(str)
     where = df["condition"]
     for col in reversed([c for c in ("corpus", "model") if df[c].nunique() > 1]):
         where = df[col] + " · " + where
     df["where"] = where
-    df["method"] = df["fusion"].where(df["layers"].isin(WHOLE_STACKS), df["fusion"] + " [" + df["layers"] + "]")
-    # runs of other validation protocols are other methods: never pooled together
+    df["base_method"] = df["fusion"].where(df["layers"].isin(WHOLE_STACKS), df["fusion"] + " [" + df["layers"] + "]")
+    df["variant"] = _variants(df)
+    df["method"] = df["base_method"] + df["variant"].map(lambda v: f" [{v}]" if v else "")
+    # runs of other validation protocols are other methods: never pooled together. Decided on the
+    # finished runs: a pending run has none recorded yet, and must not relabel the finished ones.
     df["validation"] = df["validation"].fillna("").astype(str)
-    if df["validation"].nunique() > 1:
-        df["method"] = df["method"] + df["validation"].map(lambda v: f" ({v or 'validation unrecorded'})")
+    finished = df["status"] == "done"
+    if df.loc[finished, "validation"].nunique() > 1:
+        df.loc[finished, "method"] += df.loc[finished, "validation"].map(lambda v: f" ({v or 'validation unrecorded'})")
+    df["n_expected"] = _expected_n(df)
     return df
+
+
+def _variants(df: pd.DataFrame) -> pd.Series:
+    """Per run, what tells it apart from the table's other runs of its (stack, fusion), finished or
+    not ("" when nothing does): the whole-stack selection (`enc:all` vs `enc:blocks`, which the
+    method label leaves out) and each training setting (`lr=0.01`) in which they differ. The
+    validation protocol has its own suffix; what is left (another cache of the condition) is split
+    per cell (`split_settings`)."""
+    facts = []
+    for layers, settings in zip(df["layers"], df["settings"]):
+        parsed = json_value(settings)
+        fact = {k: v for k, v in parsed.items() if k != "validation"} if isinstance(parsed, dict) else {}
+        facts.append({"": layers, **fact} if layers in WHOLE_STACKS else fact)
+    facts_of = pd.Series(facts, index=df.index, dtype=object)
+
+    def value(fact: dict, k: str) -> Any:  # a setting left out of the settings is at its neutral value
+        return fact.get(k, LATER_NEUTRAL.get(k, (None,))[0])
+
+    out = pd.Series("", index=df.index)
+    for _, g in df.groupby(["stack", "fusion"], sort=False):
+        group = facts_of[g.index]
+        keys = sorted({k for f in group for k in f})
+        # the selection only among whole stacks: others have theirs in the method label
+        differ = [k for k in keys if len({json.dumps(value(f, k) if k else f.get(k)) for f in group
+                                          if k or k in f}) > 1]
+        if differ:
+            out[g.index] = group.map(lambda f: ", ".join(
+                str(f[k]) if not k else f"{k}={value(f, k)}" for k in differ if k or k in f))
+    return out
+
+
+def _expected_n(df: pd.DataFrame) -> pd.Series:
+    """Per run, how many (seed, test fold) scores the table's runs of its setting (`settings_key`),
+    finished or not, are meant to give; a cell pooling fewer is a grid finished in parts. NaN where
+    unknown: a table written before settings_key, or a `folds: all` run on a cache whose folds no
+    run of the table names yet."""
+    folds_of: dict[str, set[str]] = {}  # cache identity -> its test folds, as the runs on it name them
+    for ident, folds, scores in zip(df["cache_identity"], df["folds"], df["fold_uar"]):
+        parsed = json_value(scores)
+        named = set(map(str, parsed)) if isinstance(parsed, dict) else set()
+        folds_of.setdefault(ident, set()).update(named | (set(folds.split(",")) if folds not in ("", "all") else set()))
+    keys: dict[str, set[tuple[str, str]] | None] = {}
+    for key, ident, seed, folds, scores in zip(df["settings_key"], df["cache_identity"], df["seed"], df["folds"],
+                                               df["fold_uar"]):
+        if not key or keys.get(key, set()) is None:
+            continue
+        parsed = json_value(scores)
+        names = (set(map(str, parsed)) if isinstance(parsed, dict) and parsed
+                 else folds_of.get(ident) if folds in ("", "all") else set(folds.split(",")))
+        keys[key] = keys.get(key, set()) | {(_seed(seed), f) for f in names} if names else None
+    return df["settings_key"].map(lambda k: float(len(keys[k])) if keys.get(k) else math.nan)
 
 
 def done(df: pd.DataFrame) -> pd.DataFrame:
@@ -109,6 +183,7 @@ class Score:
     mean: float
     std: float
     n: int  # pooled values (runs x folds)
+    full: float = math.nan  # how many its runs are meant to give (`_expected_n`); nan: unknown
 
     def fmt(self, digits: int = 2) -> str:
         if math.isnan(self.mean):
@@ -116,22 +191,51 @@ class Score:
         std = "" if math.isnan(self.std) else f" ± {100 * self.std:.{digits}f}"
         return f"{100 * self.mean:.{digits}f}{std}"
 
+    @property
+    def partial(self) -> bool:
+        return self.n < self.full
+
+    @property
+    def mark(self) -> str:
+        """`[n=k]` when it pools fewer scores than its runs are meant to give."""
+        return f" [n={self.n}]" if self.partial else ""
+
+    def marked(self, digits: int = 2) -> str:
+        return self.fmt(digits) + self.mark
+
+
+def _seed(value: Any) -> str:
+    return str(int(value)) if isinstance(value, (int, float, np.integer, np.floating)) and not pd.isna(value) \
+        else str(value)
+
 
 def pooled(group: pd.DataFrame, metric: str) -> Score:
-    """mean ± std over the (run, fold) scores of `group`; runs without per-fold scores count once
-    with their mean (and, alone, keep their own std)."""
-    values: list[float] = []
-    for mean, folds in zip(group[metric], group[f"fold_{metric}"]):
+    """mean ± std over the (seed, fold) scores of `group`, each counted once: two runs scoring one
+    seed's test fold (a `per_fold` subgrid beside a `folds: all` one) are refused, not pooled twice.
+    Runs without per-fold scores count once with their mean (and, alone, keep their own std)."""
+    values: dict[tuple[str, str], float] = {}
+    for i, (seed, mean, folds) in enumerate(zip(group["seed"], group[metric], group[f"fold_{metric}"])):
         parsed = json_value(folds)
         if isinstance(parsed, dict) and parsed:
-            values += [float(v) for v in parsed.values()]
+            for fold, v in parsed.items():
+                key = (_seed(seed), str(fold))
+                if key in values:
+                    what = " on ".join(str(group[c].iloc[0]) for c in ("method", "where") if c in group.columns)
+                    raise ReportError(f"{what or 'a cell'}: two runs score seed {key[0]}, test fold {key[1]} (e.g. a "
+                                      "`per_fold` subgrid and a `folds: all` one with the same runs, or, in a table "
+                                      "without `settings_key`, runs of other settings); a cell counts each (seed, fold) "
+                                      "once: drop one of them from the grid")
+                values[key] = float(v)
         elif not pd.isna(mean):
-            values.append(float(mean))
+            values[("", f"run {i}")] = float(mean)  # its folds unknown: counted once, not checked
+    full = float(group["n_expected"].max()) if "n_expected" in group.columns and group["n_expected"].notna().all() \
+        else math.nan
     if not values:
-        return Score(float("nan"), float("nan"), 0)
+        return Score(float("nan"), float("nan"), 0, full)
     if len(group) == 1 and not isinstance(json_value(group[f"fold_{metric}"].iloc[0]), dict):
-        return Score(values[0], float(group[f"{metric}_std"].iloc[0]), 1)
-    return Score(float(np.mean(values)), float(np.std(values)), len(values))
+        return Score(next(iter(values.values())), float(group[f"{metric}_std"].iloc[0]), 1, full)
+    scores = list(values.values())
+    return Score(float(np.mean(scores)), float(np.std(scores)), len(scores), full)
 
 
 def across_seeds(group: pd.DataFrame, metric: str) -> Score | None:
@@ -163,23 +267,48 @@ def single_layer(selection: str) -> tuple[str, int] | None:
 
 # --- section data -------------------------------------------------------------------------------
 
-def layerwise(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """where -> rows (stack, layer, uar, uar_std, macro_f1, macro_f1_std, n) of the layer sweep's
-    runs (fusions trained on the one layer selected, `single`)."""
-    runs = done(df)
+def split_settings(group: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """[(label suffix, runs)]: `group` itself when its runs share one setting (`settings_key`: they
+    differ in seed and test fold alone); else one part per cache (another extraction of the same
+    condition: `[cache <identity>]`) or, failing that, per setting (`[settings <key>]`): never pooled."""
+    if group["settings_key"].nunique() <= 1 and group["cache_identity"].nunique() <= 1:
+        return [("", group)]
+    by, name = ("cache_identity", "cache") if group["cache_identity"].nunique() > 1 else ("settings_key", "settings")
+    return [(f" [{name} {str(k)[:8]}]", part) for k, part in group.groupby(by, sort=True)]
+
+
+def _layer_points(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """where (+ the curve's variant) -> rows (stack, layer, uar, uar_std, macro_f1, macro_f1_std, n,
+    n_full) of the layer sweep's runs, finished or not: a layer without a finished run has n 0."""
     runs = runs[runs["fusion"].isin(layer_sweep_fusions())]
+    parsed = runs["selection"].map(single_layer)
+    runs = runs[parsed.notna()]
+    runs = runs.assign(_stack=parsed.dropna().map(lambda p: p[0]), _layer=parsed.dropna().map(lambda p: p[1]))
     out: dict[str, pd.DataFrame] = {}
-    for where, group in runs.groupby("where", sort=False):
-        rows = []
-        parsed = group["selection"].map(single_layer)
-        group = group[parsed.notna()].assign(_stack=parsed.dropna().map(lambda p: p[0]),
-                                              _layer=parsed.dropna().map(lambda p: p[1]))
-        for (stack, layer), g in group.groupby(["_stack", "_layer"], sort=True):
-            u, f = pooled(g, "uar"), pooled(g, "macro_f1")
-            rows.append({"stack": stack, "layer": layer, "uar": u.mean, "uar_std": u.std, "macro_f1": f.mean,
-                         "macro_f1_std": f.std, "n": u.n})
-        if rows:
-            out[str(where)] = pd.DataFrame(rows).sort_values(["stack", "layer"], key=_stack_key).reset_index(drop=True)
+    for (where, variant), curve in runs.groupby(["where", "variant"], sort=False):
+        # each layer has a setting of its own: split the curve on caches alone
+        for suffix, part in split_settings(curve.assign(settings_key="")):
+            rows = []
+            for (stack, layer), g in part.groupby(["_stack", "_layer"], sort=True):
+                u, f = pooled(done(g), "uar"), pooled(done(g), "macro_f1")
+                rows.append({"stack": stack, "layer": layer, "uar": u.mean, "uar_std": u.std, "macro_f1": f.mean,
+                             "macro_f1_std": f.std, "n": u.n,
+                             "n_full": g["n_expected"].max() if g["n_expected"].notna().all() else math.nan})
+            label = str(where) + (f" [{variant}]" if variant else "") + suffix
+            frame = pd.DataFrame(rows).sort_values(["stack", "layer"], key=_stack_key).reset_index(drop=True)
+            out[label] = frame.assign(n_full=frame["n_full"].fillna(frame["n"].max()))  # unknown: the largest n
+    return out
+
+
+def layerwise(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """where -> rows (stack, layer, uar, uar_std, macro_f1, macro_f1_std, n, n_full) of the layer
+    sweep's finished runs (fusions trained on the one layer selected, `single`); runs of other
+    settings (an lr sweep, another cache of the condition) are curves of their own, `where [lr=...]`."""
+    out = {}
+    for where, curve in _layer_points(df).items():
+        curve = curve[curve["n"] > 0].reset_index(drop=True)
+        if len(curve):
+            out[where] = curve
     return out
 
 
@@ -194,34 +323,56 @@ class Cell:
     note: str = ""  # e.g. the layer a "single (best)" cell stands for
     seeds_uar: Score | None = None  # across seeds (n: seeds), for a group of two or more seeds
     seeds_f1: Score | None = None
+    base: str = ""  # the method label without what tells its variants apart (paper rows match on it)
+
+
+def cell_of(runs: pd.DataFrame, base: str = "") -> Cell:
+    """The pooled scores of one cell's finished runs."""
+    return Cell(pooled(runs, "uar"), pooled(runs, "macro_f1"), seeds_uar=across_seeds(runs, "uar"),
+                seeds_f1=across_seeds(runs, "macro_f1"), base=base)
+
+
+def with_full(cells: dict[Any, dict[str, Cell]]) -> dict[Any, dict[str, Cell]]:
+    """Cells whose expected count is unknown (tables before settings_key) measured against the largest n."""
+    largest = max((c.uar.n for cs in cells.values() for c in cs.values()), default=0)
+
+    def fill(score: Score) -> Score:
+        return replace(score, full=largest) if math.isnan(score.full) else score
+
+    return {k: {w: replace(c, uar=fill(c.uar), f1=fill(c.f1)) for w, c in cs.items()} for k, cs in cells.items()}
 
 
 def method_cells(df: pd.DataFrame) -> tuple[list[tuple[str, str]], dict[tuple[str, str], dict[str, Cell]]]:
     """Rows of the fusion comparison: (stack, method) -> where -> Cell.
 
-    Runs of other fusions than the layer sweep's (`single`) group by (stack, method). The sweep's
-    runs are summarized per stack as the deepest layer run ("single, last") and the layer with the
-    best test UAR ("single, best†": an oracle choice; the `best` fusion chooses on validation instead)."""
+    Runs of other fusions than the layer sweep's (`single`) group by (stack, method) and setting
+    (`split_settings`). The sweep's runs are summarized per stack as the deepest layer run ("single,
+    last") and the layer with the best test UAR ("single, best†": an oracle choice; the `best` fusion
+    chooses on validation instead), ranked among the layers that pooled all their scores."""
     runs = done(df)
     sweeps = layer_sweep_fusions()
     cells: dict[tuple[str, str], dict[str, Cell]] = {}
     others = runs[~runs["fusion"].isin(sweeps)]
     for (stack, method, where), g in others.groupby(["stack", "method", "where"], sort=False):
-        cells.setdefault((stack, method), {})[where] = Cell(pooled(g, "uar"), pooled(g, "macro_f1"),
-                                                            seeds_uar=across_seeds(g, "uar"),
-                                                            seeds_f1=across_seeds(g, "macro_f1"))
+        for suffix, part in split_settings(g):
+            cells.setdefault((stack, method + suffix), {})[where] = cell_of(part, part["base_method"].iloc[0])
     for fusion in sweeps:
-        for where, curves in layerwise(df[df["fusion"] == fusion]).items():
+        for where, curves in _layer_points(df[df["fusion"] == fusion]).items():
+            name, _, variant = where.partition(" [")
+            label = fusion + (f" [{variant}" if variant else "")
             for stack, g in curves.groupby("stack", sort=False):
                 last = g.loc[g["layer"].idxmax()]
-                best = g.loc[g["uar"].idxmax()]
-                for suffix, row in zip(SWEEP_ROWS, (last, best)):
-                    cells.setdefault((stack, fusion + suffix), {})[where] = Cell(
-                        Score(row["uar"], row["uar_std"], int(row["n"])),
-                        Score(row["macro_f1"], row["macro_f1_std"], int(row["n"])),
-                        note=f"{stack}{int(row['layer'])}")
+                whole = g[(g["n"] >= g["n_full"]) & g["uar"].notna()]
+                best = (whole if len(whole) else g).loc[(whole if len(whole) else g)["uar"].idxmax()] \
+                    if g["uar"].notna().any() else last
+                partly = "" if len(whole) or not g["uar"].notna().any() else ", of partly finished layers"
+                for suffix, row, why in zip(SWEEP_ROWS, (last, best), ("", partly)):
+                    cells.setdefault((stack, label + suffix), {})[name] = Cell(
+                        Score(row["uar"], row["uar_std"], int(row["n"]), row["n_full"]),
+                        Score(row["macro_f1"], row["macro_f1_std"], int(row["n"]), row["n_full"]),
+                        note=f"{stack}{int(row['layer'])}{why}", base=fusion + suffix)
     order = sorted(cells, key=lambda k: (STACK_ORDER.get(k[0], 9), _method_rank(k[1]), k[1]))
-    return order, cells
+    return order, with_full(cells)
 
 
 def _method_rank(method: str) -> tuple[int, int]:
@@ -234,32 +385,56 @@ def _method_rank(method: str) -> tuple[int, int]:
 
     for rank, suffix in enumerate(SWEEP_ROWS):
         if method.endswith(suffix):
-            return place(method.removesuffix(suffix)), rank
+            return place(method.removesuffix(suffix).split(" ")[0]), rank
     return place(method.split(" ")[0]), len(SWEEP_ROWS)
 
 
 def snr_groups(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """"corpus · model · noise" -> the done runs at its SNRs (plus the clean runs of the same
-    corpus and model, as a reference row), for each noise type run at two or more SNRs."""
-    runs = done(df)
+    """"corpus · model · noise" -> the runs at its SNRs (plus the clean runs of the same corpus and
+    model, as a reference row), finished or not, for each noise type with finished runs at two or more SNRs."""
     out: dict[str, pd.DataFrame] = {}
-    noisy = runs[runs["noise_type"].notna() & runs["snr_db"].notna() & (runs["noise_type"].astype(str) != "")]
+    noisy = df[df["noise_type"].notna() & df["snr_db"].notna() & (df["noise_type"].astype(str) != "")]
     parts = [c for c in ("corpus", "model") if df[c].nunique() > 1]
     for (corpus, model, noise), g in noisy.groupby(["corpus", "model", "noise_type"], sort=True):
-        if g["snr_db"].nunique() < 2:
+        if done(g)["snr_db"].nunique() < 2:
             continue
-        clean = runs[(runs["corpus"] == corpus) & (runs["model"] == model) & runs["snr_db"].isna()
-                     & (runs["condition"] == "clean")]
+        clean = df[(df["corpus"] == corpus) & (df["model"] == model) & df["snr_db"].isna()
+                   & (df["condition"] == "clean")]
         label = " · ".join([{"corpus": corpus, "model": model}[c] for c in parts] + [str(noise)])
         out[label] = pd.concat([g, clean])
     return out
 
 
-def best_runs(df: pd.DataFrame) -> dict[str, pd.Series]:
-    """where -> the done run with the highest UAR that has a confusion matrix."""
+@dataclass(frozen=True)
+class BestCell:
+    """The cell (stack, method) with the best pooled UAR at one condition, its confusion summed over its runs."""
+
+    stack: str
+    method: str
+    uar: Score
+    confusion: np.ndarray
+    runs: pd.DataFrame
+
+
+def best_cells(df: pd.DataFrame) -> dict[str, BestCell]:
+    """where -> the finished cell with the best pooled test UAR among those with a confusion matrix
+    that pooled all their scores (any, where none did): one lucky fold of a `per_fold` grid is not
+    "the best run"."""
     runs = done(df)
     runs = runs[runs["confusion"].map(lambda v: isinstance(json_value(v), list))]
-    return {str(w): g.loc[g["uar"].idxmax()] for w, g in runs.groupby("where", sort=False) if g["uar"].notna().any()}
+    out = {}
+    for where, at in runs.groupby("where", sort=False):
+        found = [(stack, method + suffix, pooled(part, "uar"), part)
+                 for (stack, method), g in at.groupby(["stack", "method"], sort=False)
+                 for suffix, part in split_settings(g)]
+        found = [c for c in found if not math.isnan(c[2].mean)]
+        if not found:
+            continue
+        largest = max(c[2].n for c in found)
+        whole = [c for c in found if not (c[2].partial or (math.isnan(c[2].full) and c[2].n < largest))] or found
+        stack, method, score, part = max(whole, key=lambda c: c[2].mean)
+        out[str(where)] = BestCell(stack, method, score, sum(confusion(r) for _, r in part.iterrows()), part)
+    return out
 
 
 def class_names(run: pd.Series, base: Path | None, n: int) -> list[str]:

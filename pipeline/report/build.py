@@ -43,6 +43,7 @@ def build_report(source: str | Path, out_dir: str | Path | None = None, paper_ta
     reproduce those paper tables on that dataset, so their paper-layout tables show the paper's values
     and our differences."""
     df, base = agg.load_results(source)
+    read, why = agg.results_file(source)
     from pipeline.report.paper_tables import check_paper_request, paper_sections  # imports this module
 
     check_paper_request(df, paper_tables, paper_dataset)  # refused before any figure is drawn
@@ -52,10 +53,10 @@ def build_report(source: str | Path, out_dir: str | Path | None = None, paper_ta
     counts = df["status"].value_counts().to_dict()
     wheres = list(dict.fromkeys(agg.done(df)["where"]))
     md = ["# NSER grid report", "",
-          f"Source: `{source}`. Runs: {len(df)} ({counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
+          f"Source: `{read}`{f' ({why})' if why else ''}. Runs: {len(df)} ({counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
           f"{counts.get('pending', 0)} pending). Conditions with results: {', '.join(wheres) or 'none'}.", "",
           "Scores are in %, mean ± std over every (run, fold) score of a cell (seeds x folds; for one run, "
-          "its cross-validation folds).", "", _validation_line(df), ""]
+          "its cross-validation folds).", "", _validation_line(df), ""] + _settings_line(df)
     from pipeline.report.sources import sources_section, text_section  # imports this module
 
     for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("sources", sources_section),
@@ -82,6 +83,26 @@ def _validation_line(df: pd.DataFrame) -> str:
     return f"Validation protocol (epoch choice): {', '.join(seen) or 'none of the runs finished'}."
 
 
+def _settings_line(df: pd.DataFrame) -> list[str]:
+    """Said for a table written before the grid recorded `settings_key`: its cells cannot be told apart by them."""
+    if not (agg.done(df)["settings_key"] == "").any():
+        return []
+    return ["Some runs have no `settings_key` (a results table from before it was recorded): runs of one fusion "
+            "that differ only in training settings (lr, epochs, ...) share a cell (refused where they score one seed "
+            "and fold). `nser-grid SPEC --collect` "
+            "rewrites the table with it.", ""]
+
+
+def n_note(scores: list[agg.Score]) -> list[str]:
+    """The line under a table with a cell marked `[n=k]`."""
+    if not any(s.partial for s in scores):
+        return []
+    counts = [s.n for s in scores]
+    return [f"**Cells pool different numbers of scores** (runs x folds, {min(counts)} to {max(counts)}): a cell marked "
+            "`[n=k]` has fewer than its runs are meant to give (the grid's runs of that setting, finished or not), "
+            "e.g. a grid finished in parts; compare cells of equal n only.", ""]
+
+
 def _layerwise(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
     md = ["## Layer-wise performance (paper Fig. 3)", ""]
     curves = agg.layerwise(df)
@@ -94,16 +115,21 @@ def _layerwise(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[li
         rep.files += [png, csv]
         stacks = list(dict.fromkeys(c["stack"]))
         header = ["layer"] + [f"{s} {m}" for s in stacks for m in agg.METRICS.values()]
-        rows = []
+        rows, scores = [], []
         for layer in sorted(c["layer"].unique()):
             row = [str(layer)]
             for s in stacks:
                 hit = c[(c["stack"] == s) & (c["layer"] == layer)]
                 for metric in agg.METRICS:
-                    row.append(agg.Score(hit[metric].iloc[0], hit[f"{metric}_std"].iloc[0], 0).fmt()
-                               if len(hit) else "")
+                    if not len(hit):
+                        row.append("")
+                        continue
+                    h = hit.iloc[0]
+                    scores.append(agg.Score(h[metric], h[f"{metric}_std"], int(h["n"]), h["n_full"]))
+                    row.append(scores[-1].marked())
             rows.append(row)
         md += [f"### {where}", "", f"![layer-wise {where}]({png.name})", "", _md_table(header, rows), ""]
+        md += n_note(scores)
     return md, None
 
 
@@ -117,9 +143,6 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
                          and not math.isnan(getattr(cells[k][w], m).mean)), default=math.nan)
             for w in wheres for m in ("uar", "f1")}
     header = ["stack", "method"] + [f"{w} {name}" for w in wheres for name in agg.METRICS.values()]
-    # a grid finished in parts pools fewer folds in some cells: say so in those cells
-    counts = {cell.uar.n for key in order for cell in cells[key].values()}
-    full_n = max(counts)
     rows, flat = [], []
     for key in order:
         stack, method = key
@@ -131,8 +154,9 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
                     row.append("")
                     continue
                 score = getattr(cell, m)
+                # a grid finished in parts pools fewer folds in some cells: say so in those cells
                 text = score.fmt() + (f" ({cell.note})" if cell.note and m == "uar" else "")
-                text += f" [n={score.n}]" if score.n < full_n else ""
+                text += score.mark
                 row.append(f"**{text}**" if score.mean == best[(w, m)] else text)
                 seeds = getattr(cell, f"seeds_{m}")
                 flat.append({"stack": stack, "method": method, "where": w, "metric": m, "mean": score.mean,
@@ -148,10 +172,7 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
            "`single, best†`: the single layer with the best *test* UAR (an oracle choice, optimistic; the "
            "`best` fusion chooses its layer on validation). Methods without a `[selection]` use the whole "
            f"stack(s) named in the first column. Long form: [{csv.name}]({csv.name}).", ""]
-    if len(counts) > 1:
-        md += [f"**Cells pool different numbers of scores** (runs x folds, {min(counts)} to {full_n}): a cell "
-               f"marked `[n=k]` has fewer than {full_n}, e.g. a grid finished in parts; compare cells of equal n "
-               "only.", ""]
+    md += n_note([cell.uar for key in order for cell in cells[key].values()])
     md += _seed_table(order, cells)
     return md, None
 
@@ -177,21 +198,23 @@ def _snr(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str
         methods = [f"{s} {m}" for s, m in order]
         snrs = sorted({w for k in order for w in cells[k]}, key=_snr_sort)
         md += [f"### {label}", ""]
-        long = []
+        long, scores = [], []
         for attr, name in (("uar", "UAR"), ("f1", "F1")):
             rows = []
             for snr in snrs:
                 row = [snr]
                 for key, method in zip(order, methods):
                     cell = cells[key].get(snr)
-                    row.append(getattr(cell, attr).fmt() + (f" ({cell.note})" if cell and cell.note else "")
+                    row.append(getattr(cell, attr).marked() + (f" ({cell.note})" if cell and cell.note else "")
                                if cell else "")
                     if cell:
                         score = getattr(cell, attr)
+                        scores.append(score)
                         long.append({"snr": snr, "method": method, "metric": name, "mean": score.mean,
                                      "std": score.std, "n": score.n, "note": cell.note})
                 rows.append(row)
             md += [f"{name}:", "", _md_table(["SNR"] + methods, rows), ""]
+        md += n_note(scores)
         curves = {f"{s} {m}": {float(w.split()[0]): c for w, c in cells[(s, m)].items() if w != "clean"}
                   for s, m in order}
         png = plots.snr_plot({k: v for k, v in curves.items() if v}, label, out / f"snr_{_slug(label)}.png")
@@ -211,20 +234,24 @@ def _snr_sort(label: str) -> float:
 
 
 def _confusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
-    md = ["## Confusion matrices, best run per condition (paper Fig. 5)", ""]
-    best = agg.best_runs(df)
+    md = ["## Confusion matrices, best method per condition (paper Fig. 5)", ""]
+    best = agg.best_cells(df)
     if not best:
         return md, "no finished run with a confusion matrix"
     rows = []
-    for where, run in best.items():
-        matrix = agg.confusion(run)
-        classes = agg.class_names(run, base, len(matrix))
-        title = f"{where}: {run['fusion']} {run['layers']} (UAR {100 * run['uar']:.1f}%)"
-        png = plots.confusion_plot(matrix, classes, title, out / f"confusion_{_slug(where)}.png")
+    for where, cell in best.items():
+        classes = agg.class_names(cell.runs.iloc[0], base, len(cell.confusion))
+        title = f"{where}: {cell.stack} {cell.method} (UAR {100 * cell.uar.mean:.1f}%, n={cell.uar.n})"
+        png = plots.confusion_plot(cell.confusion, classes, title, out / f"confusion_{_slug(where)}.png")
         rep.files.append(png)
-        rows.append([where, str(run["fusion"]), str(run["layers"]), f"{100 * run['uar']:.2f}",
-                     str(run.get("run_key") or ""), f"![confusion {where}]({png.name})"])
-    md += [_md_table(["condition", "fusion", "layers", "UAR", "run", "matrix (% of true class, counts)"], rows), ""]
+        keys = [str(k) for k in cell.runs["run_key"] if k]
+        rows.append([where, cell.stack, cell.method, cell.uar.marked(), str(cell.uar.n),
+                     ", ".join(keys[:3]) + (f" (+{len(keys) - 3})" if len(keys) > 3 else ""),
+                     f"![confusion {where}]({png.name})"])
+    md += [_md_table(["condition", "stack", "method", "UAR", "n (runs x folds)", "runs",
+                      "matrix (% of true class, counts)"], rows), "",
+           "Per condition, the method (a fusion table cell) with the best pooled test UAR among those that pooled "
+           "all their scores; its confusion matrix summed over the cell's runs and folds.", ""]
     return md, None
 
 

@@ -177,23 +177,30 @@ def block_frame(runs: pd.DataFrame, table: PaperTable, block: Block) -> pd.DataF
     out = []
     for row in table.rows:
         mine = cells.get(row.source, {})
-        method = next((m for m in row.methods if (row.stack, m) in mine), None)
-        if method is None and row.id not in block.values:
+        # matched on the method without its variant or validation suffix (Cell.base), first found wins;
+        # runs of several settings or protocols of that method are one printed row each, never pooled
+        bases = {k: next(iter(cs.values())).base for k, cs in mine.items() if k[0] == row.stack and cs}
+        base = next((m for m in row.methods if m in bases.values()), None)
+        methods = [k[1] for k, b in bases.items() if b == base] if base else [None]
+        if base is None and row.id not in block.values:
             continue
-        for j, col in enumerate(block.columns):
-            by_condition = mine.get((row.stack, method), {}) if method else {}
-            cell, note = by_condition.get(col.condition), ""
-            if cell is None and row.condition in by_condition:
-                cell, note = by_condition[row.condition], f"the run on {row.condition}"
-            for k, (attr, name) in enumerate(_METRICS):
-                score = getattr(cell, attr) if cell else agg.Score(math.nan, math.nan, 0)
-                paper = block.values[row.id][j][k] if row.id in block.values else math.nan
-                out.append({"table": table.id.upper(), "block": block.title, "group": row.group, "row": row.label,
-                            "row_id": row.id, "source": row.source if row.stack else "",
-                            "method": f"{row.stack} {method}" if method else "", "column": col.label,
-                            "condition": col.condition, "metric": name, "ours": 100 * score.mean,
-                            "ours_std": 100 * score.std, "n": score.n, "note": note or (cell.note if cell else ""),
-                            "paper": paper, "diff": 100 * score.mean - paper})
+        for method in methods:
+            label = row.label if len(methods) == 1 else f"{row.label} ({method})"
+            for j, col in enumerate(block.columns):
+                by_condition = mine.get((row.stack, method), {}) if method else {}
+                cell, note = by_condition.get(col.condition), ""
+                if cell is None and row.condition in by_condition:
+                    cell, note = by_condition[row.condition], f"the run on {row.condition}"
+                for k, (attr, name) in enumerate(_METRICS):
+                    score = getattr(cell, attr) if cell else agg.Score(math.nan, math.nan, 0)
+                    paper = block.values[row.id][j][k] if row.id in block.values else math.nan
+                    out.append({"table": table.id.upper(), "block": block.title, "group": row.group, "row": label,
+                                "row_id": row.id, "source": row.source if row.stack else "",
+                                "method": f"{row.stack} {method}" if method else "", "column": col.label,
+                                "condition": col.condition, "metric": name, "ours": 100 * score.mean,
+                                "ours_std": 100 * score.std, "n": score.n, "n_full": score.full,
+                                "note": note or (cell.note if cell else ""), "paper": paper,
+                                "diff": 100 * score.mean - paper})
     return pd.DataFrame(out)
 
 
@@ -205,15 +212,15 @@ def has_ours(frame: pd.DataFrame) -> bool:
 def block_markdown(frame: pd.DataFrame, block: Block, with_paper: bool) -> list[list[str]]:
     """Rows of the printed table: group (on its first row), label, then UAR and F1 per column."""
     rows, last_group = [], None
-    for rid, g in frame.groupby("row_id", sort=False):
+    for _, g in frame.groupby(["row_id", "row"], sort=False):
         first = g.iloc[0]
         row = [first["group"] if first["group"] != last_group else "", first["row"]]
         last_group = first["group"]
         for col in block.columns:
             for _, name in _METRICS:
                 r = g[(g["column"] == col.label) & (g["metric"] == name)].iloc[0]
-                ours = agg.Score(r["ours"] / 100, r["ours_std"] / 100, int(r["n"])).fmt()
-                ours = "—" if ours == "n/a" else ours
+                score = agg.Score(r["ours"] / 100, r["ours_std"] / 100, int(r["n"]), r["n_full"])
+                ours = "—" if math.isnan(score.mean) else score.marked()
                 if with_paper and not math.isnan(r["paper"]):
                     diff = "" if math.isnan(r["diff"]) else f" ({r['diff']:+.2f})"
                     ours = f"{ours} / {r['paper']:.2f}{diff}"
@@ -279,7 +286,7 @@ def paper_sections(df: pd.DataFrame, base: Path, out: Path, rep: Any, compare: t
     `out` and `rep.files`. Tables in `compare` carry the paper's values for `dataset`. A table of several
     sources (III, VI) not in `compare` is left out unless a row of another source than Whisper has runs:
     its Whisper rows alone are Tables IV and V's."""
-    from pipeline.report.build import _md_table, _slug
+    from pipeline.report.build import _md_table, _slug, n_note
 
     tables = load_paper_values()
     md: list[str] = []
@@ -317,6 +324,8 @@ def paper_sections(df: pd.DataFrame, base: Path, out: Path, rep: Any, compare: t
                       f"{tid} --paper-dataset DATASET` adds the paper's values.")
         md += [paper_note + f" Rows without a method of ours are the paper's baselines. {table.note}Long form: "
                f"[{csv.name}]({csv.name}).", ""]
+        md += n_note([agg.Score(r["ours"] / 100, r["ours_std"] / 100, int(r["n"]), r["n_full"])
+                      for f in frames for _, r in f.iterrows() if r["n"] > 0])
     md += ["## Paper Fig. 5: the proposed model's confusion matrices per SNR", ""]
     drawn = 0
     for corpus, model, title, runs, block in fig5:

@@ -50,7 +50,9 @@ def _table(runs: pd.DataFrame, row_cols: list[str]) -> tuple[list[str], list[lis
     cells: dict[tuple, dict[str, agg.Cell]] = {}
     for key, g in runs.groupby(row_cols + ["column"], sort=True):
         *row_key, column = key
-        cells.setdefault(tuple(row_key), {})[column] = agg.Cell(agg.pooled(g, "uar"), agg.pooled(g, "macro_f1"))
+        for suffix, part in agg.split_settings(g):  # the last row column is the method
+            cells.setdefault((*row_key[:-1], row_key[-1] + suffix), {})[column] = agg.cell_of(part)
+    cells = agg.with_full(cells)
     best = {(c, m): max((getattr(cs[c], m).mean for cs in cells.values() if c in cs
                          and not math.isnan(getattr(cs[c], m).mean)), default=math.nan)
             for c in columns for m in ("uar", "f1")}
@@ -64,21 +66,22 @@ def _table(runs: pd.DataFrame, row_cols: list[str]) -> tuple[list[str], list[lis
                 if score is None:
                     row.append("")
                     continue
-                row.append(f"**{score.fmt()}**" if score.mean == best[(c, m)] else score.fmt())
+                row.append(f"**{score.marked()}**" if score.mean == best[(c, m)] else score.marked())
                 flat.append({**dict(zip(row_cols, key)), "where": c, "metric": m, "mean": score.mean,
-                             "std": score.std, "n": score.n})
+                             "std": score.std, "n": score.n, "n_full": score.full})
         rows.append(row)
     return header, rows, flat
 
 
 def _write(md: list[str], header: list[str], rows: list[list[str]], flat: list[dict], csv: Path, rep,
            note: str) -> list[str]:
-    from pipeline.report.build import _md_table
+    from pipeline.report.build import _md_table, n_note
 
     pd.DataFrame(flat).to_csv(csv, index=False)
     rep.files.append(csv)
     return md + [_md_table(header, rows), "", f"{note} Bold: the best mean per column. "
-                 f"Long form: [{csv.name}]({csv.name}).", ""]
+                 f"Long form: [{csv.name}]({csv.name}).", ""] + n_note(
+        [agg.Score(r["mean"], r["std"], r["n"], r["n_full"]) for r in flat if r["metric"] == "uar"])
 
 
 def sources_section(df: pd.DataFrame, base: Path, out: Path, rep) -> tuple[list[str], str | None]:

@@ -141,13 +141,12 @@ def test_cells_pooling_fewer_folds_are_marked(tmp_path):
 def test_partial_results_skip_sections_with_reasons(tmp_path):
     df = synthetic(conditions=(("babble_0dB", 0.0),), layerwise=False)
     df = df.drop(columns=["classes"])  # class names then come from each run's metrics.json
-    best = df.loc[df["uar"].idxmax()]
-    run_dir = tmp_path / "runs" / best["run_key"]
-    run_dir.mkdir(parents=True)
     record = RunMetrics(uar=0.5, uar_std=0.0, macro_f1=0.5, macro_f1_std=0.0, confusion=[[1] * 4] * 4, folds={},
                         classes=["N", "H", "S", "A"], layers=["enc1"], fusion="mean", epochs=1, seed=0,
                         cache_identity="c", seconds=1.0)
-    (run_dir / "metrics.json").write_text(json.dumps(record.to_dict()))
+    for key in df["run_key"]:
+        (tmp_path / "runs" / key).mkdir(parents=True)
+        (tmp_path / "runs" / key / "metrics.json").write_text(json.dumps(record.to_dict()))
     df.to_parquet(tmp_path / "results.parquet", index=False)
     res = CliRunner().invoke(report_command, [str(tmp_path)])
     assert res.exit_code == 0, res.output
@@ -157,7 +156,7 @@ def test_partial_results_skip_sections_with_reasons(tmp_path):
     assert (tmp_path / "report" / "confusion_babble_0dB.png").exists()
     from pipeline.report import aggregate
     loaded, base = load_results(tmp_path)
-    run = aggregate.best_runs(loaded)["babble_0dB"]
+    run = aggregate.best_cells(loaded)["babble_0dB"].runs.iloc[0]
     assert aggregate.class_names(run, base, 4) == ["N", "H", "S", "A"]
 
 
