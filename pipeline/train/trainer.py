@@ -383,9 +383,13 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     run_info["data_mode"] = data.mode
     ckpt = RunCheckpoints(out)
     _claim_run_dir(out, run_info, ckpt)
+    # This run's results replace them: a run killed from here on must not leave them beside its
+    # config.json (done.json: the grid's marker that metrics.json is complete).
+    for stale in ("metrics.json", "done.json"):
+        (out / stale).unlink(missing_ok=True)
     if isinstance(data, RunData):
         data.prepare()
-    (out / "config.json").write_text(json.dumps(run_info, indent=2))
+    atomic_write(out / "config.json", json.dumps(run_info, indent=2))
     return _Run(reader=reader, out=out, cfg=cfg, spec=spec, candidates=candidates, layer_names=layer_names,
                 class_ids={c: i for i, c in enumerate(classes)}, plan=plan, used_folds=used_folds,
                 warnings=data_warnings, data=data, ckpt=ckpt, log=RunLog(out / "log.jsonl", board), progress=progress)
@@ -447,18 +451,33 @@ def _write_metrics(path: Path, metrics: RunMetrics) -> None:
 
 
 def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) -> None:
-    """A run dir holds one run: resuming it needs the same config and cache; anything else is refused."""
-    previous = out / "config.json"
-    if not previous.exists() or not ckpt.dir.exists():
+    """A run dir holds one run: resuming it (checkpoints) or redoing it (finished: metrics.json, no
+    checkpoints) needs the same result settings and data; anything else is refused, so a rerun
+    with a forgotten --out never replaces finished results. A dir with neither (new, or a start
+    killed before its first checkpoint) has nothing to lose."""
+    held = ("checkpoints" if ckpt.dir.exists() else "the finished results (metrics.json)"
+            if (out / "metrics.json").exists() else None)
+    if held is None:
         return
-    old = json.loads(previous.read_text())
+    what = ckpt.dir if ckpt.dir.exists() else out / "metrics.json"
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        raise NserError(f"{out} holds {held} but no readable config.json, so which run they are of is unknown; "
+                        f"use another --out or delete {what}") from None
 
     def result_config(info: dict[str, Any]) -> dict[str, Any]:
         return {"config": result_settings(info["config"]), "cache": info["cache"]["identity_hash"]}
 
     if result_config(old) != result_config(run_info):
-        raise NserError(f"{out} holds checkpoints of a run with other settings; use another --out or delete "
-                        f"{ckpt.dir}")
+        old_cfg, new_cfg = result_config(old)["config"], result_config(run_info)["config"]
+        differ = sorted(k for k in old_cfg.keys() | new_cfg.keys() if old_cfg.get(k) != new_cfg.get(k))
+        if old["cache"]["identity_hash"] != run_info["cache"]["identity_hash"]:
+            differ.append("cache identity")
+        raise NserError(f"{out} holds {held} of a run with other settings ({', '.join(differ)}); use another "
+                        f"--out or delete {what}")
+    if not ckpt.dir.exists():
+        return  # the same run redone from its start: its data mode may differ
     before, now = old.get("data_mode", "per-utterance"), run_info["data_mode"]
     if {before, now} == {"memory", "stream"}:  # per-utterance and memory give the same batches
         raise NserError(f"{out} holds checkpoints of a run whose states were {'in memory' if before == 'memory' else 'streamed'}"
