@@ -187,14 +187,17 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
 
 # --- expansion ----------------------------------------------------------------------------------
 
-def run_key(config: TrainConfig, cache_identity: str) -> str:
+def run_key(config: TrainConfig, cache_identity: str, partial: str | None = None) -> str:
     """16 hex digits of sha256 over the TrainConfig and the cache identity: two runs share a key
     exactly when they train the same thing on the same stored states. Every field counts except
     NON_RESULT_FIELDS (threads, device, ...), which the trainer resumes across too; so a grid
-    rerun with more threads or on a GPU finds its finished runs."""
-    payload = json.dumps({"config": result_settings(asdict(config)), "cache_identity": cache_identity},
-                         sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    rerun with more threads or on a GPU finds its finished runs. `partial`: an unfinished cache's
+    CacheReader.partial_hash (an --allow-missing run on part of the utterances), which its identity
+    hash does not change with; None, a complete cache, adds nothing: the keys runs always had."""
+    payload = {"config": result_settings(asdict(config)), "cache_identity": cache_identity}
+    if partial is not None:
+        payload["partial"] = partial
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _cache_paths(entries: tuple[str, ...], missing: list[str]) -> list[str]:
@@ -311,7 +314,7 @@ def expand(spec: GridSpec, derive: bool = True) -> list[RunSpec]:
                             for folds in fold_names:
                                 cfg = TrainConfig(fusion=fusion, layers=selection.spec(), seed=int(seed),
                                                   folds=folds, **train)
-                                key = run_key(cfg, reader.identity_hash)
+                                key = run_key(cfg, reader.identity_hash, reader.partial_hash)
                                 if key not in runs:
                                     runs[key] = _run(spec.out, key, path, reader, cfg, label, selection)
                                     if derive and sub.derive:
@@ -327,8 +330,8 @@ def _candidate_run_keys(reader: CacheReader, cfg: TrainConfig, selection: LayerS
     if fusion.candidates_train_as is None:
         return ()
     candidates = fusion.candidates(selection, reader.n_encoder_states, reader.n_decoder_states)
-    return tuple(run_key(replace(cfg, fusion=fusion.candidates_train_as, layers=c.spec()), reader.identity_hash)
-                 for c in candidates)
+    return tuple(run_key(replace(cfg, fusion=fusion.candidates_train_as, layers=c.spec()), reader.identity_hash,
+                         reader.partial_hash) for c in candidates)
 
 
 def _fold_names(reader: CacheReader, sub: SubGrid, where: str, path: str) -> list[str]:

@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 
 
+NOT_EXTRACTED = "not extracted"  # the left_out entry of an unfinished cache's missing utterances
+
+
 @dataclass
 class FoldMetrics:
     """One test fold: its scores, and the epoch whose validation UAR picked the model scored."""
@@ -73,7 +76,9 @@ class RunMetrics:
     seed: int
     cache_identity: str
     seconds: float
-    left_out: dict[str, int] = field(default_factory=dict)  # fold -> manifest entries not in these numbers
+    # fold -> manifest entries not in these numbers (failed extraction); NOT_EXTRACTED -> those an
+    # unfinished extraction never reached (their folds are not known)
+    left_out: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # the data's (a fold part missing classes)
     data: dict[str, Any] = field(default_factory=dict)  # how the states were read (memory, stream, ...)
     layer_choice: LayerChoice | None = None

@@ -38,7 +38,7 @@ from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.train.resident import STACKS, RunData, default_memory_budget
 from pipeline.train.tensorboard import EpochBoard
-from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
+from pipeline.train.run_metrics import NOT_EXTRACTED, FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
 from pipeline.safe_files import atomic_write
 from pipeline.version import code_version
 
@@ -359,7 +359,9 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     data_warnings = check_class_coverage(reader, plan)  # also issued as ClassCoverageWarning
     run_info = {"config": asdict(cfg), "seed": cfg.seed, "code_version": code_version(),
                 "cache": {"path": reader.location, "identity_hash": reader.identity_hash,
-                          "identity": reader.meta.identity, "n_utterances": reader.n},
+                          "identity": reader.meta.identity, "n_utterances": reader.n,
+                          # an unfinished cache: which utterances it held (its identity stays as it grows)
+                          **({"partial": reader.partial_hash} if reader.partial_hash else {})},
                 "layers": layer_names, "classes": classes, "torch": torch.__version__,
                 "validation": resolve_validation(cfg.validation, reader.meta.corpus.protocol)}
     board = EpochBoard(cfg.tensorboard) if cfg.tensorboard else None  # before any work: refused if not installed
@@ -440,9 +442,17 @@ def _run_metrics(run: _Run, per_fold: dict[str, FoldMetrics], choice: LayerChoic
                       fusion=run.cfg.fusion, layer_choice=choice, epochs=run.cfg.epochs, seed=run.cfg.seed,
                       validation=resolve_validation(run.cfg.validation, run.reader.meta.corpus.protocol),
                       cache_identity=run.reader.identity_hash, seconds=seconds,
-                      # entries of the manifest that are not in these numbers (--allow-missing), per fold
-                      left_out=run.reader.errors_by_fold(run.used_folds), warnings=run.warnings,
+                      left_out=_left_out(run), warnings=run.warnings,
                       data=run.data.describe())
+
+
+def _left_out(run: _Run) -> dict[str, int]:
+    """Entries of the manifest that are not in these numbers (--allow-missing): failed ones per
+    fold, and those an unfinished extraction never reached (their folds unknown) as NOT_EXTRACTED."""
+    left = run.reader.errors_by_fold(run.used_folds)
+    if run.reader.n_unextracted:
+        left[NOT_EXTRACTED] = run.reader.n_unextracted
+    return left
 
 
 def _write_metrics(path: Path, metrics: RunMetrics) -> None:
@@ -467,13 +477,18 @@ def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) ->
                         f"use another --out or delete {what}") from None
 
     def result_config(info: dict[str, Any]) -> dict[str, Any]:
-        return {"config": result_settings(info["config"]), "cache": info["cache"]["identity_hash"]}
+        # the utterances too: a cache's identity stays while an extraction appends to it
+        cache = info["cache"]
+        return {"config": result_settings(info["config"]), "cache": cache["identity_hash"],
+                "utterances": (cache["n_utterances"], cache.get("partial"))}
 
     if result_config(old) != result_config(run_info):
         old_cfg, new_cfg = result_config(old)["config"], result_config(run_info)["config"]
         differ = sorted(k for k in old_cfg.keys() | new_cfg.keys() if old_cfg.get(k) != new_cfg.get(k))
         if old["cache"]["identity_hash"] != run_info["cache"]["identity_hash"]:
             differ.append("cache identity")
+        elif result_config(old)["utterances"] != result_config(run_info)["utterances"]:
+            differ.append(f"cached utterances: {old['cache']['n_utterances']} then, {run_info['cache']['n_utterances']} now")
         raise NserError(f"{out} holds {held} of a run with other settings ({', '.join(differ)}); use another "
                         f"--out or delete {what}")
     if not ckpt.dir.exists():
@@ -494,9 +509,13 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
                  f"{metrics['macro_f1']:.4f} ± {metrics['macro_f1_std']:.4f} |")
     for w in metrics.get("warnings", []):
         lines.append(f"\nwarning: {w}")
-    if metrics.get("left_out"):
+    failed = {f: n for f, n in metrics.get("left_out", {}).items() if f != NOT_EXTRACTED}
+    if failed:
         lines.append("\nleft out (failed extraction, --allow-missing): "
-                     + ", ".join(f"fold {f}: {n}" for f, n in metrics["left_out"].items()))
+                     + ", ".join(f"fold {f}: {n}" for f, n in failed.items()))
+    if metrics.get("left_out", {}).get(NOT_EXTRACTED):
+        lines.append(f"\nleft out (never extracted, --allow-missing): {metrics['left_out'][NOT_EXTRACTED]} "
+                     "manifest entries of an unfinished cache")
     if "best_layer" in metrics:
         lines.append(f"\nbest layer by mean validation UAR: {metrics['best_layer']} "
                      f"({metrics['layer_val_uar'][metrics['best_layer']]:.4f})")

@@ -108,3 +108,22 @@ def test_finished_run_dir_is_not_replaced_by_another_run(signal_cache, tmp_path)
     done = train_cli(signal_cache, run)
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "metrics.json").read_text())["folds"] == json.loads(finished["metrics.json"])["folds"]
+
+
+def test_run_on_an_unfinished_cache_does_not_resume_after_it_grows(tmp_path):
+    """An --allow-missing run killed on an unfinished cache is refused once the extraction has
+    appended the rest (the identity hash stays): its checkpoints were trained on other folds' data."""
+    def extract(n):
+        write_cache(tmp_path / "c.zarr", n, rows=lambda k: row(k, label="ab"[(k // 3) % 2]),
+                    lengths=lambda rng, k: (12 + k % 5, 5), identity={"k": "partial"})
+        g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r+")
+        g.attrs[ATTR_KEY] = dict(g.attrs[ATTR_KEY], n_manifest=36)
+
+    extract(24)
+    run = tmp_path / "run"
+    assert train_cli(tmp_path / "c.zarr", run, "train:epoch-end:1", extra=["--allow-missing"]).returncode == -9
+    assert (run / "checkpoints").is_dir()
+    extract(36)
+    again = train_cli(tmp_path / "c.zarr", run, extra=["--allow-missing"])
+    assert again.returncode == 1, again.stderr
+    assert "holds checkpoints of a run with other settings (cached utterances: 24 then, 36 now)" in again.stderr
