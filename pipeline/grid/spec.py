@@ -187,16 +187,22 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
 
 # --- expansion ----------------------------------------------------------------------------------
 
-def run_key(config: TrainConfig, cache_identity: str, partial: str | None = None) -> str:
+def run_key(config: TrainConfig, cache_identity: str, partial: str | None = None, n_test_folds: int = 1) -> str:
     """16 hex digits of sha256 over the TrainConfig and the cache identity: two runs share a key
     exactly when they train the same thing on the same stored states. Every field counts except
     NON_RESULT_FIELDS (threads, device, ...), which the trainer resumes across too; so a grid
     rerun with more threads or on a GPU finds its finished runs. `partial`: an unfinished cache's
     CacheReader.partial_hash (an --allow-missing run on part of the utterances), which its identity
-    hash does not change with; None, a complete cache, adds nothing: the keys runs always had."""
+    hash does not change with; None, a complete cache, adds nothing: the keys runs always had.
+    `n_test_folds`: how many test folds the run has. A fusion chosen on validation (`best`) on
+    several once chose one layer by the mean over folds and now chooses per fold
+    (run_metrics.choose_on_validation), other results under a new key; on one fold (per-fold
+    grids) the choice is the same, and so is the key."""
     payload = {"config": result_settings(asdict(config)), "cache_identity": cache_identity}
     if partial is not None:
         payload["partial"] = partial
+    if n_test_folds > 1 and FUSION_SPECS[config.fusion].chosen_on_validation:
+        payload["layer_choice"] = "per test fold"
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -314,7 +320,8 @@ def expand(spec: GridSpec, derive: bool = True) -> list[RunSpec]:
                             for folds in fold_names:
                                 cfg = TrainConfig(fusion=fusion, layers=selection.spec(), seed=int(seed),
                                                   folds=folds, **train)
-                                key = run_key(cfg, reader.identity_hash, reader.partial_hash)
+                                key = run_key(cfg, reader.identity_hash, reader.partial_hash,
+                                              _n_test_folds(reader, folds))
                                 if key not in runs:
                                     runs[key] = _run(spec.out, key, path, reader, cfg, label, selection)
                                     if derive and sub.derive:
@@ -331,7 +338,15 @@ def _candidate_run_keys(reader: CacheReader, cfg: TrainConfig, selection: LayerS
         return ()
     candidates = fusion.candidates(selection, reader.n_encoder_states, reader.n_decoder_states)
     return tuple(run_key(replace(cfg, fusion=fusion.candidates_train_as, layers=c.spec()), reader.identity_hash,
-                         reader.partial_hash) for c in candidates)
+                         reader.partial_hash, _n_test_folds(reader, cfg.folds)) for c in candidates)
+
+
+def _n_test_folds(reader: CacheReader, folds: str) -> int:
+    """How many test folds a run with `folds` has on this cache (as pipeline.folds.fold_plan
+    makes them: one for a split cache, one per fold name otherwise)."""
+    if folds != "all":
+        return len(folds.split(","))
+    return 1 if reader.meta.corpus.protocol == "split" else len({str(f) for f in reader.table["fold"]})
 
 
 def _fold_names(reader: CacheReader, sub: SubGrid, where: str, path: str) -> list[str]:

@@ -6,7 +6,7 @@ A run killed mid-way resumes from its last epoch checkpoint when the same comman
 Per test fold, a validation part made as `--validation` says (pipeline/folds.py; by default the
 next fold, speaker-independent) picks the epoch; the test fold is only scored once, at the end.
 `--fusion best` trains a single-layer model per selected layer on the same folds, picks the layer
-by mean validation UAR, and only then scores that layer's models on the test folds.
+per test fold by that fold's validation UAR, and only then scores each fold's chosen model on its test fold.
 """
 
 from __future__ import annotations
@@ -329,8 +329,8 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
                      per_utterance: bool = False, data: RunData | None = None) -> dict[str, Any]:
     run = _prepare_run(reader, Path(out_dir), cfg, progress, per_utterance, data)
     t_run = time.perf_counter()
-    selection, trained, choice = _choose_layer(run)
-    per_fold = _train_and_test_folds(run, selection, trained)
+    selections, trained, choice = _choose_layer(run)
+    per_fold = _train_and_test_folds(run, selections, trained)
     run.log.close()
     metrics = _run_metrics(run, per_fold, choice, time.perf_counter() - t_run)
     _write_metrics(run.out / "metrics.json", metrics)
@@ -397,34 +397,38 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
                 warnings=data_warnings, data=data, ckpt=ckpt, log=RunLog(out / "log.jsonl", board), progress=progress)
 
 
-def _choose_layer(run: _Run) -> tuple[LayerSelection, dict[str, _Trained], LayerChoice | None]:
-    """The selection whose models are scored on the test folds, the models already trained for it
-    (fold -> _Trained), and how it was chosen. A fusion not chosen on validation has one candidate
-    and trains nothing here.
+def _choose_layer(run: _Run) -> tuple[dict[str, LayerSelection], dict[str, _Trained], LayerChoice | None]:
+    """The selection whose model is scored on each test fold, the models already trained for them
+    (fold -> _Trained), and how they were chosen. A fusion not chosen on validation has one
+    candidate and trains nothing here.
 
-    Chosen on validation only: every candidate trains on every fold, the mean best-epoch
-    validation UAR ranks them (ties: the earlier layer), and the test parts are read only
-    afterwards, for the chosen layer's models."""
+    Chosen on validation only: every candidate trains on every fold, and each test fold takes the
+    candidate with the best best-epoch validation UAR on its own validation part (ties: the
+    earlier layer; why per fold: choose_on_validation). The test parts are read only afterwards,
+    for each fold's chosen layer's model."""
     if not run.spec.chosen_on_validation:
         (selection,) = run.candidates
-        return selection, {}, None
-    kept: tuple[LayerSelection, dict[str, _Trained]] = (run.candidates[0], {})
+        return {p[0]: selection for p in run.plan}, {}, None
+    kept: dict[str, tuple[LayerSelection, _Trained]] = {}
     val_uar: dict[str, dict[str, float]] = {}
     for sel in run.candidates:
         name = sel.names[0]
         trained = {test_fold: run.train_fold(sel, train_idx, val_idx, {"layer": name, "fold": test_fold})
                    for test_fold, train_idx, val_idx, _ in run.plan}
         val_uar[name] = {fold: t[1] for fold, t in trained.items()}
-        if choose_on_validation(val_uar).best_layer == name:  # only the leader's models stay in memory
-            kept = (sel, trained)
-    selection, trained = kept
-    return selection, trained, choose_on_validation(val_uar)
+        leaders = choose_on_validation(val_uar).best_layer_folds
+        # only each fold's leader's model stays in memory
+        kept.update({fold: (sel, t) for fold, t in trained.items() if leaders[fold] == name})
+    return ({fold: sel for fold, (sel, _) in kept.items()}, {fold: t for fold, (_, t) in kept.items()},
+            choose_on_validation(val_uar))
 
 
-def _train_and_test_folds(run: _Run, selection: LayerSelection, trained: dict[str, _Trained]) -> dict[str, FoldMetrics]:
+def _train_and_test_folds(run: _Run, selections: dict[str, LayerSelection],
+                          trained: dict[str, _Trained]) -> dict[str, FoldMetrics]:
     """Score each fold's model on its test part, training it first unless _choose_layer did."""
     per_fold: dict[str, FoldMetrics] = {}
     for test_fold, train_idx, val_idx, test_idx in run.plan:
+        selection = selections[test_fold]
         # One fold's model in memory at a time, unless the layer choice trained them all already.
         if test_fold in trained:
             model, best_val, best_epoch = trained.pop(test_fold)
@@ -516,7 +520,11 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     if metrics.get("left_out", {}).get(NOT_EXTRACTED):
         lines.append(f"\nleft out (never extracted, --allow-missing): {metrics['left_out'][NOT_EXTRACTED]} "
                      "manifest entries of an unfinished cache")
-    if "best_layer" in metrics:
+    if metrics.get("best_layer_folds"):
+        lines.append("\nbest layer by each test fold's validation UAR: " + ", ".join(
+            f"fold {f}: {name} ({metrics['layer_val_uar_folds'][name][f]:.4f})"
+            for f, name in metrics["best_layer_folds"].items()))
+    elif "best_layer" in metrics:  # runs from before the choice was per fold
         lines.append(f"\nbest layer by mean validation UAR: {metrics['best_layer']} "
                      f"({metrics['layer_val_uar'][metrics['best_layer']]:.4f})")
     return "\n".join(lines)
