@@ -469,11 +469,11 @@ def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) ->
     checkpoints) needs the same result settings and data; anything else is refused, so a rerun
     with a forgotten --out never replaces finished results. A dir with neither (new, or a start
     killed before its first checkpoint) has nothing to lose."""
-    held = ("checkpoints" if ckpt.dir.exists() else "the finished results (metrics.json)"
-            if (out / "metrics.json").exists() else None)
-    if held is None:
-        return
-    what = ckpt.dir if ckpt.dir.exists() else out / "metrics.json"
+    has_ckpt, has_metrics = ckpt.dir.exists(), (out / "metrics.json").exists()
+    if not (has_ckpt or has_metrics) or (has_ckpt and not (out / "config.json").exists()):
+        return  # nothing to lose; or checkpoints alone, each refused under another fold/layer key (RunCheckpoints)
+    held, what = (("checkpoints", ckpt.dir) if has_ckpt
+                  else ("the finished results (metrics.json)", out / "metrics.json"))
     try:
         old = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
@@ -495,7 +495,7 @@ def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) ->
             differ.append(f"cached utterances: {old['cache']['n_utterances']} then, {run_info['cache']['n_utterances']} now")
         raise NserError(f"{out} holds {held} of a run with other settings ({', '.join(differ)}); use another "
                         f"--out or delete {what}")
-    if not ckpt.dir.exists():
+    if not has_ckpt:
         return  # the same run redone from its start: its data mode may differ
     before, now = old.get("data_mode", "per-utterance"), run_info["data_mode"]
     if {before, now} == {"memory", "stream"}:  # per-utterance and memory give the same batches
