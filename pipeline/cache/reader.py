@@ -9,6 +9,7 @@ exist: zarr would read an absent shard as zeros.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,23 @@ class CacheReader:
         if self.meta.n_manifest is None:
             return None
         return self.n + len(self.errors) >= self.meta.n_manifest
+
+    @property
+    def n_unextracted(self) -> int:
+        """Manifest entries neither cached nor failed: an unfinished extraction's rest (0 for a
+        complete cache, or one too old to tell). Their folds are not stored."""
+        return max(0, self.meta.n_manifest - self.n - len(self.errors)) if self.complete is False else 0
+
+    @property
+    def partial_hash(self) -> str | None:
+        """For an unfinished cache (`complete` False): 16 hex digits of sha256 over its cached
+        utt_ids, sorted; None otherwise. Finishing the extraction appends to the cache and keeps
+        its identity hash, so a run trained on part of it names that part by this too (run keys,
+        the trainer's run dir claim); a complete cache's identity hash says it all."""
+        if self.complete is not False:
+            return None
+        ids = "\n".join(sorted(str(u) for u in self.table["utt_id"]))
+        return hashlib.sha256(ids.encode()).hexdigest()[:16]
 
     def info(self) -> dict[str, Any]:
         """Summary for `nser cache info`."""

@@ -263,7 +263,7 @@ def run_row(run: RunSpec) -> dict[str, Any]:
                condition=run.condition, noise_type=run.noise_type, snr_db=run.snr_db, model=run.model,
                source=source_name(run.model), fusion=cfg.fusion, layers=run.layers, n_layers=run.n_layers,
                seed=cfg.seed, epochs=cfg.epochs, stack=run.stack, selection=run.selection, folds=cfg.folds,
-               run_dir=str(run_dir), settings_key=settings_key(cfg, run.cache_identity),
+               run_dir=str(run_dir), settings_key=settings_key(cfg, run.cache_identity, run.partial),
                settings=json.dumps(train_settings(cfg), sort_keys=True))
     if is_done(run):
         try:

@@ -90,6 +90,8 @@ class RunSpec:
     noise_type: str | None
     snr_db: float | None
     model: str
+    # CacheReader.partial_hash: which utterances an unfinished cache held at expansion (None: complete)
+    partial: str | None = None
     # Keys of the grid's one-layer runs this run's results are taken from, in candidate order
     # (FusionSpec.candidates_train_as); empty: the run trains.
     sources: tuple[str, ...] = ()
@@ -187,24 +189,34 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
 
 # --- expansion ----------------------------------------------------------------------------------
 
-def run_key(config: TrainConfig, cache_identity: str) -> str:
+def run_key(config: TrainConfig, cache_identity: str, partial: str | None = None, n_test_folds: int = 1) -> str:
     """16 hex digits of sha256 over the TrainConfig and the cache identity: two runs share a key
     exactly when they train the same thing on the same stored states. Every field counts except
     NON_RESULT_FIELDS (threads, device, ...), which the trainer resumes across too; so a grid
-    rerun with more threads or on a GPU finds its finished runs."""
-    payload = json.dumps({"config": result_settings(asdict(config)), "cache_identity": cache_identity},
-                         sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    rerun with more threads or on a GPU finds its finished runs. `partial`: an unfinished cache's
+    CacheReader.partial_hash (an --allow-missing run on part of the utterances), which its identity
+    hash does not change with; None, a complete cache, adds nothing: the keys runs always had.
+    `n_test_folds`: how many test folds the run has. A fusion chosen on validation (`best`) on
+    several once chose one layer by the mean over folds and now chooses per fold
+    (run_metrics.choose_on_validation), other results under a new key; on one fold (per-fold
+    grids) the choice is the same, and so is the key."""
+    payload = {"config": result_settings(asdict(config)), "cache_identity": cache_identity}
+    if partial is not None:
+        payload["partial"] = partial
+    if n_test_folds > 1 and FUSION_SPECS[config.fusion].chosen_on_validation:
+        payload["layer_choice"] = "per test fold"
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Fields with their own results-table columns (or, for seed and folds, what a report cell pools over)
 _NOT_SETTINGS = ("seed", "folds", "fusion", "layers")
 
 
-def settings_key(config: TrainConfig, cache_identity: str) -> str:
+def settings_key(config: TrainConfig, cache_identity: str, partial: str | None = None) -> str:
     """The run key with seed and test folds neutralised: runs that share it differ in those alone, so
-    a report may pool them into one cell; runs that differ in it never share one."""
-    return run_key(replace(config, seed=0, folds="all"), cache_identity)
+    a report may pool them into one cell; runs that differ in it (a run on part of an unfinished
+    cache included) never share one."""
+    return run_key(replace(config, seed=0, folds="all"), cache_identity, partial)
 
 
 def train_settings(config: TrainConfig) -> dict[str, Any]:
@@ -327,7 +339,8 @@ def expand(spec: GridSpec, derive: bool = True) -> list[RunSpec]:
                             for folds in fold_names:
                                 cfg = TrainConfig(fusion=fusion, layers=selection.spec(), seed=int(seed),
                                                   folds=folds, **train)
-                                key = run_key(cfg, reader.identity_hash)
+                                key = run_key(cfg, reader.identity_hash, reader.partial_hash,
+                                              _n_test_folds(reader, folds))
                                 if key not in runs:
                                     runs[key] = _run(spec.out, key, path, reader, cfg, label, selection)
                                     if derive and sub.derive:
@@ -343,8 +356,16 @@ def _candidate_run_keys(reader: CacheReader, cfg: TrainConfig, selection: LayerS
     if fusion.candidates_train_as is None:
         return ()
     candidates = fusion.candidates(selection, reader.n_encoder_states, reader.n_decoder_states)
-    return tuple(run_key(replace(cfg, fusion=fusion.candidates_train_as, layers=c.spec()), reader.identity_hash)
-                 for c in candidates)
+    return tuple(run_key(replace(cfg, fusion=fusion.candidates_train_as, layers=c.spec()), reader.identity_hash,
+                         reader.partial_hash, _n_test_folds(reader, cfg.folds)) for c in candidates)
+
+
+def _n_test_folds(reader: CacheReader, folds: str) -> int:
+    """How many test folds a run with `folds` has on this cache (as pipeline.folds.fold_plan
+    makes them: one for a split cache, one per fold name otherwise)."""
+    if folds != "all":
+        return len(folds.split(","))
+    return 1 if reader.meta.corpus.protocol == "split" else len({str(f) for f in reader.table["fold"]})
 
 
 def _fold_names(reader: CacheReader, sub: SubGrid, where: str, path: str) -> list[str]:
@@ -400,4 +421,4 @@ def _run(out: Path, key: str, path: str, reader: CacheReader, cfg: TrainConfig, 
                    config=cfg, layers=label, selection=selection.spec(), stack=_stack(selection),
                    n_layers=len(selection), corpus=meta.corpus.name, condition=cond.name,
                    noise_type=cond.noise_type, snr_db=None if cond.snr_db is None else float(cond.snr_db),
-                   model=meta.model.name)
+                   model=meta.model.name, partial=reader.partial_hash)

@@ -60,8 +60,8 @@ class FusionSpec:
     # Trains on the one layer the selection names: a layer sweep is one run of it per layer
     # (grid `each:`), and the report draws its layer-wise curves from these runs.
     one_layer: bool = False
-    # Trains a model per candidate on every fold and keeps the candidate with the best mean
-    # validation UAR; only the kept candidate's models see the test folds.
+    # Trains a model per candidate on every fold and keeps, per test fold, the candidate with the
+    # best validation UAR on that fold's validation part; only the kept models see the test folds.
     chosen_on_validation: bool = False
     # The one-layer fusion whose run on each candidate trains exactly this fusion's model for it
     # (same model, seeds and folds): a grid that has those runs derives this run from them

@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 
 
+NOT_EXTRACTED = "not extracted"  # the left_out entry of an unfinished cache's missing utterances
+
+
 @dataclass
 class FoldMetrics:
     """One test fold: its scores, and the epoch whose validation UAR picked the model scored."""
@@ -39,20 +42,35 @@ class FoldMetrics:
 @dataclass
 class LayerChoice:
     """How a fusion chosen on validation picked its layer: each candidate's validation UAR, mean
-    and per fold (at each fold's best epoch)."""
+    and per fold (at each fold's best epoch), and the layer each test fold chose on its own
+    validation part (best_layer_folds; None in runs from before the choice was per fold, which
+    chose one layer by the mean). `best_layer`: that layer where the folds agree (always for one
+    fold), else each fold's choice as "fold:layer, ...". """
 
     best_layer: str
     layer_val_uar: dict[str, float]
     layer_val_uar_folds: dict[str, dict[str, float]]
+    best_layer_folds: dict[str, str] | None = None
 
 
 def choose_on_validation(val_uar_folds: dict[str, dict[str, float]]) -> LayerChoice:
-    """The candidate (layer -> fold -> best-epoch validation UAR, in candidate order) with the best
-    mean validation UAR; ties go to the earlier candidate. The trainer and the grid's derived runs
-    both choose here, so a derived `best` picks what training it would have picked."""
-    means = {name: float(np.mean(list(folds.values()))) for name, folds in val_uar_folds.items()}
-    return LayerChoice(best_layer=max(means, key=means.__getitem__), layer_val_uar=means,
-                       layer_val_uar_folds=val_uar_folds)
+    """For each test fold, the candidate (layer -> fold -> best-epoch validation UAR, in candidate
+    order) with the best validation UAR on that fold's own validation part; ties go to the earlier
+    candidate. The trainer and the grid's derived runs both choose here, so a derived `best` picks
+    what training it would have picked.
+
+    Per fold, not by the mean over folds: a fold's validation part is made of other folds' test
+    utterances (next-fold: the next test fold; speaker-carve: speakers of the other folds), so a
+    layer chosen by the mean is chosen partly on the labels of the very test folds it is then
+    scored on. Chosen per fold, the layer scored on fold f was picked without any of f's test
+    labels, as in a run of that fold alone (a per-fold grid), which this choice equals."""
+    folds = list(next(iter(val_uar_folds.values())))
+    per_fold = {f: max(val_uar_folds, key=lambda name: val_uar_folds[name][f]) for f in folds}
+    means = {name: float(np.mean(list(v.values()))) for name, v in val_uar_folds.items()}
+    chosen = set(per_fold.values())
+    best = chosen.pop() if len(chosen) == 1 else ", ".join(f"{f}:{name}" for f, name in per_fold.items())
+    return LayerChoice(best_layer=best, layer_val_uar=means, layer_val_uar_folds=val_uar_folds,
+                       best_layer_folds=per_fold)
 
 
 @dataclass
@@ -73,7 +91,9 @@ class RunMetrics:
     seed: int
     cache_identity: str
     seconds: float
-    left_out: dict[str, int] = field(default_factory=dict)  # fold -> manifest entries not in these numbers
+    # fold -> manifest entries not in these numbers (failed extraction); NOT_EXTRACTED -> those an
+    # unfinished extraction never reached (their folds are not known)
+    left_out: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # the data's (a fold part missing classes)
     data: dict[str, Any] = field(default_factory=dict)  # how the states were read (memory, stream, ...)
     layer_choice: LayerChoice | None = None
@@ -87,7 +107,8 @@ class RunMetrics:
                 "macro_f1_std": self.macro_f1_std, "confusion": self.confusion,
                 "folds": {name: fold.to_dict() for name, fold in self.folds.items()},
                 "classes": self.classes, "layers": self.layers, "fusion": self.fusion,
-                **(asdict(self.layer_choice) if self.layer_choice else {}),
+                # older files' choice (one layer by the mean) has no best_layer_folds: none written
+                **({k: v for k, v in asdict(self.layer_choice).items() if v is not None} if self.layer_choice else {}),
                 "epochs": self.epochs, "seed": self.seed,
                 **({"validation": self.validation} if self.validation else {}),  # older files: absent
                 "cache_identity": self.cache_identity,

@@ -6,7 +6,7 @@ A run killed mid-way resumes from its last epoch checkpoint when the same comman
 Per test fold, a validation part made as `--validation` says (pipeline/folds.py; by default the
 next fold, speaker-independent) picks the epoch; the test fold is only scored once, at the end.
 `--fusion best` trains a single-layer model per selected layer on the same folds, picks the layer
-by mean validation UAR, and only then scores that layer's models on the test folds.
+per test fold by that fold's validation UAR, and only then scores each fold's chosen model on its test fold.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.train.resident import STACKS, RunData, default_memory_budget
 from pipeline.train.tensorboard import EpochBoard
-from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
+from pipeline.train.run_metrics import NOT_EXTRACTED, FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
 from pipeline.safe_files import atomic_write
 from pipeline.version import code_version
 
@@ -329,8 +329,8 @@ def _train_on_reader(reader: CacheReader, out_dir: str | Path, cfg: TrainConfig,
                      per_utterance: bool = False, data: RunData | None = None) -> dict[str, Any]:
     run = _prepare_run(reader, Path(out_dir), cfg, progress, per_utterance, data)
     t_run = time.perf_counter()
-    selection, trained, choice = _choose_layer(run)
-    per_fold = _train_and_test_folds(run, selection, trained)
+    selections, trained, choice = _choose_layer(run)
+    per_fold = _train_and_test_folds(run, selections, trained)
     run.log.close()
     metrics = _run_metrics(run, per_fold, choice, time.perf_counter() - t_run)
     _write_metrics(run.out / "metrics.json", metrics)
@@ -359,7 +359,9 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     data_warnings = check_class_coverage(reader, plan)  # also issued as ClassCoverageWarning
     run_info = {"config": asdict(cfg), "seed": cfg.seed, "code_version": code_version(),
                 "cache": {"path": reader.location, "identity_hash": reader.identity_hash,
-                          "identity": reader.meta.identity, "n_utterances": reader.n},
+                          "identity": reader.meta.identity, "n_utterances": reader.n,
+                          # an unfinished cache: which utterances it held (its identity stays as it grows)
+                          **({"partial": reader.partial_hash} if reader.partial_hash else {})},
                 "layers": layer_names, "classes": classes, "torch": torch.__version__,
                 "validation": resolve_validation(cfg.validation, reader.meta.corpus.protocol)}
     board = EpochBoard(cfg.tensorboard) if cfg.tensorboard else None  # before any work: refused if not installed
@@ -383,42 +385,50 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     run_info["data_mode"] = data.mode
     ckpt = RunCheckpoints(out)
     _claim_run_dir(out, run_info, ckpt)
+    # This run's results replace them: a run killed from here on must not leave them beside its
+    # config.json (done.json: the grid's marker that metrics.json is complete).
+    for stale in ("metrics.json", "done.json"):
+        (out / stale).unlink(missing_ok=True)
     if isinstance(data, RunData):
         data.prepare()
-    (out / "config.json").write_text(json.dumps(run_info, indent=2))
+    atomic_write(out / "config.json", json.dumps(run_info, indent=2))
     return _Run(reader=reader, out=out, cfg=cfg, spec=spec, candidates=candidates, layer_names=layer_names,
                 class_ids={c: i for i, c in enumerate(classes)}, plan=plan, used_folds=used_folds,
                 warnings=data_warnings, data=data, ckpt=ckpt, log=RunLog(out / "log.jsonl", board), progress=progress)
 
 
-def _choose_layer(run: _Run) -> tuple[LayerSelection, dict[str, _Trained], LayerChoice | None]:
-    """The selection whose models are scored on the test folds, the models already trained for it
-    (fold -> _Trained), and how it was chosen. A fusion not chosen on validation has one candidate
-    and trains nothing here.
+def _choose_layer(run: _Run) -> tuple[dict[str, LayerSelection], dict[str, _Trained], LayerChoice | None]:
+    """The selection whose model is scored on each test fold, the models already trained for them
+    (fold -> _Trained), and how they were chosen. A fusion not chosen on validation has one
+    candidate and trains nothing here.
 
-    Chosen on validation only: every candidate trains on every fold, the mean best-epoch
-    validation UAR ranks them (ties: the earlier layer), and the test parts are read only
-    afterwards, for the chosen layer's models."""
+    Chosen on validation only: every candidate trains on every fold, and each test fold takes the
+    candidate with the best best-epoch validation UAR on its own validation part (ties: the
+    earlier layer; why per fold: choose_on_validation). The test parts are read only afterwards,
+    for each fold's chosen layer's model."""
     if not run.spec.chosen_on_validation:
         (selection,) = run.candidates
-        return selection, {}, None
-    kept: tuple[LayerSelection, dict[str, _Trained]] = (run.candidates[0], {})
+        return {p[0]: selection for p in run.plan}, {}, None
+    kept: dict[str, tuple[LayerSelection, _Trained]] = {}
     val_uar: dict[str, dict[str, float]] = {}
     for sel in run.candidates:
         name = sel.names[0]
         trained = {test_fold: run.train_fold(sel, train_idx, val_idx, {"layer": name, "fold": test_fold})
                    for test_fold, train_idx, val_idx, _ in run.plan}
         val_uar[name] = {fold: t[1] for fold, t in trained.items()}
-        if choose_on_validation(val_uar).best_layer == name:  # only the leader's models stay in memory
-            kept = (sel, trained)
-    selection, trained = kept
-    return selection, trained, choose_on_validation(val_uar)
+        leaders = choose_on_validation(val_uar).best_layer_folds
+        # only each fold's leader's model stays in memory
+        kept.update({fold: (sel, t) for fold, t in trained.items() if leaders[fold] == name})
+    return ({fold: sel for fold, (sel, _) in kept.items()}, {fold: t for fold, (_, t) in kept.items()},
+            choose_on_validation(val_uar))
 
 
-def _train_and_test_folds(run: _Run, selection: LayerSelection, trained: dict[str, _Trained]) -> dict[str, FoldMetrics]:
+def _train_and_test_folds(run: _Run, selections: dict[str, LayerSelection],
+                          trained: dict[str, _Trained]) -> dict[str, FoldMetrics]:
     """Score each fold's model on its test part, training it first unless _choose_layer did."""
     per_fold: dict[str, FoldMetrics] = {}
     for test_fold, train_idx, val_idx, test_idx in run.plan:
+        selection = selections[test_fold]
         # One fold's model in memory at a time, unless the layer choice trained them all already.
         if test_fold in trained:
             model, best_val, best_epoch = trained.pop(test_fold)
@@ -436,9 +446,17 @@ def _run_metrics(run: _Run, per_fold: dict[str, FoldMetrics], choice: LayerChoic
                       fusion=run.cfg.fusion, layer_choice=choice, epochs=run.cfg.epochs, seed=run.cfg.seed,
                       validation=resolve_validation(run.cfg.validation, run.reader.meta.corpus.protocol),
                       cache_identity=run.reader.identity_hash, seconds=seconds,
-                      # entries of the manifest that are not in these numbers (--allow-missing), per fold
-                      left_out=run.reader.errors_by_fold(run.used_folds), warnings=run.warnings,
+                      left_out=_left_out(run), warnings=run.warnings,
                       data=run.data.describe())
+
+
+def _left_out(run: _Run) -> dict[str, int]:
+    """Entries of the manifest that are not in these numbers (--allow-missing): failed ones per
+    fold, and those an unfinished extraction never reached (their folds unknown) as NOT_EXTRACTED."""
+    left = run.reader.errors_by_fold(run.used_folds)
+    if run.reader.n_unextracted:
+        left[NOT_EXTRACTED] = run.reader.n_unextracted
+    return left
 
 
 def _write_metrics(path: Path, metrics: RunMetrics) -> None:
@@ -447,18 +465,38 @@ def _write_metrics(path: Path, metrics: RunMetrics) -> None:
 
 
 def _claim_run_dir(out: Path, run_info: dict[str, Any], ckpt: RunCheckpoints) -> None:
-    """A run dir holds one run: resuming it needs the same config and cache; anything else is refused."""
-    previous = out / "config.json"
-    if not previous.exists() or not ckpt.dir.exists():
-        return
-    old = json.loads(previous.read_text())
+    """A run dir holds one run: resuming it (checkpoints) or redoing it (finished: metrics.json, no
+    checkpoints) needs the same result settings and data; anything else is refused, so a rerun
+    with a forgotten --out never replaces finished results. A dir with neither (new, or a start
+    killed before its first checkpoint) has nothing to lose."""
+    has_ckpt, has_metrics = ckpt.dir.exists(), (out / "metrics.json").exists()
+    if not (has_ckpt or has_metrics) or (has_ckpt and not (out / "config.json").exists()):
+        return  # nothing to lose; or checkpoints alone, each refused under another fold/layer key (RunCheckpoints)
+    held, what = (("checkpoints", ckpt.dir) if has_ckpt
+                  else ("the finished results (metrics.json)", out / "metrics.json"))
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        raise NserError(f"{out} holds {held} but no readable config.json, so which run they are of is unknown; "
+                        f"use another --out or delete {what}") from None
 
     def result_config(info: dict[str, Any]) -> dict[str, Any]:
-        return {"config": result_settings(info["config"]), "cache": info["cache"]["identity_hash"]}
+        # the utterances too: a cache's identity stays while an extraction appends to it
+        cache = info["cache"]
+        return {"config": result_settings(info["config"]), "cache": cache["identity_hash"],
+                "utterances": (cache["n_utterances"], cache.get("partial"))}
 
     if result_config(old) != result_config(run_info):
-        raise NserError(f"{out} holds checkpoints of a run with other settings; use another --out or delete "
-                        f"{ckpt.dir}")
+        old_cfg, new_cfg = result_config(old)["config"], result_config(run_info)["config"]
+        differ = sorted(k for k in old_cfg.keys() | new_cfg.keys() if old_cfg.get(k) != new_cfg.get(k))
+        if old["cache"]["identity_hash"] != run_info["cache"]["identity_hash"]:
+            differ.append("cache identity")
+        elif result_config(old)["utterances"] != result_config(run_info)["utterances"]:
+            differ.append(f"cached utterances: {old['cache']['n_utterances']} then, {run_info['cache']['n_utterances']} now")
+        raise NserError(f"{out} holds {held} of a run with other settings ({', '.join(differ)}); use another "
+                        f"--out or delete {what}")
+    if not has_ckpt:
+        return  # the same run redone from its start: its data mode may differ
     before, now = old.get("data_mode", "per-utterance"), run_info["data_mode"]
     if {before, now} == {"memory", "stream"}:  # per-utterance and memory give the same batches
         raise NserError(f"{out} holds checkpoints of a run whose states were {'in memory' if before == 'memory' else 'streamed'}"
@@ -475,10 +513,18 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
                  f"{metrics['macro_f1']:.4f} ± {metrics['macro_f1_std']:.4f} |")
     for w in metrics.get("warnings", []):
         lines.append(f"\nwarning: {w}")
-    if metrics.get("left_out"):
+    failed = {f: n for f, n in metrics.get("left_out", {}).items() if f != NOT_EXTRACTED}
+    if failed:
         lines.append("\nleft out (failed extraction, --allow-missing): "
-                     + ", ".join(f"fold {f}: {n}" for f, n in metrics["left_out"].items()))
-    if "best_layer" in metrics:
+                     + ", ".join(f"fold {f}: {n}" for f, n in failed.items()))
+    if metrics.get("left_out", {}).get(NOT_EXTRACTED):
+        lines.append(f"\nleft out (never extracted, --allow-missing): {metrics['left_out'][NOT_EXTRACTED]} "
+                     "manifest entries of an unfinished cache")
+    if metrics.get("best_layer_folds"):
+        lines.append("\nbest layer by each test fold's validation UAR: " + ", ".join(
+            f"fold {f}: {name} ({metrics['layer_val_uar_folds'][name][f]:.4f})"
+            for f, name in metrics["best_layer_folds"].items()))
+    elif "best_layer" in metrics:  # runs from before the choice was per fold
         lines.append(f"\nbest layer by mean validation UAR: {metrics['best_layer']} "
                      f"({metrics['layer_val_uar'][metrics['best_layer']]:.4f})")
     return "\n".join(lines)

@@ -6,18 +6,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
 
+from pipeline.cache.writer import CacheWriter
 from pipeline.cli.grid import grid_command
 from pipeline.grid import runner
+from pipeline.grid.derive import derived_metrics
 from pipeline.grid.runner import DONE, ERROR, run_grid
 from pipeline.grid.spec import GridSpec, GridSpecError, expand, parse_grid
 from pipeline.train.config import TrainConfig
-from pipeline.train.trainer import train_on_cache
-from tests.helpers import make_cache
+from pipeline.train.fusion_specs import fusion_spec
+from pipeline.train.run_metrics import RunMetrics
+from pipeline.train.trainer import format_metrics_table, train_on_cache
+from tests.helpers import LAYOUT, attrs, make_cache, random_states, row
 
 TINY = {"epochs": 2, "hidden": 8, "batch_size": 4, "lr": 0.01}
 
@@ -45,9 +50,51 @@ def test_best_and_last_train_each_candidate_as_a_single_run(cache, tmp_path):
                           progress=False)
     assert best["layer_val_uar_folds"] == {name: {f: m["val_uar"] for f, m in s["folds"].items()}
                                            for name, s in single.items()}
-    assert _fold_scores(best) == _fold_scores(single[best["best_layer"]])
+    assert _fold_scores(best) == {f: _fold_scores(single[layer])[f] for f, layer in best["best_layer_folds"].items()}
     assert _fold_scores(last) == _fold_scores(single["enc2"])
     assert last["uar"] == single["enc2"]["uar"] and last["confusion"] == single["enc2"]["confusion"]
+
+
+def fold_signal_cache(path: Path) -> Path:
+    """3 folds x 12 utterances where the label is in encoder layer 1 in fold 0, layer 2 in fold 1
+    and both in fold 2. Under next-fold validation, test fold 0 (trained on fold 2, validated on
+    fold 1) can only do well with enc2 and test fold 1 (trained on 0, validated on 2) only with
+    enc1: their validation parts favour different layers."""
+    layers = {"0": (1,), "1": (2,), "2": (1, 2)}
+    rng = np.random.default_rng(0)
+    with CacheWriter(path, attrs(3, 2, 8, identity={"test": "per-fold best"}), layout=LAYOUT) as w:
+        for k in range(36):
+            fold, label = str(k % 3), "ab"[(k // 3) % 2]
+            enc, dec, tokens = random_states(rng, 8 + k % 5, 3, label=label, first_token=k)
+            for i in layers[fold]:
+                enc[i] += np.float16(2.0 if label == "a" else -2.0)
+            w.add(row(k, label=label, fold=fold, speaker=f"s{fold}"), enc, dec, tokens)
+    return path
+
+
+def test_best_chooses_per_test_fold(tmp_path):
+    """Each test fold's layer is the best on its own validation part (which holds other folds' test
+    data: a mean over folds would choose with the test labels of the folds it is scored on); its
+    test scores are that layer's. A derived run gives the same, and so does the fold alone."""
+    cache = fold_signal_cache(tmp_path / "c.zarr")
+    kw = {**TINY, "epochs": 3, "validation": "next-fold"}
+    single = {f"enc{i}": train_on_cache(cache, tmp_path / f"single{i}", TrainConfig(
+        fusion="single", layers=f"enc:{i}", **kw), progress=False) for i in range(3)}
+    best = train_on_cache(cache, tmp_path / "best", TrainConfig(fusion="best", layers="enc:all", **kw), progress=False)
+    chosen = best["best_layer_folds"]
+    assert (chosen["0"], chosen["1"]) == ("enc2", "enc1") and best["best_layer"] == ", ".join(
+        f"{f}:{layer}" for f, layer in chosen.items())
+    for fold, layer in chosen.items():
+        assert layer == max(single, key=lambda name: single[name]["folds"][fold]["val_uar"])
+        assert _fold_scores(best)[fold] == _fold_scores(single[layer])[fold]
+    assert best["uar"] == pytest.approx(np.mean([m["uar"] for m in best["folds"].values()]))
+    assert best["confusion"] == np.sum([m["confusion"] for m in best["folds"].values()], axis=0).tolist()
+    derived = derived_metrics(fusion_spec("best"), {f"key{i}": RunMetrics.from_dict(single[f"enc{i}"]) for i in range(3)})
+    assert _without_timing(derived.metrics.to_dict()) == _without_timing(best)
+    alone = train_on_cache(cache, tmp_path / "alone", TrainConfig(fusion="best", layers="enc:all", folds="0", **kw),
+                           progress=False)
+    assert alone["best_layer"] == "enc2" and alone["folds"]["0"] == best["folds"]["0"]
+    assert "best layer by each test fold's validation UAR: fold 0: enc2" in format_metrics_table(best)
 
 
 # --- derived runs in a grid -----------------------------------------------------------------------

@@ -77,3 +77,18 @@ def test_check_knows_the_fusions_without_their_models():
     TrainConfig(fusion="best").check()
     with pytest.raises(ConfigError, match=r"fusion must be one of attention, best, .*weighted-sum, got 'sum'"):
         TrainConfig(fusion="sum").check()
+
+
+def test_run_keys_of_finished_runs_are_unchanged():
+    """Keys of finished runs in docs/results (grids/emodb_full_fusions.yaml on fold 0, and
+    emodb_full_fig6.yaml on all folds; complete caches): the settings added later, the
+    partial-cache marker and `best`'s per-fold choice leave them as they were."""
+    recipe = dict(epochs=50, batch_size=32, lr=1e-4, hidden=256, length_buckets=True)
+    fold0 = "29df54bd9734a3d5"  # babble_0dB
+    for fusion, layers, key in [("single", "enc:3", "e007ac258d04b12e"), ("mean", "enc:1,2,3,4,5,6", "589272ef8f339648"),
+                                ("best", "enc:1,2,3,4,5,6", "d5617d9389a75484"),
+                                ("l-adapter", "enc:1,2,3,4,5,6;dec:1,2,3,4,5,6", "7a8218e279e5c1bc")]:
+        assert run_key(TrainConfig(fusion=fusion, layers=layers, folds="0", **recipe), fold0) == key
+    assert run_key(TrainConfig(fusion="mean-fc", layers="enc:4", threads=1, **recipe), "9ccf35f1fc374a7e") \
+        == "87a67e48ab47052e"
+

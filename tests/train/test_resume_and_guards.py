@@ -26,14 +26,14 @@ def signal_cache(tmp_path):
     return path
 
 
-def train_cli(cache, out, failpoint=None):
+def train_cli(cache, out, failpoint=None, extra=()):
     env = dict(os.environ)
     env.pop("NSER_FAILPOINT", None)
     if failpoint:
         env["NSER_FAILPOINT"] = failpoint
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--cache", str(cache), "--out", str(out),
            "--layers", "enc:all,dec:all", "--epochs", "4", "--batch-size", "8", "--seed", "3", "--quiet",
-           "--threads", "1"]
+           "--threads", "1", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -80,3 +80,50 @@ def test_guards(signal_cache, tmp_path):
     g.attrs[ATTR_KEY] = dict(meta, n_manifest=40)
     with pytest.raises(NserError, match=r"incomplete \(36 of 40"):
         train_on_cache(signal_cache, tmp_path / "d", TrainConfig(layers="enc:1", epochs=1, hidden=8), progress=False)
+
+
+def test_finished_run_dir_is_not_replaced_by_another_run(signal_cache, tmp_path):
+    """A finished run dir (its checkpoints gone) is refused to other settings or another cache, as
+    one with checkpoints is; a rerun with its own settings killed mid-way leaves no old metrics.json
+    beside its new config.json."""
+    run = tmp_path / "run"
+    assert train_cli(signal_cache, run).returncode == 0
+    finished = {name: (run / name).read_text() for name in ("config.json", "metrics.json", "log.jsonl")}
+    assert not (run / "checkpoints").exists()
+    other = train_cli(signal_cache, run, extra=["--epochs", "2"])
+    assert other.returncode == 1 and "holds the finished results (metrics.json) of a run with other settings (epochs)" \
+        in other.stderr
+    other_cache = tmp_path / "other.zarr"
+    write_cache(other_cache, 36, rows=lambda k: row(k, label="ab"[(k // 3) % 2]), lengths=lambda rng, k: (12 + k % 5, 5),
+                identity={"k": 2})
+    with pytest.raises(NserError, match=r"other settings \(cache identity\)"):
+        train_on_cache(other_cache, run, TrainConfig(layers="enc:all,dec:all", epochs=4, batch_size=8, seed=3),
+                       progress=False)
+    assert {name: (run / name).read_text() for name in finished} == finished  # nothing touched
+    # The same run again, killed after its first epoch: no finished results are left to misread.
+    (run / "done.json").write_text("{}")  # as a grid run dir has
+    assert train_cli(signal_cache, run, "train:epoch-end:1").returncode == -9
+    assert not (run / "metrics.json").exists() and not (run / "done.json").exists()
+    assert json.loads((run / "config.json").read_text()) == json.loads(finished["config.json"])
+    done = train_cli(signal_cache, run)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "metrics.json").read_text())["folds"] == json.loads(finished["metrics.json"])["folds"]
+
+
+def test_run_on_an_unfinished_cache_does_not_resume_after_it_grows(tmp_path):
+    """An --allow-missing run killed on an unfinished cache is refused once the extraction has
+    appended the rest (the identity hash stays): its checkpoints were trained on other folds' data."""
+    def extract(n):
+        write_cache(tmp_path / "c.zarr", n, rows=lambda k: row(k, label="ab"[(k // 3) % 2]),
+                    lengths=lambda rng, k: (12 + k % 5, 5), identity={"k": "partial"})
+        g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r+")
+        g.attrs[ATTR_KEY] = dict(g.attrs[ATTR_KEY], n_manifest=36)
+
+    extract(24)
+    run = tmp_path / "run"
+    assert train_cli(tmp_path / "c.zarr", run, "train:epoch-end:1", extra=["--allow-missing"]).returncode == -9
+    assert (run / "checkpoints").is_dir()
+    extract(36)
+    again = train_cli(tmp_path / "c.zarr", run, extra=["--allow-missing"])
+    assert again.returncode == 1, again.stderr
+    assert "holds checkpoints of a run with other settings (cached utterances: 24 then, 36 now)" in again.stderr

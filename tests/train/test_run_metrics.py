@@ -14,7 +14,7 @@ import pytest
 from pipeline.grid.runner import run_row
 from pipeline.grid.spec import expand, parse_grid
 from pipeline.report.aggregate import class_names
-from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics
+from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
 from pipeline.train.trainer import train_on_cache
 from tests.helpers import make_cache
 
@@ -79,6 +79,7 @@ def test_trainer_writes_what_the_grid_and_report_read(tmp_path):
     written = json.loads((run.run_dir / "metrics.json").read_text())
     assert written == returned
     validation = written.pop("validation")  # recorded since the files written before
+    assert set(written.pop("best_layer_folds")) == set(written["folds"])  # `best` chooses per fold since
     assert shape(written) == shape(json.loads(WRITTEN_BEFORE[0].read_text()))
     (run.run_dir / "done.json").write_text("{}")
     row = run_row(run)
@@ -86,3 +87,17 @@ def test_trainer_writes_what_the_grid_and_report_read(tmp_path):
     assert validation == row["validation"] == "speaker-carve"  # the default, paper, on a cv cache
     assert json.loads(row["fold_uar"]) == {f: m["uar"] for f, m in written["folds"].items()}
     assert class_names({"classes": None, "run_dir": str(run.run_dir)}, None, 2) == ["a", "b"]
+
+
+def test_one_fold_chooses_as_the_mean_did():
+    """On one test fold (a per-fold grid's runs) the per-fold choice is the choice by the mean over
+    folds that runs made before, ties to the earlier candidate included; on several, each fold
+    takes its own."""
+    for vals in ([0.5, 0.75, 0.75], [0.9, 0.5, 0.9], [0.5, 0.5, 0.5], [0.25, 0.5, 0.75]):
+        uar = {f"enc{i}": {"3": v} for i, v in enumerate(vals)}
+        means = {name: sum(f.values()) / len(f) for name, f in uar.items()}
+        choice = choose_on_validation(uar)
+        assert choice.best_layer == max(means, key=means.__getitem__) == choice.best_layer_folds["3"]
+    choice = choose_on_validation({"enc0": {"a": 0.9, "b": 0.5}, "enc1": {"a": 0.6, "b": 0.6}})
+    assert choice.best_layer_folds == {"a": "enc0", "b": "enc1"} and choice.best_layer == "a:enc0, b:enc1"
+
