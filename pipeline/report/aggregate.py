@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import NserError
-from pipeline.train.config import LATER_NEUTRAL
+from pipeline.train.config import result_setting
 from pipeline.train.fusion_specs import FUSION_SPECS, layer_sweep_fusions
 from pipeline.train.run_metrics import RunMetrics
 
@@ -134,19 +134,16 @@ def _variants(df: pd.DataFrame) -> pd.Series:
         facts.append({"": layers, **fact} if layers in WHOLE_STACKS else fact)
     facts_of = pd.Series(facts, index=df.index, dtype=object)
 
-    def value(fact: dict, k: str) -> Any:  # a setting left out of the settings is at its neutral value
-        return fact.get(k, LATER_NEUTRAL.get(k, (None,))[0])
-
     out = pd.Series("", index=df.index)
     for _, g in df.groupby(["stack", "fusion"], sort=False):
         group = facts_of[g.index]
         keys = sorted({k for f in group for k in f})
         # the selection only among whole stacks: others have theirs in the method label
-        differ = [k for k in keys if len({json.dumps(value(f, k) if k else f.get(k)) for f in group
+        differ = [k for k in keys if len({json.dumps(result_setting(f, k) if k else f.get(k)) for f in group
                                           if k or k in f}) > 1]
         if differ:
             out[g.index] = group.map(lambda f: ", ".join(
-                str(f[k]) if not k else f"{k}={value(f, k)}" for k in differ if k or k in f))
+                str(f[k]) if not k else f"{k}={result_setting(f, k)}" for k in differ if k or k in f))
     return out
 
 
@@ -155,19 +152,15 @@ def _expected_n(df: pd.DataFrame) -> pd.Series:
     finished or not, are meant to give; a cell pooling fewer is a grid finished in parts. NaN where
     unknown: a table written before settings_key, or a `folds: all` run on a cache whose folds no
     run of the table names yet."""
+    named = [set(map(str, p)) if isinstance(p := json_value(scores), dict) else set() for scores in df["fold_uar"]]
     folds_of: dict[str, set[str]] = {}  # cache identity -> its test folds, as the runs on it name them
-    for ident, folds, scores in zip(df["cache_identity"], df["folds"], df["fold_uar"]):
-        parsed = json_value(scores)
-        named = set(map(str, parsed)) if isinstance(parsed, dict) else set()
-        folds_of.setdefault(ident, set()).update(named | (set(folds.split(",")) if folds not in ("", "all") else set()))
+    for ident, folds, scored in zip(df["cache_identity"], df["folds"], named):
+        folds_of.setdefault(ident, set()).update(scored | (set(folds.split(",")) if folds not in ("", "all") else set()))
     keys: dict[str, set[tuple[str, str]] | None] = {}
-    for key, ident, seed, folds, scores in zip(df["settings_key"], df["cache_identity"], df["seed"], df["folds"],
-                                               df["fold_uar"]):
+    for key, ident, seed, folds, scored in zip(df["settings_key"], df["cache_identity"], df["seed"], df["folds"], named):
         if not key or keys.get(key, set()) is None:
             continue
-        parsed = json_value(scores)
-        names = (set(map(str, parsed)) if isinstance(parsed, dict) and parsed
-                 else folds_of.get(ident) if folds in ("", "all") else set(folds.split(",")))
+        names = scored or (folds_of.get(ident) if folds in ("", "all") else set(folds.split(",")))
         keys[key] = keys.get(key, set()) | {(_seed(seed), f) for f in names} if names else None
     return df["settings_key"].map(lambda k: float(len(keys[k])) if keys.get(k) else math.nan)
 
@@ -209,24 +202,33 @@ def _seed(value: Any) -> str:
         else str(value)
 
 
-def pooled(group: pd.DataFrame, metric: str) -> Score:
-    """mean ± std over the (seed, fold) scores of `group`, each counted once: two runs scoring one
-    seed's test fold (a `per_fold` subgrid beside a `folds: all` one) are refused, not pooled twice.
-    Runs without per-fold scores count once with their mean (and, alone, keep their own std)."""
+def fold_scores_once(runs: pd.DataFrame, metric: str, what: str, why: str = "e.g. a `per_fold` subgrid and a "
+                     "`folds: all` one with the same runs, or, in a table without `settings_key`, runs of other "
+                     "settings") -> dict[tuple[str, str], float]:
+    """{(seed, test fold): score} from the per-fold scores of `runs` (runs without them add nothing),
+    each (seed, fold) once: two runs scoring one seed's test fold are refused with a ReportError
+    naming `what`, since pooling or pairing them would count that fold twice."""
     values: dict[tuple[str, str], float] = {}
-    for i, (seed, mean, folds) in enumerate(zip(group["seed"], group[metric], group[f"fold_{metric}"])):
+    for seed, folds in zip(runs["seed"], runs[f"fold_{metric}"]):
         parsed = json_value(folds)
-        if isinstance(parsed, dict) and parsed:
-            for fold, v in parsed.items():
-                key = (_seed(seed), str(fold))
-                if key in values:
-                    what = " on ".join(str(group[c].iloc[0]) for c in ("method", "where") if c in group.columns)
-                    raise ReportError(f"{what or 'a cell'}: two runs score seed {key[0]}, test fold {key[1]} (e.g. a "
-                                      "`per_fold` subgrid and a `folds: all` one with the same runs, or, in a table "
-                                      "without `settings_key`, runs of other settings); a cell counts each (seed, fold) "
-                                      "once: drop one of them from the grid")
-                values[key] = float(v)
-        elif not pd.isna(mean):
+        for fold, v in (parsed.items() if isinstance(parsed, dict) else ()):
+            key = (_seed(seed), str(fold))
+            if key in values:
+                raise ReportError(f"{what}: two runs score seed {key[0]}, test fold {key[1]} ({why}); each "
+                                  "(seed, fold) counts once: drop one of them from the grid")
+            values[key] = float(v)
+    return values
+
+
+def pooled(group: pd.DataFrame, metric: str) -> Score:
+    """mean ± std over the (seed, fold) scores of `group`, each counted once (`fold_scores_once`).
+    Runs without per-fold scores count once with their mean (and, alone, keep their own std)."""
+    what = " on ".join(str(group[c].iloc[0]) for c in ("method", "where") if c in group.columns) \
+        if len(group) else "a cell"
+    values: dict[tuple[str, str], float] = dict(fold_scores_once(group, metric, what))
+    for i, (mean, folds) in enumerate(zip(group[metric], group[f"fold_{metric}"])):
+        parsed = json_value(folds)
+        if not (isinstance(parsed, dict) and parsed) and not pd.isna(mean):
             values[("", f"run {i}")] = float(mean)  # its folds unknown: counted once, not checked
     full = float(group["n_expected"].max()) if "n_expected" in group.columns and group["n_expected"].notna().all() \
         else math.nan

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats
 
-from pipeline.report.aggregate import ReportError, json_value, done
+from pipeline.report.aggregate import ReportError, done, fold_scores_once, json_value
 
 
 @dataclass(frozen=True)
@@ -58,19 +58,19 @@ def _rows_of(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def fold_scores(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per (where, seed, fold) of `runs`, from their per-fold scores."""
+    """One row per (where, seed, fold) of `runs`, from their per-fold scores, each once
+    (`fold_scores_once`)."""
     rows = []
-    for _, run in runs.iterrows():
-        folds = json_value(run[f"fold_{metric}"])
-        if not isinstance(folds, dict):
-            raise ReportError(f"run {run['run_key']} has no per-fold {metric} (fold_{metric}); a comparison pairs folds")
-        rows += [{"where": run["where"], "seed": int(run["seed"]), "fold": str(f), "score": float(v)}
-                 for f, v in folds.items()]
-    scores = pd.DataFrame(rows, columns=["where", "seed", "fold", "score"])
-    if scores.duplicated(["where", "seed", "fold"]).any():
-        raise ReportError("a method has two runs of one condition, seed and fold (other settings, e.g. epochs); "
-                          "compare results tables of one setting each")
-    return scores
+    for where, group in runs.groupby("where", sort=False):
+        for _, run in group.iterrows():
+            if not isinstance(json_value(run[f"fold_{metric}"]), dict):
+                raise ReportError(f"run {run['run_key']} has no per-fold {metric} (fold_{metric}); a comparison "
+                                  "pairs folds")
+        what = f"{group['method'].iloc[0]} on {where}"
+        why = "runs of other settings, e.g. epochs: compare results tables of one setting each"
+        rows += [{"where": where, "seed": int(seed), "fold": fold, "score": v}
+                 for (seed, fold), v in fold_scores_once(group, metric, what, why).items()]
+    return pd.DataFrame(rows, columns=["where", "seed", "fold", "score"])
 
 
 def compare_methods(df: pd.DataFrame, method_a: str, method_b: str, metric: str = "uar") -> Comparison:

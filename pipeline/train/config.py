@@ -112,3 +112,9 @@ def result_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings on one cache give the same results."""
     return {k: v for k, v in config.items()
             if k not in NON_RESULT_FIELDS and not (k in LATER_NEUTRAL and v in LATER_NEUTRAL[k])}
+
+
+def result_setting(settings: dict[str, Any], name: str) -> Any:
+    """One setting of `result_settings`' output: a LATER_NEUTRAL field it leaves out is at its
+    (first) neutral value; any other field it lacks, None."""
+    return settings.get(name, LATER_NEUTRAL.get(name, (None,))[0])

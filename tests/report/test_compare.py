@@ -88,7 +88,7 @@ def test_compare_refuses_what_it_cannot_pair(grid, tmp_path):
         compare_methods(df, "nope", "mean")
     with pytest.raises(ReportError, match="share 0 .*needs at least 2"):  # mean's runs on other seeds
         compare_methods(df.assign(seed=df["seed"].where(df["fusion"] != "mean", df["seed"] + 10)), "l-adapter", "mean")
-    with pytest.raises(ReportError, match="two runs of one condition, seed and fold"):
+    with pytest.raises(ReportError, match="l-adapter on babble_0dB: two runs score seed 0, test fold 0 .*runs of other settings"):
         compare_methods(df.assign(seed=0), "l-adapter", "mean")
     rows = [_row("mean", 0, MEAN[0], stack=s, layers=l) for s, l in (("enc", "enc:all"), ("dec", "dec:all"))]
     rows.append(_row("l-adapter", 0, ADAPTER[0]))
