@@ -63,6 +63,10 @@ def _positive_finite(ctx, param, value: float | None) -> float | None:
 @click.option("--length-buckets", is_flag=True,
               help="Training batches of similar lengths: fewer padded GRU steps on real-length speech, other "
                    "batches than the paper's random ones (docs/training.md); needs the states in memory.")
+@click.option("--state-norm", is_flag=True,
+              help="Standardise each selected layer's states per feature (mean and std of the training part's "
+                   "frames) before the fusion; the paper feeds raw states, whose scales differ by orders of "
+                   "magnitude across layers (docs/training.md). Its own run key.")
 @click.option("--adapter-dropout", type=float, default=0.5, show_default=True,
               help="Dropout on each layer adapter's BiGRU output, the paper's 0.5; 0 keeps only the dropout "
                    "before the classifier (this tool's behaviour before the option existed).")
@@ -93,7 +97,7 @@ def _positive_finite(ctx, param, value: float | None) -> float | None:
                    "(needs the tensorboard package: pip install tensorboard).")
 @quiet_option
 def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, layer_weight_lr, length_buckets,
-                  adapter_dropout, validation, seed, folds, device, precision, memory_budget, threads, expect_model,
+                  state_norm, adapter_dropout, validation, seed, folds, device, precision, memory_budget, threads, expect_model,
                   allow_missing, tensorboard, quiet):
     """Train a fusion model on cached layers with speaker-independent cross-validation."""
     from pipeline.cache.reader import CacheReader
@@ -107,7 +111,7 @@ def train_command(cache, storage_options, out, fusion, layers, epochs, batch_siz
                       adapter_dropout=adapter_dropout, length_buckets=length_buckets, validation=validation, seed=seed,
                       folds=folds, device=device, threads=threads, expect_model=expect_model,
                       allow_missing=allow_missing, memory_budget=parse_size(memory_budget), tensorboard=tensorboard,
-                      precision=precision)
+                      precision=precision, state_norm=state_norm)
     cfg.check()  # before the cache is opened: a bad setting is named even if the cache is also wrong
     with CacheReader(cache, storage_options) as reader, \
             echo_coverage_warnings(lambda line: click.echo(line, err=True)):  # when they happen, not hours later

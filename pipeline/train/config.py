@@ -40,6 +40,9 @@ class TrainConfig:
     tensorboard: str | None = None  # folder for per-epoch TensorBoard scalars (needs the tensorboard package)
     # float32, the recipe; float16: CUDA mixed precision, autocast + loss scaling (docs/gpu.md)
     precision: str = "float32"
+    # each selected layer standardised per feature with training-part statistics before the fusion
+    # (pipeline/train/fusion.py StandardizedStates); not the paper's recipe, which feeds raw states
+    state_norm: bool = False
 
     def check(self) -> None:
         """Refuse values no run can use, naming each setting: otherwise epochs 0 crashes after the
@@ -75,11 +78,14 @@ class TrainConfig:
             ("length_buckets", self.length_buckets, isinstance(self.length_buckets, bool), "true or false"),
             ("validation", self.validation, self.validation in VALIDATIONS, f"one of {', '.join(VALIDATIONS)}"),
             ("precision", self.precision, self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+            ("state_norm", self.state_norm, isinstance(self.state_norm, bool), "true or false"),
         ) if not ok]
         if (self.layer_weight_lr is not None and self.fusion in FUSION_SPECS
                 and not FUSION_SPECS[self.fusion].learned_layer_weights):
             learned = ", ".join(n for n, f in FUSION_SPECS.items() if f.learned_layer_weights)
             problems.append(f"layer_weight_lr: fusion {self.fusion} has no learned layer weights ({learned} have)")
+        if self.state_norm is True and self.fusion in FUSION_SPECS and FUSION_SPECS[self.fusion].standardises_input:
+            problems.append(f"state_norm: fusion {self.fusion} standardises its input vector already")
         if self.validation == "none" and self.fusion in FUSION_SPECS and FUSION_SPECS[self.fusion].chosen_on_validation:
             problems.append(f"fusion {self.fusion} chooses its layer on validation, which --validation none leaves out")
         if problems:
@@ -103,7 +109,8 @@ NON_RESULT_FIELDS = ("threads", "device", "allow_missing", "expect_model", "memo
 # result settings at such a value, so earlier run keys and run dirs stay valid. validation: a split
 # cache's next fold is its dev part (pipeline/folds.py), so both are what runs did before.
 LATER_NEUTRAL: dict[str, tuple[Any, ...]] = {"length_buckets": (False,), "validation": ("next-fold", "dev"),
-                                              "layer_weight_lr": (None,), "precision": ("float32",)}
+                                              "layer_weight_lr": (None,), "precision": ("float32",),
+                                              "state_norm": (False,)}
 
 
 def result_settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -338,7 +338,60 @@ class MeanFCHead(VectorHead):
         return (x * mask).sum(dim=1) / n.to(x.device)[:, None].clamp_min(1)
 
 
-def build_fusion(name: str, **kwargs) -> nn.Module:
+class StandardizedStates(nn.Module):
+    """`--state-norm`: each selected layer's states standardised per feature, (x - mean) / std, with
+    the mean and std of the training part's real frames of that layer, before the fusion.
+
+    Why an option: Whisper's states are not on one scale. A few encoder dimensions reach ~450 where
+    the typical frame has RMS ~1, decoder blocks 3-5 put RMS ~8 on the language-token position, and
+    dec6 is ~30x the other decoder blocks (docs/results.md, "State scales"); a GRU's gates saturate on
+    such inputs and a frame-level mix follows the loudest layer, while a linear probe standardises its
+    features. Not the paper's recipe (raw states into the BiGRU), so not the default. The statistics
+    are buffers, set by `fit_input_stats` from the training part only (validation and test frames
+    take no part) and kept in the model's state (checkpoints); padding stays zero."""
+
+    def __init__(self, fusion: nn.Module, n_layers: int, d_in: int):
+        super().__init__()
+        self.fusion = fusion
+        self.register_buffer("mean", torch.zeros(n_layers, d_in))
+        self.register_buffer("std", torch.ones(n_layers, d_in))
+
+    @torch.no_grad()
+    def fit_input_stats(self, batches) -> None:
+        """Per layer and feature, mean and std over the real frames of `batches` (float64 sums); a
+        constant feature keeps std 1 instead of dividing by zero."""
+        n = torch.zeros(self.mean.shape[0], 1, dtype=torch.float64)
+        total = torch.zeros(self.mean.shape, dtype=torch.float64)
+        squares = torch.zeros(self.mean.shape, dtype=torch.float64)
+        for batch in batches:
+            for i, (x, length) in enumerate(zip(batch["layers"], batch["lengths"])):
+                frames = x[valid_mask(length, x.shape[1], x.device)].double().cpu()  # [real frames, d]
+                n[i] += len(frames)
+                total[i] += frames.sum(dim=0)
+                squares[i] += (frames * frames).sum(dim=0)
+        mean = total / n.clamp_min(1)
+        std = (squares / n.clamp_min(1) - mean * mean).clamp_min(0).sqrt()
+        self.mean.copy_(mean.to(self.mean))
+        self.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)).to(self.std))
+
+    def forward(self, layers: list[torch.Tensor], lengths: list[torch.Tensor]) -> torch.Tensor:
+        normed = []
+        for i, (x, length) in enumerate(zip(layers, lengths)):
+            mask = valid_mask(length, x.shape[1], x.device)[:, :, None]
+            normed.append(((x - self.mean[i]) / self.std[i]).masked_fill(~mask, 0.0))
+        return self.fusion(normed, lengths)
+
+
+def layer_weights_of(model: nn.Module) -> torch.Tensor | None:
+    """The learned layer weights of a built fusion (behind StandardizedStates or not); None for a
+    fusion without static ones."""
+    inner = model.fusion if isinstance(model, StandardizedStates) else model
+    return inner.layer_weights() if hasattr(inner, "layer_weights") else None
+
+
+def build_fusion(name: str, state_norm: bool = False, **kwargs) -> nn.Module:
+    """The model of fusion `name`; with `state_norm`, behind StandardizedStates."""
     if name not in FUSIONS:
         raise ValueError(f"unknown fusion {name!r}; known: {', '.join(sorted(FUSIONS))}")
-    return FUSIONS[name](**kwargs)
+    model = FUSIONS[name](**kwargs)
+    return StandardizedStates(model, kwargs["n_layers"], kwargs["d_in"]) if state_norm else model

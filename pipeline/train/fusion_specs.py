@@ -71,6 +71,8 @@ class FusionSpec:
     per_utterance: bool = False
     # Has learned softmax layer weights (parameters named `*logits`), which --layer-weight-lr tunes.
     learned_layer_weights: bool = False
+    # Standardises its one input vector itself (training-part statistics), so --state-norm adds nothing.
+    standardises_input: bool = False
 
     def candidates(self, selection: LayerSelection, n_encoder_states: int,
                    n_decoder_states: int) -> list[LayerSelection]:
@@ -102,8 +104,8 @@ FUSION_SPECS: dict[str, FusionSpec] = {s.name: s for s in (
     FusionSpec("weighted-sum", learned_layer_weights=True),
     FusionSpec("l-adapter", learned_layer_weights=True),
     # The paper's baseline heads (Table II): HSF functionals -> FC; SSL states -> mean-pool -> FC.
-    FusionSpec("fc", exactly_one, per_utterance=True),
-    FusionSpec("mean-fc", exactly_one),
+    FusionSpec("fc", exactly_one, per_utterance=True, standardises_input=True),
+    FusionSpec("mean-fc", exactly_one, standardises_input=True),
 )}
 
 

@@ -33,7 +33,7 @@ from pipeline.layers import LayerSelection
 from pipeline.train.checkpoint import CheckpointError, RunCheckpoints
 from pipeline.train.config import TrainConfig, result_settings
 from pipeline.train.dataset import NonFiniteError, PerUtteranceData
-from pipeline.train.fusion import build_fusion
+from pipeline.train.fusion import build_fusion, layer_weights_of
 from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.train.resident import STACKS, RunData, default_memory_budget
@@ -115,15 +115,15 @@ def _train_fold(reader: CacheReader, data: RunData | PerUtteranceData, selection
     seed_everything(cfg.seed)
     model = build_fusion(cfg.fusion, n_layers=len(selection), d_in=reader.d_model, n_classes=len(class_ids),
                          hidden=cfg.hidden, dropout=cfg.dropout, adapter_dropout=cfg.adapter_dropout,
-                         n_encoder=len(selection.encoder),
-                         n_decoder=len(selection.decoder)).to(cfg.device)
+                         n_encoder=len(selection.encoder), n_decoder=len(selection.decoder),
+                         state_norm=cfg.state_norm).to(cfg.device)
     done = ckpt.load_done(key)
     if done is not None:
         model.load_state_dict(done["model"])
         log.restore(key, done["entries"])
         return model, done["best_val"], done["best_epoch"]
     desc = " ".join(f"{k} {v}" for k, v in tag.items())
-    if hasattr(model, "fit_input_stats"):  # a head that standardises its input: training part only
+    if hasattr(model, "fit_input_stats"):  # standardised input (a head's, or --state-norm): training part only
         model.fit_input_stats(_loader(data, train_idx, selection, class_ids, cfg, f"training part of {desc}"))
     opt = _optimizer(model, cfg)
     # loss scaling for float16 gradients; disabled (a pass-through) at float32
@@ -225,8 +225,8 @@ def _test_fold(model: torch.nn.Module, data: RunData | PerUtteranceData, selecti
                n_val: int) -> FoldMetrics:
     loader = _loader(data, test_idx, selection, class_ids, cfg, f"test fold {test_fold}")
     test = classification_metrics(*_evaluate(model, loader, cfg), len(class_ids))
-    weights = (dict(zip(selection.names, model.layer_weights().detach().tolist()))
-               if hasattr(model, "layer_weights") else None)
+    learned = layer_weights_of(model)
+    weights = dict(zip(selection.names, learned.detach().tolist())) if learned is not None else None
     return FoldMetrics(**test, best_epoch=best_epoch, val_uar=best_val, n_train=n_train, n_val=n_val,
                        layer_weights=weights)
 

@@ -36,7 +36,7 @@ def test_result_settings_leave_out_exactly_the_non_result_fields():
     cfg = TrainConfig(fusion="mean", layers="enc:1-2", seed=3)
     settings = result_settings(asdict(cfg))
     neutral = {k for k, v in LATER_NEUTRAL.items() if asdict(cfg)[k] in v}  # later settings at their old value
-    assert neutral == {"length_buckets", "layer_weight_lr", "precision"} and set(settings) == set(asdict(cfg)) - set(NON_RESULT_FIELDS) - neutral
+    assert neutral == {"length_buckets", "layer_weight_lr", "precision", "state_norm"} and set(settings) == set(asdict(cfg)) - set(NON_RESULT_FIELDS) - neutral
     assert settings["fusion"] == "mean" and settings["seed"] == 3
     other_machine = replace(cfg, threads=4, device="cuda", allow_missing=True, expect_model="m", memory_budget=1)
     assert result_settings(asdict(other_machine)) == settings
