@@ -80,8 +80,8 @@ def test_check_knows_the_fusions_without_their_models():
 
 
 def test_run_keys_of_finished_runs_are_unchanged():
-    """Keys of finished runs in docs/results (grids/emodb_full_fusions.yaml on fold 0, and
-    emodb_full_fig6.yaml on all folds; complete caches): the settings added later, the
+    """Keys of finished runs in docs/results (grids/emodb_full_fusions.yaml and
+    emodb_full_state_norm_fold0.yaml on fold 0, and emodb_full_fig6.yaml on all folds; complete caches): the settings added later, the
     partial-cache marker and `best`'s per-fold choice leave them as they were."""
     recipe = dict(epochs=50, batch_size=32, lr=1e-4, hidden=256, length_buckets=True)
     fold0 = "29df54bd9734a3d5"  # babble_0dB
@@ -91,4 +91,8 @@ def test_run_keys_of_finished_runs_are_unchanged():
         assert run_key(TrainConfig(fusion=fusion, layers=layers, folds="0", **recipe), fold0) == key
     assert run_key(TrainConfig(fusion="mean-fc", layers="enc:4", threads=1, **recipe), "9ccf35f1fc374a7e") \
         == "87a67e48ab47052e"
+    # grids/emodb_full_state_norm_fold0.yaml's runs with train.state_norm (their own keys)
+    for fusion, layers, key in [("single", "enc:3", "8f3b98b4b24991f9"),
+                                ("l-adapter", "enc:1,2,3,4,5,6;dec:1,2,3,4,5,6", "4776d20f62654b1d")]:
+        assert run_key(TrainConfig(fusion=fusion, layers=layers, folds="0", state_norm=True, **recipe), fold0) == key
 
