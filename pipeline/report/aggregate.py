@@ -115,8 +115,10 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     # finished runs: a pending run has none recorded yet, and must not relabel the finished ones.
     df["validation"] = df["validation"].fillna("").astype(str)
     finished = df["status"] == "done"
+    df["protocol"] = ""
     if df.loc[finished, "validation"].nunique() > 1:
-        df.loc[finished, "method"] += df.loc[finished, "validation"].map(lambda v: f" ({v or 'validation unrecorded'})")
+        df.loc[finished, "protocol"] = df.loc[finished, "validation"].map(lambda v: f" ({v or 'validation unrecorded'})")
+    df["method"] += df["protocol"]
     df["n_expected"] = _expected_n(df)
     return df
 
@@ -287,7 +289,7 @@ def _layer_points(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     runs = runs[parsed.notna()]
     runs = runs.assign(_stack=parsed.dropna().map(lambda p: p[0]), _layer=parsed.dropna().map(lambda p: p[1]))
     out: dict[str, pd.DataFrame] = {}
-    for (where, variant), curve in runs.groupby(["where", "variant"], sort=False):
+    for (where, variant, protocol), curve in runs.groupby(["where", "variant", "protocol"], sort=False):
         # each layer has a setting of its own: split the curve on caches alone
         for suffix, part in split_settings(curve.assign(settings_key="")):
             rows = []
@@ -296,9 +298,12 @@ def _layer_points(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 rows.append({"stack": stack, "layer": layer, "uar": u.mean, "uar_std": u.std, "macro_f1": f.mean,
                              "macro_f1_std": f.std, "n": u.n,
                              "n_full": g["n_expected"].max() if g["n_expected"].notna().all() else math.nan})
-            label = str(where) + (f" [{variant}]" if variant else "") + suffix
+            label = str(where) + (f" [{variant}]" if variant else "") + suffix + protocol
             frame = pd.DataFrame(rows).sort_values(["stack", "layer"], key=_stack_key).reset_index(drop=True)
-            out[label] = frame.assign(n_full=frame["n_full"].fillna(frame["n"].max()))  # unknown: the largest n
+            frame = frame.assign(n_full=frame["n_full"].fillna(frame["n"].max()))  # unknown: the largest n
+            # what the label is made of, for method_cells' row labels
+            frame.attrs.update(where=str(where), variant=(f" [{variant}]" if variant else "") + suffix, protocol=protocol)
+            out[label] = frame
     return out
 
 
@@ -359,9 +364,9 @@ def method_cells(df: pd.DataFrame) -> tuple[list[tuple[str, str]], dict[tuple[st
         for suffix, part in split_settings(g):
             cells.setdefault((stack, method + suffix), {})[where] = cell_of(part, part["base_method"].iloc[0])
     for fusion in sweeps:
-        for where, curves in _layer_points(df[df["fusion"] == fusion]).items():
-            name, _, variant = where.partition(" [")
-            label = fusion + (f" [{variant}" if variant else "")
+        for curves in _layer_points(df[df["fusion"] == fusion]).values():
+            name = curves.attrs["where"]
+            label = fusion + curves.attrs["variant"] + curves.attrs["protocol"]
             for stack, g in curves.groupby("stack", sort=False):
                 last = g.loc[g["layer"].idxmax()]
                 whole = g[(g["n"] >= g["n_full"]) & g["uar"].notna()]

@@ -67,6 +67,22 @@ def test_other_validation_protocols_are_other_methods(tmp_path):
     assert cells[("enc", "mean (speaker-carve)")]["babble_0dB"].seeds_uar.n == 2
 
 
+def test_a_layer_sweep_under_two_validation_protocols_is_two_sweeps(tmp_path):
+    """Single-layer runs of one layer, seed and fold under two protocols are two curves and two rows,
+    not one cell scoring that fold twice (which the report refuses)."""
+    rows = [{**_row("single", 0, {"0": 0.6 + 0.05 * layer + bump}, validation=validation, layers=f"enc:{layer}"),
+             "run_key": f"single-{layer}-{validation}"}
+            for layer in (3, 4) for validation, bump in (("speaker-carve", 0.0), ("none", 0.01))]
+    grid = _table(tmp_path, rows)
+    df, _ = load_results(grid)
+    _, cells = method_cells(df)
+    assert cells[("enc", "single (none), last")]["babble_0dB"].uar.mean == pytest.approx(0.81)
+    assert cells[("enc", "single (speaker-carve), last")]["babble_0dB"].uar.mean == pytest.approx(0.80)
+    assert all(c["babble_0dB"].uar.n == 1 for k, c in cells.items())
+    text = build_report(grid, grid / "report").path.read_text()
+    assert "### babble_0dB (none)" in text and "### babble_0dB (speaker-carve)" in text
+
+
 def test_compare_pairs_condition_seed_and_fold(grid):
     df, _ = load_results(grid)
     result = compare_methods(df, "l-adapter", "mean")
