@@ -298,12 +298,12 @@ def _layer_points(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 rows.append({"stack": stack, "layer": layer, "uar": u.mean, "uar_std": u.std, "macro_f1": f.mean,
                              "macro_f1_std": f.std, "n": u.n,
                              "n_full": g["n_expected"].max() if g["n_expected"].notna().all() else math.nan})
-            label = str(where) + (f" [{variant}]" if variant else "") + suffix + protocol
+            tag = (f" [{variant}]" if variant else "") + suffix
             frame = pd.DataFrame(rows).sort_values(["stack", "layer"], key=_stack_key).reset_index(drop=True)
             frame = frame.assign(n_full=frame["n_full"].fillna(frame["n"].max()))  # unknown: the largest n
             # what the label is made of, for method_cells' row labels
-            frame.attrs.update(where=str(where), variant=(f" [{variant}]" if variant else "") + suffix, protocol=protocol)
-            out[label] = frame
+            frame.attrs.update(where=str(where), variant=tag, protocol=protocol)
+            out[str(where) + tag + protocol] = frame
     return out
 
 

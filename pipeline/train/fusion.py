@@ -277,6 +277,16 @@ class WeightedSumFusion(_LearnedWeightsMixin, FrameFusion):
 
 # --- the paper's baseline heads (Table II): one vector per utterance -> FC ------------------------
 
+@torch.no_grad()
+def set_moments(mean: torch.Tensor, std: torch.Tensor, n, total: torch.Tensor, squares: torch.Tensor) -> None:
+    """Write into the `mean` and `std` buffers the moments of `n` values with these float64 sums; a
+    constant feature keeps std 1 instead of dividing by zero."""
+    m = total / n
+    s = (squares / n - m * m).clamp_min(0).sqrt()
+    mean.copy_(m.to(mean))
+    std.copy_(torch.where(s > 1e-12, s, torch.ones_like(s)).to(std))
+
+
 class VectorHead(nn.Module):
     """Standardise -> FC (2 x hidden units: 512 at the default, the paper's HSF size) -> ReLU ->
     dropout -> classifier, on one vector per utterance (`pool`).
@@ -307,10 +317,7 @@ class VectorHead(nn.Module):
         for batch in batches:
             v = self.pool(batch["layers"], batch["lengths"]).double()
             n, total, squares = n + len(v), total + v.sum(dim=0), squares + (v * v).sum(dim=0)
-        mean = total / n
-        std = (squares / n - mean * mean).clamp_min(0).sqrt()
-        self.mean.copy_(mean.to(self.mean))
-        self.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)).to(self.std))
+        set_moments(self.mean, self.std, n, total, squares)
 
     def forward(self, layers: list[torch.Tensor], lengths: list[torch.Tensor]) -> torch.Tensor:
         x = (self.pool(layers, lengths) - self.mean) / self.std
@@ -369,10 +376,7 @@ class StandardizedStates(nn.Module):
                 n[i] += len(frames)
                 total[i] += frames.sum(dim=0)
                 squares[i] += (frames * frames).sum(dim=0)
-        mean = total / n.clamp_min(1)
-        std = (squares / n.clamp_min(1) - mean * mean).clamp_min(0).sqrt()
-        self.mean.copy_(mean.to(self.mean))
-        self.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)).to(self.std))
+        set_moments(self.mean, self.std, n.clamp_min(1), total, squares)
 
     def forward(self, layers: list[torch.Tensor], lengths: list[torch.Tensor]) -> torch.Tensor:
         normed = []
