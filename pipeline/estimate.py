@@ -89,11 +89,12 @@ def utterance_seconds(u: Utterance) -> float:
     return (info.frames / info.samplerate) - (u.start or 0.0)
 
 
-def measured_rate(model: str, device: str) -> tuple[float, str] | None:
-    """(utterances per second, how it was measured) from extract_rates.yaml, if that pair was measured."""
+def measured_rate(model: str, device: str, dtype: str) -> tuple[float, str] | None:
+    """(utterances per second, how it was measured) from extract_rates.yaml, if this model was measured on
+    this device kind in this compute dtype (on a GPU, float16 and float32 differ by more than batch sizes do)."""
     rates = yaml.safe_load(resources.files("pipeline").joinpath("extract_rates.yaml").read_text())["rates"]
     for r in rates:
-        if r["model"] == model and r["device"] == device:
+        if (r["model"], r["device"], r["dtype"]) == (model, device, dtype):
             return float(r["utt_per_s"]), r["measured"]
     return None
 
@@ -126,18 +127,23 @@ class Estimate:
         for n in sorted({1, n_conditions}):
             what = "one condition" if n == 1 else f"{n} conditions"
             t = (f"{n * self.n_utterances / self.rate[0] / 3600:.2f} h at {self.rate[0]:.2f} utt/s "
-                 f"({self.rate[1]})" if self.rate else "time unknown: no measured rate for this model and device "
+                 f"({self.rate[1]})" if self.rate else "time unknown: no measured rate for this model, device and dtype "
                  "(--measure N times N utterances)")
             out.append(f"{what}: {n * self.n_utterances} utterances, {n * self.audio_seconds / 3600:.2f} h of audio, "
                        f"cache {n * self.cache_bytes / 1e9:.2f} GB, {t}")
         return out
 
 
-def estimate(corpus: Corpus, model: str, device: str, rate: tuple[float, str] | None = None) -> Estimate:
+def estimate(corpus: Corpus, model: str, device: str, dtype: str = "auto",
+             rate: tuple[float, str] | None = None) -> Estimate:
+    """`device` is a device kind (cpu, cuda); `dtype` the compute dtype or auto (that device's default)."""
+    from pipeline.extract.run import default_dtype  # torch: only when a time is estimated
+
     dims = model_dims(model)
     seconds = [utterance_seconds(u) for u in corpus.utterances]
+    dtype = default_dtype(device) if dtype == "auto" else dtype
     return Estimate(len(seconds), sum(seconds), sum(dims.bytes_per_utterance(s) for s in seconds), dims,
-                    rate or measured_rate(model, device))
+                    rate or measured_rate(model, device, dtype))
 
 
 def _device_kind(device: str) -> str:
@@ -152,6 +158,6 @@ def dry_run_report(corpus: Corpus, opts, n_conditions: int | None = 1, measure: 
     if not n_conditions:
         raise NserError("--measure times a dry run: add --dry-run (nothing was extracted)")
     rate = time_extraction(corpus, opts, measure) if measure else None
-    est = estimate(corpus, opts.model, _device_kind(opts.device), rate)
+    est = estimate(corpus, opts.model, _device_kind(opts.device), opts.dtype, rate)
     head = f"dry run: nothing is extracted or written; {opts.model} on {corpus.name}"
     return "\n".join([head, *est.lines(n_conditions)])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
+import yaml
 import zarr
 from click.testing import CliRunner
 
@@ -49,3 +51,24 @@ def test_model_sizes_without_downloading(tmp_path):
     assert model_dims(str(tmp_path)) == ModelDims(64, 3, 4)
     with pytest.raises(NserError, match="cannot tell the size of 'facebook/wav2vec2-base'"):
         model_dims("facebook/wav2vec2-base")
+
+
+def test_the_time_comes_from_the_rate_measured_in_the_run_s_compute_dtype(tmp_path, emodb_root):
+    """On a GPU float16 and float32 were measured 1.6x apart (docs/gpu.md): `--dtype auto` must be priced
+    as the float16 it runs, not as whichever entry comes first; a dtype never measured has no time."""
+    rates = yaml.safe_load(resources.files("pipeline").joinpath("extract_rates.yaml").read_text())["rates"]
+    cuda = {r["dtype"]: r["utt_per_s"] for r in rates if (r["model"], r["device"]) == ("bundled:base", "cuda")}
+    assert set(cuda) == {"float16", "float32"} and cuda["float16"] != cuda["float32"]
+
+    def dry_run(*extra):  # --device cuda needs no GPU: a dry run loads no model
+        res = CliRunner().invoke(extract_command, ["--corpus", "emodb", "--data-root", str(emodb_root), "--model",
+                                                   "bundled:base", "--device", "cuda", "--out", str(tmp_path / "c.zarr"),
+                                                   "--dry-run", *extra])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    assert f"at {cuda['float16']:.2f} utt/s" in dry_run()
+    assert f"at {cuda['float16']:.2f} utt/s" in dry_run("--dtype", "float16")
+    assert f"at {cuda['float32']:.2f} utt/s" in dry_run("--dtype", "float32")
+    assert "time unknown: no measured rate for this model, device and dtype" in dry_run("--dtype", "bfloat16")
+    assert not (tmp_path / "c.zarr").exists()

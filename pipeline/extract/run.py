@@ -64,11 +64,16 @@ class ExtractionReport:
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def default_dtype(device: str) -> str:
+    """What `--dtype auto` computes in on this device: float16 on a GPU, float32 on the CPU."""
+    return "float16" if device.startswith("cuda") else "float32"
+
+
 def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
+        dtype = default_dtype(device)
     if dtype not in DTYPES:
         raise NserError(f"dtype must be auto, {', '.join(DTYPES)}; not {dtype!r}")
     try:
