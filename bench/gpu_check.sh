@@ -2,7 +2,8 @@
 # The GPU measurements of docs/gpu.md as one script, for a lent machine with little time: the CUDA
 # tests, extraction rates, one real cache, the grid's paper run in float32 and float16, seconds per
 # epoch. Each step runs only while time is left (BUDGET seconds from the start), most important first;
-# the numbers go to $RESULTS/summary.tsv and the logs beside it.
+# the numbers go to $RESULTS/summary.tsv and the logs beside it. Last, a grid of eight single-layer runs
+# with one worker and with four.
 #
 #   DATA_ROOT=../shared/data/emodb_full NOISE=../shared/data/noise/babble bash bench/gpu_check.sh
 #
@@ -63,6 +64,23 @@ for b in 32 8; do
   done
 done
 step bench_train 40 $PY bench/train.py --cache "$CACHE" --skip-naive
+# Grid workers on one GPU: the eight single-layer runs of docs/results.md ("How much is one fold's number
+# worth?") with one worker, then four; the two results.csv must agree.
+for w in 1 4; do
+  cat > "$WORK/grid_w$w.yaml" <<EOF
+out: $WORK/grid_w$w
+caches: [$CACHE]
+seeds: [0]
+folds: ["0"]
+per_fold: true
+train: {epochs: $EPOCHS, batch_size: 32, lr: 1.0e-4, hidden: 256, length_buckets: true}
+subgrids:
+  - fusions: [single]
+    layers: ["enc:0", "enc:1", "enc:2", "enc:3", "enc:4", "enc:5", "enc:6", "dec:1"]
+EOF
+  step "grid_workers_$w" 60 $NSER grid "$WORK/grid_w$w.yaml" --no-pack --workers "$w" --quiet
+  [ -f "$WORK/grid_w$w/results.csv" ] && cp "$WORK/grid_w$w/results.csv" "$RESULTS/grid_w$w.results.csv"
+done
 
 for r in run_fp32 run_fp16; do
   [ -f "$WORK/$r/metrics.json" ] && cp "$WORK/$r/metrics.json" "$RESULTS/$r.metrics.json"
