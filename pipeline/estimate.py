@@ -127,8 +127,8 @@ class Estimate:
         for n in sorted({1, n_conditions}):
             what = "one condition" if n == 1 else f"{n} conditions"
             t = (f"{n * self.n_utterances / self.rate[0] / 3600:.2f} h at {self.rate[0]:.2f} utt/s "
-                 f"({self.rate[1]})" if self.rate else "time unknown: no measured rate for this model, device and dtype "
-                 "(--measure N times N utterances)")
+                 f"({self.rate[1]})" if self.rate else
+                 "time unknown: no measured rate for this model, device and dtype (--measure N times N utterances)")
             out.append(f"{what}: {n * self.n_utterances} utterances, {n * self.audio_seconds / 3600:.2f} h of audio, "
                        f"cache {n * self.cache_bytes / 1e9:.2f} GB, {t}")
         return out

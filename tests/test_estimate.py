@@ -61,9 +61,9 @@ def test_the_time_comes_from_the_rate_measured_in_the_run_s_compute_dtype(tmp_pa
     assert set(cuda) == {"float16", "float32"} and cuda["float16"] != cuda["float32"]
 
     def dry_run(*extra):  # --device cuda needs no GPU: a dry run loads no model
-        res = CliRunner().invoke(extract_command, ["--corpus", "emodb", "--data-root", str(emodb_root), "--model",
-                                                   "bundled:base", "--device", "cuda", "--out", str(tmp_path / "c.zarr"),
-                                                   "--dry-run", *extra])
+        args = ["--corpus", "emodb", "--data-root", str(emodb_root), "--model", "bundled:base", "--device", "cuda",
+                "--out", str(tmp_path / "c.zarr"), "--dry-run", *extra]
+        res = CliRunner().invoke(extract_command, args)
         assert res.exit_code == 0, res.output
         return res.output
 
