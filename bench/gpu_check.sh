@@ -28,10 +28,14 @@ printf 'step\tseconds\tstatus\n' > "$SUMMARY"
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 
 # step NAME NEEDED_SECONDS COMMAND...: run when NEEDED_SECONDS are left, stopped when the budget ends.
+# REQUIRES (a path) skips the step when an earlier step did not make its input.
 step() {
   local name=$1 need=$2; shift 2
   local t0 t1 rc
   if [ "$(left)" -lt "$need" ]; then printf '%s\t-\tskipped (%ss left)\n' "$name" "$(left)" >> "$SUMMARY"; return; fi
+  if [ -n "${REQUIRES:-}" ] && [ ! -e "$REQUIRES" ]; then
+    printf '%s\t-\tskipped (no %s)\n' "$name" "$REQUIRES" >> "$SUMMARY"; return
+  fi
   t0=$(date +%s.%N)
   timeout "$(left)" "$@" > "$RESULTS/$name.log" 2>&1; rc=$?
   t1=$(date +%s.%N)
@@ -54,16 +58,16 @@ PAPER_RUN=(--fusion l-adapter --layers enc:blocks,dec:blocks --epochs "$EPOCHS" 
 # differs from the CPU runs in docs/results.md only by the device.
 step extract_babble0_fp32_b32 60 $NSER extract "${EXTRACT[@]}" --dtype float32 --batch-size 32 $LIMIT_ARG \
   --noise "$NOISE" --snr 0 --out "$CACHE" --quiet
-step dump_cache 20 $PY bench/device_drift.py dump "$CACHE" "$RESULTS/cache_dump.npz"
-step train_fp32 60 $NSER train --cache "$CACHE" --out "$WORK/run_fp32" "${PAPER_RUN[@]}"
-[ "$DEVICE" = cuda ] && step train_fp16 60 $NSER train --cache "$CACHE" --out "$WORK/run_fp16" "${PAPER_RUN[@]}" --precision float16
+REQUIRES=$CACHE step dump_cache 20 $PY bench/device_drift.py dump "$CACHE" "$RESULTS/cache_dump.npz"
+REQUIRES=$CACHE step train_fp32 60 $NSER train --cache "$CACHE" --out "$WORK/run_fp32" "${PAPER_RUN[@]}"
+[ "$DEVICE" = cuda ] && REQUIRES=$CACHE step train_fp16 60 $NSER train --cache "$CACHE" --out "$WORK/run_fp16" "${PAPER_RUN[@]}" --precision float16
 for b in 32 8; do
   for dt in float16 float32; do
     step "rate_${dt}_b$b" 30 $NSER extract "${EXTRACT[@]}" --dtype "$dt" --batch-size "$b" --noise "$NOISE" --snr 0 \
       --out "$WORK/unused.zarr" --dry-run --measure "$MEASURE"
   done
 done
-step bench_train 40 $PY bench/train.py --cache "$CACHE" --skip-naive
+REQUIRES=$CACHE step bench_train 40 $PY bench/train.py --cache "$CACHE" --skip-naive
 # Grid workers on one GPU: the eight single-layer runs of docs/results.md ("How much is one fold's number
 # worth?") with one worker, then four; the two results.csv must agree.
 for w in 1 4; do
@@ -78,7 +82,7 @@ subgrids:
   - fusions: [single]
     layers: ["enc:0", "enc:1", "enc:2", "enc:3", "enc:4", "enc:5", "enc:6", "dec:1"]
 EOF
-  step "grid_workers_$w" 60 $NSER grid "$WORK/grid_w$w.yaml" --no-pack --workers "$w" --quiet
+  REQUIRES=$CACHE step "grid_workers_$w" 60 $NSER grid "$WORK/grid_w$w.yaml" --no-pack --workers "$w" --quiet
   [ -f "$WORK/grid_w$w/results.csv" ] && cp "$WORK/grid_w$w/results.csv" "$RESULTS/grid_w$w.results.csv"
 done
 
@@ -88,7 +92,9 @@ for r in run_fp32 run_fp16; do
 done
 (cd "$RESULTS" && tar -czf logs.tgz --exclude logs.tgz --exclude cache_dump.npz --exclude summary.tsv . 2>/dev/null)
 echo; cat "$SUMMARY"
-grep -h -E "utt/s|utterances per second|rate" "$RESULTS"/rate_*.log 2>/dev/null | head -8
+for f in "$RESULTS"/rate_*.log; do
+  [ -f "$f" ] && echo "$(basename "$f" .log): $(grep -o -E '[0-9.]+ utt/s' "$f" | tail -1)"
+done
 for r in run_fp32 run_fp16; do
   [ -f "$RESULTS/$r.metrics.json" ] && $PY -c "import json, sys; m = json.load(open(sys.argv[1])); \
 print(sys.argv[2], {k: m.get(k) for k in ('uar', 'macro_f1', 'seconds')}, m.get('data', {}).get('on'))" "$RESULTS/$r.metrics.json" "$r"
