@@ -12,7 +12,7 @@ set -u
 DATA_ROOT=${DATA_ROOT:-../shared/data/emodb_full}
 NOISE=${NOISE:-../shared/data/noise/babble}
 WORK=${WORK:-/tmp/nser_gpu_check}
-RESULTS=${RESULTS:-${OUT:-$WORK/results}}
+RESULTS=${RESULTS:-$WORK/results}
 DEVICE=${DEVICE:-cuda}
 BUDGET=${BUDGET:-480}
 MEASURE=${MEASURE:-128}
