@@ -148,8 +148,8 @@ def estimate(corpus: Corpus, model: str, device: str, dtype: str = "auto",
 
 def _device_kind(device: str) -> str:
     if device == "auto":
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        from pipeline.extract.run import default_device  # torch: only when the device is asked for
+        return default_device()
     return device.split(":")[0]
 
 

@@ -64,6 +64,11 @@ class ExtractionReport:
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def default_device() -> str:
+    """What `--device auto` extracts on: the GPU when torch sees one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_dtype(device: str) -> str:
     """What `--dtype auto` computes in on this device: float16 on a GPU, float32 on the CPU."""
     return "float16" if device.startswith("cuda") else "float32"
@@ -71,7 +76,7 @@ def default_dtype(device: str) -> str:
 
 def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     if dtype == "auto":
         dtype = default_dtype(device)
     if dtype not in DTYPES:
