@@ -34,14 +34,20 @@ from pipeline.cli.common import NserCommand, quiet_option
 @click.option("--collect", is_flag=True,
               help="Train nothing: write the results table of the runs finished so far (the rest `pending`), "
                    "e.g. to report on a grid that is finished in parts.")
+@click.option("--records", type=click.Path(file_okay=False),
+              help="A folder of run records (each finished run's run.json, config.json, metrics.json and "
+                   "done.json; no checkpoints): runs whose record it holds are finished from it instead of "
+                   "trained, and every finished run's record is kept there. For grids finished in parts on "
+                   "machines whose run folders do not last (docs/grid.md, \"Run records\").")
 @quiet_option
 def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, dry_run, no_derive, no_pack,
-                 collect, quiet):
+                 collect, records, quiet):
     """Run an ablation grid (fusions x layers x caches x seeds) and aggregate its results.
 
     Finished runs (a done.json in their run dir) are skipped, so rerunning the same command
     resumes an interrupted grid and retries failed runs. Exits with status 1 if any run failed."""
     from pipeline.grid.packing import describe_packs, plan_packs
+    from pipeline.grid.records import has_record
     from pipeline.grid.runner import default_workers, is_done, run_grid, scheduler_security, scheduler_warning
     from pipeline.grid.spec import load_grid
 
@@ -56,12 +62,15 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
     runs = _expand(spec, derive=not no_derive)
     n_done = sum(is_done(r) for r in runs)
     n_derived = sum(r.derived for r in runs)
+    in_records = {r.key for r in runs if records and not is_done(r) and has_record(records, r.key)}
     click.echo(f"{grid_file}: {len(runs)} runs ({len(runs) - n_derived} trained, {n_derived} derived from them), "
-               f"{n_done} already finished; out: {spec.out}", err=True)
+               f"{n_done} already finished" + (f", {len(in_records)} more in {records}" if records else "")
+               + f"; out: {spec.out}", err=True)
     if dry_run:
         for r in runs:
-            click.echo(("done    " if is_done(r) else "todo    ") + r.describe())
-        todo = [r for r in runs if not r.derived and not is_done(r)]
+            click.echo(("done    " if is_done(r) else "record  " if r.key in in_records else "todo    ")
+                       + r.describe())
+        todo = [r for r in runs if not r.derived and not is_done(r) and r.key not in in_records]
         n = workers or default_workers()
         # a scheduler's cluster is not asked at --dry-run: the split assumes --workers or the local default
         click.echo(f"{describe_packs(plan_packs(todo, n, not no_pack))} for {n} worker(s)", err=True)
@@ -70,8 +79,10 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
     if warning:
         click.echo(f"warning: {warning}", err=True)
     outcome = run_grid(runs, spec.out, scheduler=scheduler, n_workers=workers, security=security,
-                       progress=not quiet, pack=not no_pack, train=not collect)
+                       progress=not quiet, pack=not no_pack, train=not collect, records=records)
     click.echo(outcome.summary(), err=True)
+    for w in outcome.record_warnings:
+        click.echo(f"warning: {w}", err=True)
     failed = outcome.table[outcome.table["status"] == "failed"]
     for _, row in failed.head(20).iterrows():
         click.echo(f"  failed {row['run_key']} ({row['fusion']} {row['layers']} on {row['condition']}): "

@@ -1,4 +1,4 @@
-"""`nser-report RESULTS_DIR_OR_CSV` (`nser report`): figures and tables of a grid's results (docs/grid.md)."""
+"""`nser-report RESULTS_DIR_OR_CSV...` (`nser report`): figures and tables of a grid's results (docs/grid.md)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pipeline.report import PAPER_TABLES
 
 
 @click.command("report", cls=NserCommand)
-@click.argument("source", metavar="RESULTS_DIR_OR_CSV", type=click.Path(exists=True),
-                help="A grid's results folder (results.parquet or results.csv inside), or such a table.")
+@click.argument("sources", metavar="RESULTS_DIR_OR_CSV...", nargs=-1, required=True, type=click.Path(exists=True),
+                help="A grid's results folder (results.parquet or results.csv inside), or such a table; several "
+                     "are pooled (a grid finished in parts), each run once.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for report.md and its files (default: <results dir>/report).")
 @click.option("--paper-table", "paper_tables", multiple=True, type=click.Choice(PAPER_TABLES),
@@ -22,16 +23,16 @@ from pipeline.report import PAPER_TABLES
               help="Instead of the report: a paired t-test and Wilcoxon signed-rank test of the two methods' UAR "
                    "over their common (condition, seed, fold) scores. Methods as the fusion table names them "
                    "(e.g. l-adapter, 'single [enc:12]'; 'enc+dec mean' where a method runs on several stacks).")
-def report_command(source, out, paper_tables, paper_dataset, compare):
+def report_command(sources, out, paper_tables, paper_dataset, compare):
     """Write report.md with layer-wise curves, the fusion table, SNR robustness and confusion matrices."""
     if compare:
         from pipeline.report.aggregate import load_results
         from pipeline.report.compare import compare_methods
 
-        click.echo(compare_methods(load_results(source)[0], *compare).describe())
+        click.echo(compare_methods(load_results(*sources)[0], *compare).describe())
         return
     from pipeline.report.build import build_report  # pandas, matplotlib
 
-    rep = build_report(source, out, tuple(paper_tables), paper_dataset)
+    rep = build_report(sources, out, tuple(paper_tables), paper_dataset)
     click.echo(f"{rep.path}: sections {', '.join(rep.written) or 'none'}; "
                f"skipped {', '.join(rep.skipped) or 'none'}; {len(rep.files)} files")

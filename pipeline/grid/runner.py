@@ -33,6 +33,7 @@ from pipeline.extract.sources import source_name
 from pipeline.failpoints import failpoint
 from pipeline.grid.derive import derived_metrics
 from pipeline.grid.packing import plan_packs
+from pipeline.grid.records import DONE, RUN_INFO, has_record, keep_record, take_record
 from pipeline.grid.spec import RunSpec, settings_key, train_settings
 from pipeline.safe_files import Flock, LockBusy, atomic_open
 from pipeline.safe_files import atomic_write as _write_atomic  # readers see the old file or the new one
@@ -43,7 +44,7 @@ if TYPE_CHECKING:  # imported by the tasks that use them: the client needs neith
     from pipeline.cache.reader import CacheReader
     from pipeline.train.resident import RunData
 
-DONE, ERROR, RUN_INFO = "done.json", "error.txt", "run.json"
+ERROR = "error.txt"
 
 COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition", "noise_type", "snr_db", "model",
            "source", "fusion", "layers", "n_layers", "best_layer", "seed", "epochs", "uar", "uar_std", "macro_f1",
@@ -429,6 +430,8 @@ class GridOutcome:
     ran: list[str] = field(default_factory=list)  # keys executed (trained) by this call
     derived: list[str] = field(default_factory=list)  # keys of derived runs written (or failed) by this call
     skipped: list[str] = field(default_factory=list)  # keys already finished before this call
+    imported: list[str] = field(default_factory=list)  # of those, keys whose run dir came from --records
+    record_warnings: list[str] = field(default_factory=list)  # records kept that disagree with a run dir here
 
     @property
     def failed(self) -> list[str]:
@@ -437,7 +440,8 @@ class GridOutcome:
     def summary(self) -> str:
         counts = self.table["status"].value_counts().to_dict()
         peak = self.table["peak_rss_mb"].max()
-        return (f"{len(self.table)} runs: {counts.get('done', 0)} done ({len(self.skipped)} finished before, "
+        imported = f", {len(self.imported)} of them from records" if self.imported else ""
+        return (f"{len(self.table)} runs: {counts.get('done', 0)} done ({len(self.skipped)} finished before{imported}, "
                 f"{counts.get('done', 0) - len(self.skipped)} now), {counts.get('failed', 0)} failed, "
                 f"{counts.get('pending', 0)} pending"
                 + (f"; largest worker peak memory {peak:.0f} MiB" if pd.notna(peak) else "")
@@ -446,19 +450,23 @@ class GridOutcome:
 
 def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, scheduler: str | None = None,
              n_workers: int | None = None, security: Any = None, progress: bool = True,
-             write_every_s: float = 5.0, pack: bool = True, train: bool = True) -> GridOutcome:
+             write_every_s: float = 5.0, pack: bool = True, train: bool = True,
+             records: str | Path | None = None) -> GridOutcome:
     """Run every unfinished run on Dask (the given client, else `scheduler` with `security`, else a local cluster)
     and write `<out>/results.{csv,parquet}`: during the grid at most every `write_every_s` seconds,
     and at the end (also when interrupted). A derived run is written here as soon as its sources
     are finished (or failed), before, during or after the training. Runs that can share their states
     train in one task each (`pack`, pipeline/grid/packing.py); `pack=False`: one run per task.
     `train=False` trains nothing: the table of what is finished (derived runs whose sources are),
-    the rest `pending`, e.g. for a report while a grid is finished in parts."""
+    the rest `pending`, e.g. for a report while a grid is finished in parts. `records`: a folder of
+    run records (pipeline/grid/records.py): unfinished runs whose record it holds are finished from
+    it first, and every finished run's record is kept there (as each run finishes, and at the end)."""
     out = Path(out)
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
         raise NserError("run_grid got the same run twice; expand() drops duplicates")
     with _exclusive(out / ".nser-grid.lock", f"grid folder {out}"):
+        imported = _take_records(runs, records) if records is not None else []
         rows = {r.key: run_row(r) for r in runs}
         pending = [r for r in runs if rows[r.key]["status"] != "done" and not r.derived]
         waiting = [r for r in runs if rows[r.key]["status"] != "done" and r.derived]
@@ -466,10 +474,19 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
         training = {r.key for r in pending}
         ran: list[str] = []
         derived: list[str] = []
+        record_warnings: list[str] = []
+        by_key = {r.key: r for r in runs}
+
+        def keep(keys: list[str]) -> None:
+            if records is not None:
+                record_warnings.extend(w for k in keys if rows[k]["status"] == "done"
+                                       for w in [keep_record(by_key[k], records)] if w)
 
         def finished(key: str) -> None:
             training.discard(key)
+            n_derived = len(derived)
             _derive_ready(waiting, training, rows, derived)
+            keep([key, *derived[n_derived:]])
 
         try:
             _derive_ready(waiting, training, rows, derived)
@@ -478,9 +495,25 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
                       else dask_client(scheduler, n_workers, security)) as c:
                     _run_pending(c, pending, rows, ran, out, progress, write_every_s, finished, pack)
         finally:
+            keep([k for k in keys if k not in ran])  # runs finished before, derived ones: kept once, no-ops after
             table = results_frame(list(rows.values()))
             csv, parquet = write_results(table, out)
-        return GridOutcome(table=table, csv=csv, parquet=parquet, ran=ran, derived=derived, skipped=skipped)
+        return GridOutcome(table=table, csv=csv, parquet=parquet, ran=ran, derived=derived, skipped=skipped,
+                           imported=imported, record_warnings=record_warnings)
+
+
+def _take_records(runs: list[RunSpec], records: str | Path) -> list[str]:
+    """Finish every unfinished run whose record `records` holds from it (each under its run dir's
+    lock); their keys. A record that is not its run's stops the grid before anything trains."""
+    taken = []
+    for run in runs:
+        if is_done(run) or not has_record(records, run.key):
+            continue
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+        with _exclusive(Path(run.run_dir) / ".lock", f"run dir {run.run_dir}"):
+            if not is_done(run) and take_record(run, records):
+                taken.append(run.key)
+    return taken
 
 
 def cluster_threads(client: Any) -> int:

@@ -59,17 +59,48 @@ def results_file(source: str | Path) -> tuple[Path, str]:
     raise ReportError(f"{source} has neither results.parquet nor results.csv (run nser-grid first)")
 
 
-def load_results(source: str | Path) -> tuple[pd.DataFrame, Path]:
+def load_results(*sources: str | Path) -> tuple[pd.DataFrame, Path]:
     """A results table from a grid folder (`results_file`) or a .csv/.parquet file; returns it with
-    the folder that holds it (run dirs are looked up relative to it)."""
+    the folder that holds it (run dirs are looked up relative to it; with several, the first's).
+
+    Several sources are pooled, e.g. the tables of a grid finished in parts on machines that kept
+    only their own: a run (its key) in more than one is kept once, done where any table has it done,
+    and refused when two tables hold it done with other scores (one run cannot have two results)."""
+    if not sources:
+        raise ReportError("no results to read")
+    frames = [_read_results(s) for s in sources]
+    df = frames[0] if len(frames) == 1 else _pool_tables(frames, sources)
+    return normalize(df), results_file(sources[0])[0].parent
+
+
+def _read_results(source: str | Path) -> pd.DataFrame:
     source, _ = results_file(source)
     # keys and fold names as written: "03" or an all-digit hash must not become a number
     text = {c: str for c in ("run_key", "cache_identity", "settings_key", "folds")}
     try:
-        df = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source, dtype=text)
+        return pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source, dtype=text)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same user problem
         raise ReportError(f"cannot read {source}: {exc}") from exc
-    return normalize(df), source.parent
+
+
+_RESULT_COLUMNS = ("uar", "macro_f1", "fold_uar", "fold_macro_f1", "confusion")
+
+
+def _pool_tables(frames: list[pd.DataFrame], sources: tuple) -> pd.DataFrame:
+    """The tables' rows, each run once: its done row where a table has one (else its first row)."""
+    for frame, source in zip(frames, sources):
+        if "run_key" not in frame.columns or frame["run_key"].isna().any():
+            raise ReportError(f"{source}: pooling several results tables needs every row's run_key")
+    df = pd.concat([f.assign(_source=str(s)) for f, s in zip(frames, sources)], ignore_index=True)
+    df["_done"] = (df["status"] == "done") if "status" in df.columns else True
+    done_rows = df[df["_done"]]
+    for key, rows in done_rows.groupby("run_key"):
+        scores = rows[[c for c in _RESULT_COLUMNS if c in rows.columns]].astype(str).drop_duplicates()
+        if len(scores) > 1:
+            raise ReportError(f"run {key} is done with other scores in {' and '.join(rows['_source'])}: "
+                              "one run cannot have two results (trained twice? pool one of them)")
+    df = df.sort_values("_done", ascending=False, kind="stable").drop_duplicates("run_key")
+    return df.sort_index().drop(columns=["_source", "_done"]).reset_index(drop=True)
 
 
 def _stack_of(layers: str) -> str:

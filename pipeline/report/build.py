@@ -36,14 +36,16 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(source: str | Path, out_dir: str | Path | None = None, paper_tables: tuple[str, ...] = (),
-                 paper_dataset: str | None = None) -> Report:
-    """Write the report for a grid folder or results file into `out_dir` (default: `<grid>/report`).
+def build_report(source: str | Path | tuple[str | Path, ...], out_dir: str | Path | None = None,
+                 paper_tables: tuple[str, ...] = (), paper_dataset: str | None = None) -> Report:
+    """Write the report for a grid folder or results file (or several, pooled: agg.load_results) into
+    `out_dir` (default: `<the first grid>/report`).
     `paper_tables` (any of "iii", "iv", "v", "vi") with `paper_dataset` (e.g. "iemocap"): the runs
     reproduce those paper tables on that dataset, so their paper-layout tables show the paper's values
     and our differences."""
-    df, base = agg.load_results(source)
-    read, why = agg.results_file(source)
+    sources = tuple(source) if isinstance(source, (tuple, list)) else (source,)
+    df, base = agg.load_results(*sources)
+    read_files = [agg.results_file(s) for s in sources]
     from pipeline.report.paper_tables import check_paper_request, paper_sections  # imports this module
 
     check_paper_request(df, paper_tables, paper_dataset)  # refused before any figure is drawn
@@ -53,7 +55,7 @@ def build_report(source: str | Path, out_dir: str | Path | None = None, paper_ta
     counts = df["status"].value_counts().to_dict()
     wheres = list(dict.fromkeys(agg.done(df)["where"]))
     md = ["# NSER grid report", "",
-          f"Source: `{read}`{f' ({why})' if why else ''}. Runs: {len(df)} ({counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
+          f"Source: {', '.join(f'`{read}`' + (f' ({why})' if why else '') for read, why in read_files)}. Runs: {len(df)} ({counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
           f"{counts.get('pending', 0)} pending). Conditions with results: {', '.join(wheres) or 'none'}.", "",
           "Scores are in %, mean ± std over every (run, fold) score of a cell (seeds x folds; for one run, "
           "its cross-validation folds).", "", _validation_line(df), ""] + _settings_line(df)

@@ -1,0 +1,97 @@
+"""Run records: a finished run's outputs apart from its run dir, for `nser-grid --records DIR`.
+
+A run dir lives where the run trained: a scratch disk, a cluster job's folder, a checkout that goes
+away, and most of its bytes are checkpoints. Its record is the four small files a results row and a
+derived run read (run.json, config.json, metrics.json, done.json; a few kB), kept in
+`DIR/<run key>/`. Records are small enough to commit beside a report, so a grid finished in parts,
+in sessions or on machines whose run folders do not last, resumes from them without training a
+finished run again, and its results table is rebuilt from them.
+
+A record is taken only for the very run it describes: its run.json must name the run's key, cache
+identity (and unfinished-cache part) and result settings, else RecordMismatch; a record with a file
+missing or unreadable is refused the same way. Records are written once: a record already in DIR is
+kept, and one that disagrees with the run dir here is reported, not overwritten."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import NserError
+from pipeline.safe_files import atomic_write
+from pipeline.train.config import result_settings
+from pipeline.train.run_metrics import RunMetrics
+
+RUN_INFO, CONFIG, METRICS, DONE = "run.json", "config.json", "metrics.json", "done.json"
+RECORD_FILES = (RUN_INFO, CONFIG, METRICS, DONE)  # done.json last: a record without it is unfinished
+
+
+class RecordMismatch(NserError):
+    """A record in the records folder is not the record of the run with its key, or is incomplete."""
+
+
+def record_dir(records: str | Path, key: str) -> Path:
+    return Path(records) / key
+
+
+def has_record(records: str | Path, key: str) -> bool:
+    return (record_dir(records, key) / DONE).is_file()
+
+
+def check_record(run: Any, records: str | Path) -> dict[str, str]:
+    """The record of `run` (a RunSpec) in `records`, file name -> text, after checking that it is
+    complete and describes this run. Raises RecordMismatch otherwise."""
+    where = record_dir(records, run.key)
+    texts: dict[str, str] = {}
+    for name in RECORD_FILES:
+        try:
+            texts[name] = (where / name).read_text()
+        except OSError as exc:
+            raise RecordMismatch(f"record {where} is incomplete: {name} cannot be read ({exc})") from None
+    try:
+        info = json.loads(texts[RUN_INFO])
+        json.loads(texts[CONFIG])
+        json.loads(texts[DONE])
+        RunMetrics.from_dict(json.loads(texts[METRICS]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RecordMismatch(f"record {where} is unreadable: {exc}") from None
+    wanted = {"key": run.key, "cache_identity": run.cache_identity, "partial": run.partial,
+              "result settings": result_settings(asdict(run.config))}
+    found = {"key": info.get("key"), "cache_identity": info.get("cache_identity"), "partial": info.get("partial"),
+             "result settings": result_settings(info.get("config") or {})}
+    differ = [k for k in wanted if wanted[k] != found[k]]
+    if differ:
+        detail = "; ".join(f"{k}: record {found[k]!r}, run {wanted[k]!r}" for k in differ)
+        raise RecordMismatch(f"record {where} is not the record of run {run.describe()}: {detail}")
+    return texts
+
+
+def take_record(run: Any, records: str | Path) -> bool:
+    """Copy `run`'s record from `records` into its (unfinished) run dir, done.json last; the caller
+    holds the run dir's lock. False when `records` holds none for it."""
+    if not has_record(records, run.key):
+        return False
+    texts = check_record(run, records)
+    run_dir = Path(run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        atomic_write(run_dir / name, texts[name])
+    return True
+
+
+def keep_record(run: Any, records: str | Path) -> str | None:
+    """Write the finished `run`'s record into `records` (done.json last), unless one is there. Returns
+    a warning when the record there has other scores than this run dir's, else None."""
+    src = Path(run.run_dir)
+    dst = record_dir(records, run.key)
+    if has_record(records, run.key):
+        if (dst / METRICS).read_text() != (src / METRICS).read_text():
+            return (f"the record of run {run.key} in {records} has other scores than {src}/metrics.json "
+                    "(trained twice, e.g. on two machines); the record was kept")
+        return None
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        atomic_write(dst / name, (src / name).read_text())
+    return None
