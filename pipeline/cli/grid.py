@@ -26,6 +26,9 @@ from pipeline.cli.common import NserCommand, quiet_option
 @click.option("--workers", type=click.IntRange(min=1),
               help="Local cluster workers (default: one per usable core; one on a CUDA machine).")
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (overrides the spec's `out`).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Set a top-level spec key (folds, seeds, caches, missing_caches, ...) or train.FIELD, the value "
+                   "read as YAML: e.g. --set folds=[2] --set train.threads=1 (repeatable; docs/grid.md).")
 @click.option("--dry-run", is_flag=True, help="List the runs (and which are finished) without running anything.")
 @click.option("--no-derive", is_flag=True,
               help="Train every best/last run, even where the grid's single runs give its results (docs/grid.md).")
@@ -40,8 +43,8 @@ from pipeline.cli.common import NserCommand, quiet_option
                    "trained, and every finished run's record is kept there. For grids finished in parts on "
                    "machines whose run folders do not last (docs/grid.md, \"Run records\").")
 @quiet_option
-def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, dry_run, no_derive, no_pack,
-                 collect, records, quiet):
+def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, out, sets, dry_run, no_derive,
+                 no_pack, collect, records, quiet):
     """Run an ablation grid (fusions x layers x caches x seeds) and aggregate its results.
 
     Finished runs (a done.json in their run dir) are skipped, so rerunning the same command
@@ -58,7 +61,7 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
         raise click.UsageError("--tls-ca-file/--tls-cert/--tls-key go with a tls:// --scheduler; the local "
                                "cluster listens on 127.0.0.1 only")
     security = scheduler_security(scheduler, *tls) if scheduler else None  # settings checked before the spec
-    spec = load_grid(grid_file, out=out)
+    spec = load_grid(grid_file, out=out, sets=sets)
     runs = _expand(spec, derive=not no_derive)
     n_done = sum(is_done(r) for r in runs)
     n_derived = sum(r.derived for r in runs)

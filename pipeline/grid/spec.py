@@ -174,9 +174,10 @@ def parse_grid(data: dict[str, Any], out: str | Path | None = None, source: str 
     return GridSpec(out=Path(out), subgrids=subgrids, source=source, missing_caches=missing)
 
 
-def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
-    """Read a grid YAML. Relative cache paths and `out` are relative to the working directory
-    (like every other nser command), not to the YAML file."""
+def load_grid(path: str | Path, out: str | Path | None = None, sets: tuple[str, ...] = ()) -> GridSpec:
+    """Read a grid YAML, with `sets` (the CLI's --set KEY=VALUE, apply_sets) applied. Relative cache
+    paths and `out` are relative to the working directory (like every other nser command), not to
+    the YAML file."""
     path = Path(path)
     if not path.is_file():
         raise GridSpecError(f"no grid spec at {path}")
@@ -184,7 +185,46 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise GridSpecError(f"{path} is not valid YAML: {exc}") from exc
+    if sets:
+        data = apply_sets(data, sets, str(path))
     return parse_grid(data, out=out, source=str(path))
+
+
+_SETTABLE = tuple(k for k in _GRID_KEYS if k != "train") + ("missing_caches",)
+
+
+def apply_sets(data: Any, sets: tuple[str, ...], source: str) -> dict[str, Any]:
+    """The spec's mapping with each `KEY=VALUE` set at its top level: KEY one of _SETTABLE (folds,
+    seeds, caches, ...) or `train.FIELD`, VALUE read as YAML (`folds=[2]`, `missing_caches=skip`,
+    `train.threads=1`). So one shipped grid file serves a part of it (one fold, one cache) without
+    an edited copy; the runs' keys are those the edited copy would give. A KEY that a subgrid sets
+    itself is refused: the value would not reach that subgrid's runs."""
+    if not isinstance(data, dict):
+        return data  # parse_grid names the problem
+    data = {**data, "train": dict(data.get("train") or {})}
+    entries = data.get("subgrids") if isinstance(data.get("subgrids"), list) else []
+    for item in sets:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise GridSpecError(f"--set {item!r}: expected KEY=VALUE, e.g. folds=[2] or train.threads=1")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise GridSpecError(f"--set {item!r}: the value is not valid YAML: {exc}") from exc
+        top, _, field_name = key.partition(".")
+        if (top == "train") != bool(field_name) or (top != "train" and top not in _SETTABLE):
+            raise GridSpecError(f"--set {key!r}: KEY is one of {list(_SETTABLE)} or train.FIELD")
+        for i, entry in enumerate(entries):
+            sets_it = (field_name in (entry.get("train") or {})) if field_name else top in entry
+            if isinstance(entry, dict) and sets_it:
+                raise GridSpecError(f"--set {key!r}: {source} subgrids[{i}] sets {key} itself, so the value "
+                                    "would not reach its runs; edit the spec instead")
+        if field_name:
+            data["train"][field_name] = value
+        else:
+            data[top] = value
+    return data
 
 
 # --- expansion ----------------------------------------------------------------------------------

@@ -227,6 +227,29 @@ def test_cli_dry_run_and_spec_errors(tmp_path, caches):
 
 
 
+def test_set_options_give_the_runs_of_the_edited_spec(tmp_path, caches):
+    """--set KEY=VALUE on a shipped spec expands to the very runs (keys) of the spec edited by hand,
+    and is refused where a subgrid sets the key itself (the value would not reach its runs)."""
+    base = {"out": str(tmp_path / "out"), "caches": [str(caches["good"])], "train": TINY, "per_fold": True,
+            "subgrids": [{"fusions": ["single"], "layers": ["each:enc:blocks"]},
+                         {"fusions": ["mean"], "layers": ["enc:blocks"], "train": {"lr": 0.1}}]}
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(base))
+    edited = {**base, "folds": ["1"], "seeds": [3], "train": {**TINY, "epochs": 2}}
+    want = [r.key for r in expand(parse_grid(edited))]
+    got = expand(load_grid(grid, sets=("folds=[1]", "seeds=3", "train.epochs=2")))
+    assert [r.key for r in got] == want and len(want) == 3 and {r.config.folds for r in got} == {"1"}
+    for sets, message in [(("train.lr=0.5",), r"subgrids\[1\] sets train.lr itself"),
+                          (("epochs=2",), "KEY is one of"), (("folds",), "expected KEY=VALUE"),
+                          (("train=1",), "KEY is one of")]:
+        with pytest.raises(GridSpecError, match=message):
+            load_grid(grid, sets=sets)
+    res = CliRunner().invoke(grid_command, [str(grid), "--set", "folds=[1]", "--dry-run"])
+    assert res.exit_code == 0 and res.output.count("todo") == 3 and "folds 1" in res.output, res.output
+    res = CliRunner().invoke(grid_command, [str(grid), "--set", "train.lr=0.5", "--dry-run"])
+    assert res.exit_code == 1 and "would not reach its runs" in res.output
+
+
 def test_cli_collect_tables_finished_runs_without_training(tmp_path, caches):
     """--collect writes what is finished, marks the rest pending and trains nothing; a grid finished
     in parts (here: one layer first) is then tabled whole, with the derived run once its sources are done."""
