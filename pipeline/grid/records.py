@@ -7,8 +7,10 @@ derived run read (run.json, config.json, metrics.json, done.json; a few kB), kep
 in sessions or on machines whose run folders do not last, resumes from them without training a
 finished run again, and its results table is rebuilt from them.
 
-A record is taken only for the very run it describes: its run.json must name the run's key, cache
-identity (and unfinished-cache part) and result settings, else RecordMismatch; a record with a file
+A record is taken only for the very run it describes: its files must name the run's key (run.json,
+done.json), cache identity (run.json, metrics.json; and unfinished-cache part), result settings
+(run.json, config.json), fusion and seed (metrics.json), and metrics.json must have the layers of
+config.json and the scores of done.json, else RecordMismatch; a record with a file
 missing or unreadable is refused the same way. Records are written once: a record already in DIR is
 kept, and one that disagrees with the run dir here is reported, not overwritten."""
 
@@ -51,16 +53,25 @@ def check_record(run: Any, records: str | Path) -> dict[str, str]:
         except OSError as exc:
             raise RecordMismatch(f"record {where} is incomplete: {name} cannot be read ({exc})") from None
     try:
-        info = json.loads(texts[RUN_INFO])
-        json.loads(texts[CONFIG])
-        json.loads(texts[DONE])
-        RunMetrics.from_dict(json.loads(texts[METRICS]))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise RecordMismatch(f"record {where} is unreadable: {exc}") from None
-    wanted = {"key": run.key, "cache_identity": run.cache_identity, "partial": run.partial,
-              "result settings": result_settings(asdict(run.config))}
-    found = {"key": info.get("key"), "cache_identity": info.get("cache_identity"), "partial": info.get("partial"),
-             "result settings": result_settings(info.get("config") or {})}
+        info, config, done = (json.loads(texts[name]) for name in (RUN_INFO, CONFIG, DONE))
+        metrics = RunMetrics.from_dict(json.loads(texts[METRICS]))
+        # every file names the same run: its key, stored states and settings
+        found = {"key": info["key"], "done.json key": done["key"], "cache_identity": info["cache_identity"],
+                 "metrics.json cache_identity": metrics.cache_identity, "partial": info.get("partial"),
+                 "result settings": result_settings(info["config"]),
+                 "config.json result settings": result_settings(config["config"]),
+                 "metrics.json fusion and seed": (metrics.fusion, metrics.seed)}
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise RecordMismatch(f"record {where} is unreadable: {type(exc).__name__}: {exc}") from None
+    settings = result_settings(asdict(run.config))
+    wanted = {"key": run.key, "done.json key": run.key, "cache_identity": run.cache_identity,
+              "metrics.json cache_identity": run.cache_identity, "partial": run.partial,
+              "result settings": settings, "config.json result settings": settings,
+              "metrics.json fusion and seed": (run.config.fusion, run.config.seed)}
+    # metrics.json belongs to these files: the layers config.json names, the scores done.json names
+    wanted["metrics.json layers"], found["metrics.json layers"] = config.get("layers"), metrics.layers
+    wanted["metrics.json scores"] = (done.get("uar"), done.get("macro_f1"))
+    found["metrics.json scores"] = (metrics.uar, metrics.macro_f1)
     differ = [k for k in wanted if wanted[k] != found[k]]
     if differ:
         detail = "; ".join(f"{k}: record {found[k]!r}, run {wanted[k]!r}" for k in differ)

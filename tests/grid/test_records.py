@@ -78,6 +78,11 @@ def test_a_record_of_another_run_or_an_incomplete_one_is_refused(finished, tmp_p
 
     shutil.rmtree(wrong / enc2)
     shutil.copytree(finished["records"] / enc2, wrong / enc2)
+    shutil.copy(wrong / enc1 / "metrics.json", wrong / enc2 / "metrics.json")  # another run's scores
+    res = _grid(finished, tmp_path, wrong)
+    assert res.exit_code == 1 and "metrics.json layers" in res.output and "metrics.json scores" in res.output
+    assert not (tmp_path / "again" / "runs" / enc2 / "done.json").exists()
+
     (wrong / enc2 / "metrics.json").unlink()  # done.json without the scores
     res = _grid(finished, tmp_path, wrong)
     assert res.exit_code == 1 and "is incomplete: metrics.json" in res.output
