@@ -134,7 +134,8 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("corpus", "model", "condition", "fusion", "layers", "stack", "selection", "cache_identity",
                 "settings_key", "folds"):
-        df[col] = df[col].fillna("").astype(str)
+        # as str first: an all-empty column is float64 (NaN), which pandas will not fill with ""
+        df[col] = df[col].astype(object).fillna("").astype(str)
     where = df["condition"]
     for col in reversed([c for c in ("corpus", "model") if df[c].nunique() > 1]):
         where = df[col] + " · " + where

@@ -20,7 +20,7 @@ from pipeline.report import aggregate as agg
 def with_source(df: pd.DataFrame) -> pd.DataFrame:
     """`source` filled for results tables written before the grid recorded it (from the model name)."""
     df = df.copy()
-    known = df["source"].fillna("").astype(str) if "source" in df.columns else pd.Series("", index=df.index)
+    known = df["source"].astype(object).fillna("").astype(str) if "source" in df.columns else pd.Series("", index=df.index)
     df["source"] = known.where(known != "", df["model"].map(source_name))
     return df
 
