@@ -65,7 +65,7 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
     runs = _expand(spec, derive=not no_derive)
     n_done = sum(is_done(r) for r in runs)
     n_derived = sum(r.derived for r in runs)
-    in_records = {r.key for r in runs if records and not is_done(r) and has_record(records, r.key)}
+    in_records = {r.key for r in runs if records and not r.derived and not is_done(r) and has_record(records, r.key)}
     click.echo(f"{grid_file}: {len(runs)} runs ({len(runs) - n_derived} trained, {n_derived} derived from them), "
                f"{n_done} already finished" + (f", {len(in_records)} more in {records}" if records else "")
                + f"; out: {spec.out}", err=True)

@@ -12,17 +12,20 @@ done.json), cache identity (run.json, metrics.json; and unfinished-cache part), 
 (run.json, config.json), fusion and seed (metrics.json), and metrics.json must have the layers of
 config.json and the scores of done.json, else RecordMismatch; a record with a file
 missing or unreadable is refused the same way. Records are written once: a record already in DIR is
-kept, and one that disagrees with the run dir here is reported, not overwritten."""
+kept, and one whose scores disagree with the run dir here is reported, not overwritten. A derived
+run's record is not taken (pipeline/grid/runner.py): derived again from the sources the grid has, it
+can never disagree with them."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import NserError
-from pipeline.safe_files import atomic_write
+from pipeline.safe_files import atomic_write, staged
 from pipeline.train.config import result_settings
 from pipeline.train.run_metrics import RunMetrics
 
@@ -93,16 +96,34 @@ def take_record(run: Any, records: str | Path) -> bool:
 
 
 def keep_record(run: Any, records: str | Path) -> str | None:
-    """Write the finished `run`'s record into `records` (done.json last), unless one is there. Returns
-    a warning when the record there has other scores than this run dir's, else None."""
+    """Write the finished `run`'s record into `records`, unless one is there: built in a temp folder
+    and renamed into place, so a reader (or a second grid keeping the same run) never sees half of
+    one. Returns a warning when the record there has other scores than this run dir's (trained
+    twice, e.g. on two machines) or cannot be read, else None."""
     src = Path(run.run_dir)
     dst = record_dir(records, run.key)
     if has_record(records, run.key):
-        if (dst / METRICS).read_text() != (src / METRICS).read_text():
-            return (f"the record of run {run.key} in {records} has other scores than {src}/metrics.json "
-                    "(trained twice, e.g. on two machines); the record was kept")
-        return None
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in RECORD_FILES:
-        atomic_write(dst / name, (src / name).read_text())
+        try:
+            same = _scores(dst / METRICS) == _scores(src / METRICS)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            return f"the record of run {run.key} in {records} is unreadable ({exc}); it was left as it is"
+        return None if same else (f"the record of run {run.key} in {records} has other scores than "
+                                  f"{src}/metrics.json (trained twice, e.g. on two machines); the record was kept")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with staged(dst, folder=True) as tmp:
+        for name in RECORD_FILES:
+            atomic_write(tmp / name, (src / name).read_text())
+        try:
+            os.rename(tmp, dst)  # fails where another grid's record (or a broken one) got there first
+        except OSError:
+            if not has_record(records, run.key):
+                return f"the record of run {run.key} could not be written: {dst} exists without done.json"
+            return keep_record(run, records)
     return None
+
+
+def _scores(path: Path) -> tuple:
+    """What a run's result is, without its timing: pooled and per-fold scores, confusions."""
+    m = RunMetrics.read(path)
+    return (m.uar, m.macro_f1, m.confusion,
+            {f: (fold.uar, fold.macro_f1, fold.confusion) for f, fold in m.folds.items()})

@@ -478,9 +478,17 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
         by_key = {r.key: r for r in runs}
 
         def keep(keys: list[str]) -> None:
-            if records is not None:
-                record_warnings.extend(w for k in keys if rows[k]["status"] == "done"
-                                       for w in [keep_record(by_key[k], records)] if w)
+            """Records of the finished `keys`; a records folder that fails (unwritable, a broken record)
+            is a warning: the runs and their results table come first."""
+            for k in keys if records is not None else ():
+                if rows[k]["status"] != "done":
+                    continue
+                try:
+                    warning = keep_record(by_key[k], records)
+                except Exception as exc:  # noqa: BLE001 - any failure of the copy is reported, none stops the grid
+                    warning = f"the record of run {k} was not kept in {records}: {type(exc).__name__}: {exc}"
+                if warning:
+                    record_warnings.append(warning)
 
         def finished(key: str) -> None:
             training.discard(key)
@@ -495,19 +503,21 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
                       else dask_client(scheduler, n_workers, security)) as c:
                     _run_pending(c, pending, rows, ran, out, progress, write_every_s, finished, pack)
         finally:
-            keep([k for k in keys if k not in ran])  # runs finished before, derived ones: kept once, no-ops after
             table = results_frame(list(rows.values()))
             csv, parquet = write_results(table, out)
+            keep([k for k in keys if k not in ran])  # runs finished before, derived ones: kept once, no-ops after
         return GridOutcome(table=table, csv=csv, parquet=parquet, ran=ran, derived=derived, skipped=skipped,
                            imported=imported, record_warnings=record_warnings)
 
 
 def _take_records(runs: list[RunSpec], records: str | Path) -> list[str]:
-    """Finish every unfinished run whose record `records` holds from it (each under its run dir's
-    lock); their keys. A record that is not its run's stops the grid before anything trains."""
+    """Finish every unfinished trained run whose record `records` holds from it (each under its run
+    dir's lock); their keys. A record that is not its run's stops the grid before anything trains.
+    Derived runs are derived here again from their sources (taken or not): a derived record from
+    sources that trained elsewhere could disagree with this grid's own."""
     taken = []
     for run in runs:
-        if is_done(run) or not has_record(records, run.key):
+        if run.derived or is_done(run) or not has_record(records, run.key):
             continue
         Path(run.run_dir).mkdir(parents=True, exist_ok=True)
         with _exclusive(Path(run.run_dir) / ".lock", f"run dir {run.run_dir}"):

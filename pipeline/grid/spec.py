@@ -201,7 +201,8 @@ def apply_sets(data: Any, sets: tuple[str, ...], source: str) -> dict[str, Any]:
     itself is refused: the value would not reach that subgrid's runs."""
     if not isinstance(data, dict):
         return data  # parse_grid names the problem
-    data = {**data, "train": dict(data.get("train") or {})}
+    train = data.get("train") or {}
+    data = {**data, "train": dict(train) if isinstance(train, dict) else train}
     entries = data.get("subgrids") if isinstance(data.get("subgrids"), list) else []
     for item in sets:
         key, eq, text = item.partition("=")
@@ -209,15 +210,20 @@ def apply_sets(data: Any, sets: tuple[str, ...], source: str) -> dict[str, Any]:
         if not eq or not key:
             raise GridSpecError(f"--set {item!r}: expected KEY=VALUE, e.g. folds=[2] or train.threads=1")
         try:
-            value = yaml.safe_load(text)
+            # fold names stay text as written: YAML 1.1 reads 08 as 8 and 010 as an octal 8
+            value = yaml.load(text, Loader=yaml.BaseLoader) if key == "folds" else yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise GridSpecError(f"--set {item!r}: the value is not valid YAML: {exc}") from exc
         top, _, field_name = key.partition(".")
         if (top == "train") != bool(field_name) or (top != "train" and top not in _SETTABLE):
             raise GridSpecError(f"--set {key!r}: KEY is one of {list(_SETTABLE)} or train.FIELD")
+        if field_name and not isinstance(data["train"], dict):
+            raise GridSpecError(f"--set {key!r}: {source}'s 'train' must be a mapping of TrainConfig fields")
         for i, entry in enumerate(entries):
-            sets_it = (field_name in (entry.get("train") or {})) if field_name else top in entry
-            if isinstance(entry, dict) and sets_it:
+            if not isinstance(entry, dict):
+                continue  # parse_grid names it
+            own_train = entry.get("train") if isinstance(entry.get("train"), dict) else {}
+            if (field_name in own_train) if field_name else top in entry:
                 raise GridSpecError(f"--set {key!r}: {source} subgrids[{i}] sets {key} itself, so the value "
                                     "would not reach its runs; edit the spec instead")
         if field_name:

@@ -68,7 +68,8 @@ def load_results(*sources: str | Path) -> tuple[pd.DataFrame, Path]:
     and refused when two tables hold it done with other scores (one run cannot have two results)."""
     if not sources:
         raise ReportError("no results to read")
-    frames = [_read_results(s) for s in sources]
+    # each table's own defaults first (a hand-made table without `status` is all done), then pooled
+    frames = [with_defaults(_read_results(s)) for s in sources]
     df = frames[0] if len(frames) == 1 else _pool_tables(frames, sources)
     return normalize(df), results_file(sources[0])[0].parent
 
@@ -86,21 +87,25 @@ def _read_results(source: str | Path) -> pd.DataFrame:
 _RESULT_COLUMNS = ("uar", "macro_f1", "fold_uar", "fold_macro_f1", "confusion")
 
 
+_STATUS_RANK = {"done": 0, "failed": 1, "pending": 2}  # which of a run's rows the pooled table keeps
+
+
 def _pool_tables(frames: list[pd.DataFrame], sources: tuple) -> pd.DataFrame:
-    """The tables' rows, each run once: its done row where a table has one (else its first row)."""
+    """The tables' rows, each run once: its done row where a table has one, else a failed one (with
+    its error), else its first row."""
     for frame, source in zip(frames, sources):
         if "run_key" not in frame.columns or frame["run_key"].isna().any():
             raise ReportError(f"{source}: pooling several results tables needs every row's run_key")
     df = pd.concat([f.assign(_source=str(s)) for f, s in zip(frames, sources)], ignore_index=True)
-    df["_done"] = (df["status"] == "done") if "status" in df.columns else True
-    done_rows = df[df["_done"]]
+    done_rows = df[df["status"] == "done"]
     for key, rows in done_rows.groupby("run_key"):
         scores = rows[[c for c in _RESULT_COLUMNS if c in rows.columns]].astype(str).drop_duplicates()
         if len(scores) > 1:
             raise ReportError(f"run {key} is done with other scores in {' and '.join(rows['_source'])}: "
                               "one run cannot have two results (trained twice? pool one of them)")
-    df = df.sort_values("_done", ascending=False, kind="stable").drop_duplicates("run_key")
-    return df.sort_index().drop(columns=["_source", "_done"]).reset_index(drop=True)
+    df["_rank"] = df["status"].map(_STATUS_RANK).fillna(len(_STATUS_RANK))
+    df = df.sort_values("_rank", kind="stable").drop_duplicates("run_key")
+    return df.sort_index().drop(columns=["_source", "_rank"]).reset_index(drop=True)
 
 
 def _stack_of(layers: str) -> str:
@@ -108,11 +113,9 @@ def _stack_of(layers: str) -> str:
     return "+".join(has) or "?"
 
 
-def normalize(df: pd.DataFrame) -> pd.DataFrame:
-    """Fill the columns a hand-made or older table may lack, and derive `where` (the column label
-    of a condition), `base_method` (fusion + layer selection) and `method` (the row label: the base,
-    plus what tells its runs apart from others of that fusion, `_variants`, plus the validation
-    protocol when the finished runs used several)."""
+def with_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with the columns a hand-made or older table may lack filled in (a table without
+    `status` is all done); refused without the columns a report needs."""
     need = {"condition", "fusion", "layers", "uar", "macro_f1"}
     missing = need - set(df.columns)
     if missing:
@@ -130,6 +133,15 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
         df["stack"] = df["layers"].map(_stack_of)
     if "selection" not in df.columns:
         df["selection"] = df["layers"]
+    return df
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill the columns a hand-made or older table may lack, and derive `where` (the column label
+    of a condition), `base_method` (fusion + layer selection) and `method` (the row label: the base,
+    plus what tells its runs apart from others of that fusion, `_variants`, plus the validation
+    protocol when the finished runs used several)."""
+    df = with_defaults(df)
     for col in ("uar", "macro_f1", "uar_std", "macro_f1_std", "snr_db"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("corpus", "model", "condition", "fusion", "layers", "stack", "selection", "cache_identity",

@@ -244,6 +244,12 @@ def test_set_options_give_the_runs_of_the_edited_spec(tmp_path, caches):
                           (("train=1",), "KEY is one of")]:
         with pytest.raises(GridSpecError, match=message):
             load_grid(grid, sets=sets)
+    with pytest.raises(GridSpecError, match=r"fold\(s\) \['01'\] are not test folds"):
+        expand(load_grid(grid, sets=("folds=01",)))  # a fold name as written, not YAML 1.1's number 1
+    grid.write_text(yaml.safe_dump({**base, "subgrids": [*base["subgrids"], "not a mapping"]}))
+    with pytest.raises(GridSpecError, match="not mappings"):
+        load_grid(grid, sets=("train.epochs=2",))
+    grid.write_text(yaml.safe_dump(base))
     res = CliRunner().invoke(grid_command, [str(grid), "--set", "folds=[1]", "--dry-run"])
     assert res.exit_code == 0 and res.output.count("todo") == 3 and "folds 1" in res.output, res.output
     res = CliRunner().invoke(grid_command, [str(grid), "--set", "train.lr=0.5", "--dry-run"])

@@ -53,11 +53,13 @@ def test_every_finished_run_leaves_a_record_without_checkpoints(finished):
 
 def test_a_grid_in_another_folder_takes_the_records_and_trains_nothing(finished, tmp_path):
     res = _grid(finished, tmp_path, finished["records"], "--dry-run")
-    assert res.exit_code == 0 and res.output.count("record  ") == 3, res.output
-    assert "0 already finished, 3 more in" in res.output and not (tmp_path / "again").exists()
+    assert res.exit_code == 0 and res.output.count("record  ") == 2, res.output  # the derived one: derived
+    assert "0 already finished, 2 more in" in res.output and not (tmp_path / "again").exists()
+    assert "0 runs in 0 tasks" in res.output  # nothing to train
     res = _grid(finished, tmp_path, finished["records"])
     assert res.exit_code == 0, res.output
-    assert "3 runs: 3 done (3 finished before, 3 of them from records, 0 now)" in res.output
+    # the two trained runs from their records; `best` derived here again from them
+    assert "3 runs: 3 done (2 finished before, 2 of them from records, 1 now)" in res.output
     first = pd.read_csv(finished["first"] / "results.csv")[SCORES]
     again = pd.read_csv(tmp_path / "again" / "results.csv")[SCORES]
     pd.testing.assert_frame_equal(first, again)
@@ -89,6 +91,24 @@ def test_a_record_of_another_run_or_an_incomplete_one_is_refused(finished, tmp_p
     assert not (tmp_path / "again" / "runs" / enc2 / "done.json").exists()
 
 
+def test_a_derived_run_is_derived_from_the_sources_here_not_taken_from_its_record(finished, tmp_path):
+    """A `best` record from sources that trained elsewhere (here: edited to a score no source has)
+    is not taken: the grid derives `best` from the source runs it has, and reports the disagreement."""
+    best = next(r for r in expand(load_grid(finished["grid"])) if r.derived)
+    records = tmp_path / "rec"
+    shutil.copytree(finished["records"], records)
+    for name in ("metrics.json", "done.json"):  # a consistent record, so only its provenance is wrong
+        data = json.loads((records / best.key / name).read_text())
+        data["uar"] = 0.99
+        (records / best.key / name).write_text(json.dumps(data))
+    res = _grid(finished, tmp_path, records)
+    assert res.exit_code == 0, res.output
+    assert f"warning: the record of run {best.key}" in res.output and "other scores" in res.output
+    table = pd.read_csv(tmp_path / "again" / "results.csv").set_index("run_key")
+    first = pd.read_csv(finished["first"] / "results.csv").set_index("run_key")
+    assert table.loc[best.key, "uar"] == first.loc[best.key, "uar"] != 0.99
+
+
 def test_a_record_that_disagrees_with_the_run_dir_is_kept_and_reported(finished, tmp_path):
     key = expand(load_grid(finished["grid"]))[0].key
     records = tmp_path / "rec"
@@ -101,3 +121,19 @@ def test_a_record_that_disagrees_with_the_run_dir_is_kept_and_reported(finished,
     assert res.exit_code == 0, res.output
     assert f"warning: the record of run {key}" in res.output and "other scores" in res.output
     assert (records / key / "metrics.json").read_text() == edited  # written once, never overwritten
+
+
+def test_timing_alone_is_no_disagreement_and_a_broken_record_does_not_stop_the_table(finished, tmp_path):
+    runs = expand(load_grid(finished["grid"]))
+    records = tmp_path / "rec"
+    shutil.copytree(finished["records"], records)
+    metrics = json.loads((records / runs[0].key / "metrics.json").read_text())
+    metrics["seconds"] += 12.5  # the same run trained again, as fast or slow as it was
+    (records / runs[0].key / "metrics.json").write_text(json.dumps(metrics))
+    (records / runs[1].key / "metrics.json").unlink()  # a record half deleted (or half synced)
+    (finished["first"] / "results.csv").unlink()
+    res = CliRunner().invoke(grid_command, [str(finished["grid"]), "--collect", "--quiet", "--records", str(records)])
+    assert res.exit_code == 0, res.output
+    assert f"record of run {runs[0].key}" not in res.output
+    assert f"warning: the record of run {runs[1].key} in {records} is unreadable" in res.output
+    assert (pd.read_csv(finished["first"] / "results.csv")["status"] == "done").all()

@@ -69,3 +69,27 @@ def test_one_run_with_two_results_is_refused(parts, tmp_path):
     res = CliRunner().invoke(report_command, [str(parts[1]), str(other), "--out", str(tmp_path / "rep")])
     assert res.exit_code == 1 and "one run cannot have two results" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_table_without_status_pools_as_done_and_is_checked_like_the_others(parts, tmp_path):
+    """A hand-made table (no `status` column) is all done alone, and stays so pooled: its rows are
+    neither dropped nor exempt from the one-run-one-result check."""
+    handmade = tmp_path / "handmade.csv"
+    rows = [{k: v for k, v in _row(f, "1").items() if k != "status"} for f in ("mean", "l-adapter")]
+    results_frame(rows).drop(columns=["status"]).to_csv(handmade, index=False)
+    df, _ = load_results(parts[0], handmade)
+    assert len(df) == 4 and (df["status"] == "done").all()
+    conflicting = tmp_path / "conflicting.csv"
+    results_frame([{k: v for k, v in _row("mean", "1", uar=0.99).items() if k != "status"}]) \
+        .drop(columns=["status"]).to_csv(conflicting, index=False)
+    with pytest.raises(ReportError, match="mean-fold1 is done with other scores"):
+        load_results(parts[1], conflicting)
+
+
+def test_a_failed_row_outranks_a_pending_one_and_keeps_its_error(parts, tmp_path):
+    failed = _row("mean", "1", status="failed")
+    failed["error"] = "RuntimeError: out of memory"
+    other = _table(tmp_path / "failed", [failed])
+    df, _ = load_results(parts[0], other)
+    row = df.set_index("run_key").loc["mean-fold1"]
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: out of memory"
