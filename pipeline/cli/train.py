@@ -84,8 +84,9 @@ def _positive_finite(ctx, param, value: float | None) -> float | None:
                    "then live on the GPU when they fit (docs/gpu.md).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
               help="float16: CUDA mixed precision (GRUs and matrix products in float16 under autocast, loss "
-                   "scaling, float32 weights), faster on a GPU, with a drift docs/gpu.md measures; refused on "
-                   "CPU, where torch's autocast leaves the GRUs in float32.")
+                   "scaling, float32 weights), with a drift docs/gpu.md measures; refused on a CPU. bfloat16: "
+                   "CPU autocast (float32 weights), faster on CPUs with bfloat16 instructions, slower on others "
+                   "(docs/training.md); refused on CUDA.")
 @click.option("--memory-budget", default="0", show_default=True,
               help="Bytes for the run's states in memory, e.g. 8G (0: half the available memory); larger "
                    "selections are streamed from the cache every epoch, in other batches (docs/training.md).")

@@ -38,7 +38,8 @@ class TrainConfig:
     length_buckets: bool = False  # training batches of similar lengths (pipeline/train/batching.py)
     validation: str = "paper"  # how the epoch-picking part is made (pipeline/folds.py, docs/training.md)
     tensorboard: str | None = None  # folder for per-epoch TensorBoard scalars (needs the tensorboard package)
-    # float32, the recipe; float16: CUDA mixed precision, autocast + loss scaling (docs/gpu.md)
+    # float32, the recipe; float16: CUDA mixed precision, autocast + loss scaling (docs/gpu.md);
+    # bfloat16: CPU autocast, for CPUs with bfloat16 instructions (docs/training.md)
     precision: str = "float32"
     # each selected layer standardised per feature with training-part statistics before the fusion
     # (pipeline/train/fusion.py StandardizedStates); not the paper's recipe, which feeds raw states
@@ -92,7 +93,8 @@ class TrainConfig:
             raise ConfigError("; ".join(problems))
 
 
-PRECISIONS = ("float32", "float16")
+PRECISIONS = ("float32", "float16", "bfloat16")
+AUTOCAST_DTYPES = {"float16": "float16", "bfloat16": "bfloat16"}  # precision -> torch dtype name under autocast
 
 
 class ConfigError(NserError):

@@ -31,7 +31,7 @@ from pipeline.failpoints import failpoint
 from pipeline.folds import check_class_coverage, fold_plan, resolve_validation, select_folds
 from pipeline.layers import LayerSelection
 from pipeline.train.checkpoint import CheckpointError, RunCheckpoints
-from pipeline.train.config import TrainConfig, result_settings
+from pipeline.train.config import AUTOCAST_DTYPES, TrainConfig, result_settings
 from pipeline.train.dataset import NonFiniteError, PerUtteranceData
 from pipeline.train.fusion import build_fusion, layer_weights_of
 from pipeline.train.fusion_specs import FusionSpec, fusion_spec
@@ -61,12 +61,15 @@ def seed_everything(seed: int) -> None:
 
 
 def _forward(model: torch.nn.Module, batch: dict[str, Any], cfg: TrainConfig) -> torch.Tensor:
-    """The model's float32 logits for a batch, under float16 autocast with `precision` float16 (a
-    CUDA device: _prepare_run refuses it elsewhere). Float16, not bfloat16: torch's autocast runs
-    cuDNN RNNs in float16 whatever dtype it is given (ATen's AutocastRNN), so the GRUs, most of the
-    work, would be float16 either way, and float16 needs the loss scaling _train_fold applies.
+    """The model's float32 logits for a batch, under autocast with `precision` float16 (a CUDA
+    device) or bfloat16 (the CPU; _prepare_run refuses each elsewhere). On CUDA float16, not
+    bfloat16: torch's autocast runs cuDNN RNNs in float16 whatever dtype it is given (ATen's
+    AutocastRNN), so the GRUs, most of the work, would be float16 either way, and float16 needs the
+    loss scaling _train_fold applies. On the CPU bfloat16, which needs no loss scaling (float32's
+    range) and which CPUs with bfloat16 instructions (AVX512-BF16, AMX) multiply faster.
     non_blocking: pinned (streamed) batches copy to the GPU while the previous step runs."""
-    with torch.autocast(torch.device(cfg.device).type, dtype=torch.float16, enabled=cfg.precision == "float16"):
+    dtype = getattr(torch, AUTOCAST_DTYPES.get(cfg.precision, "float32"))
+    with torch.autocast(torch.device(cfg.device).type, dtype=dtype, enabled=cfg.precision in AUTOCAST_DTYPES):
         logits = model([x.to(cfg.device, non_blocking=True) for x in batch["layers"]], batch["lengths"])
     return logits.float()
 
@@ -369,10 +372,13 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     if cfg.device == "auto":
         print(f"nser-train: training on {device}"
               + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else ""), file=sys.stderr)
-    if cfg.precision != "float32" and not device.startswith("cuda"):
-        raise NserError(f"--precision {cfg.precision} is for a CUDA device, and this run trains on {device}: "
-                        "torch's CPU autocast leaves the GRUs in float32, so only the classifier would change; "
-                        "use float32 here (docs/gpu.md)")
+    if cfg.precision == "float16" and not device.startswith("cuda"):
+        raise NserError(f"--precision float16 is for a CUDA device (with loss scaling), and this run trains on "
+                        f"{device}: use bfloat16 for reduced precision on a CPU, or float32 (docs/training.md)")
+    if cfg.precision == "bfloat16" and device.startswith("cuda"):
+        raise NserError("--precision bfloat16 is for the CPU: under CUDA autocast the cuDNN GRUs run in float16 "
+                        "whatever dtype is asked, without the loss scaling float16 needs; use float16 on a GPU "
+                        "(docs/gpu.md)")
     run_info["device"] = device
     cfg = replace(cfg, device=device)  # what the rest of the run uses; config.json keeps what was asked
     if per_utterance:

@@ -63,14 +63,15 @@ def test_validation_protocols_keep_earlier_run_keys_and_key_the_new_ones():
 
 
 
-def test_precision_keeps_float32_keys_and_keys_float16():
-    """float32 is what every run did before the setting existed: the same key; float16 changes
-    results (autocast), so it has its own."""
+def test_precision_keeps_float32_keys_and_keys_float16_and_bfloat16():
+    """float32 is what every run did before the setting existed: the same key; float16 and bfloat16
+    change results (autocast), so each has its own."""
     cfg = TrainConfig(fusion="mean", layers="enc:1-2")
     assert cfg.precision == "float32" and "precision" not in result_settings(asdict(cfg))
-    assert run_key(replace(cfg, precision="float16"), "id") != run_key(cfg, "id")
-    with pytest.raises(ConfigError, match="precision must be one of float32, float16, got 'bfloat16'"):
-        TrainConfig(precision="bfloat16").check()
+    keys = {run_key(replace(cfg, precision=p), "id") for p in ("float32", "float16", "bfloat16")}
+    assert len(keys) == 3
+    with pytest.raises(ConfigError, match="precision must be one of float32, float16, bfloat16, got 'int8'"):
+        TrainConfig(precision="int8").check()
 
 
 def test_check_knows_the_fusions_without_their_models():

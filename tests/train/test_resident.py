@@ -174,10 +174,39 @@ def test_cuda_run_keeps_states_on_the_gpu(fake, tmp_path):
 
 
 def test_float16_is_refused_off_cuda_before_the_run_dir_is_claimed(fake, tmp_path):
-    """torch's CPU autocast leaves nn.GRU in float32: a float16 run there would be float32 GRUs
-    under another run key, so it is refused, naming the device, and writes nothing."""
+    """float16 is CUDA mixed precision with loss scaling; on the CPU reduced precision is bfloat16, so
+    a float16 run there is refused, naming the device and the way out, and writes nothing."""
     cfg = TrainConfig(layers="enc:1", epochs=1, batch_size=4, hidden=8, threads=1, device="cpu", precision="float16")
-    with pytest.raises(NserError, match="--precision float16 is for a CUDA device, and this run trains on cpu"):
+    with pytest.raises(NserError, match=r"--precision float16 is for a CUDA device .*trains on cpu: use bfloat16"):
+        train_on_cache(fake, tmp_path / "run", cfg, progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_bfloat16_on_the_cpu_runs_the_model_in_reduced_precision_and_repeats_itself(fake, tmp_path):
+    """CPU autocast in bfloat16: float32 logits that differ a little from float32's (the GRUs and
+    matrix products ran in bfloat16), float32 weights, and the same seed gives the same result."""
+    from pipeline.train.fusion import build_fusion
+    from pipeline.train.trainer import _forward
+
+    torch.manual_seed(0)
+    model = build_fusion("l-adapter", n_layers=2, d_in=64, n_classes=4, hidden=32).eval()
+    batch = {"layers": [torch.randn(3, 20, 64) * 4 for _ in range(2)], "lengths": [torch.tensor([20, 15, 9])] * 2}
+    exact = _forward(model, batch, TrainConfig(device="cpu"))
+    low = _forward(model, batch, TrainConfig(device="cpu", precision="bfloat16"))
+    assert low.dtype == torch.float32 and 0 < (low - exact).abs().max() < 0.1
+
+    cfg = TrainConfig(layers="enc:all,dec:all", epochs=2, batch_size=4, lr=1e-2, hidden=8, threads=1, device="cpu",
+                      precision="bfloat16")
+    first = train_on_cache(fake, tmp_path / "a", cfg, progress=False)
+    again = train_on_cache(fake, tmp_path / "b", cfg, progress=False)
+    assert first["folds"] == again["folds"]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["config"]["precision"] == "bfloat16"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (docs/gpu.md says how to run it)")
+def test_bfloat16_is_refused_on_cuda(fake, tmp_path):
+    cfg = TrainConfig(layers="enc:1", epochs=1, batch_size=4, hidden=8, device="cuda", precision="bfloat16")
+    with pytest.raises(NserError, match="--precision bfloat16 is for the CPU"):
         train_on_cache(fake, tmp_path / "run", cfg, progress=False)
     assert not (tmp_path / "run" / "config.json").exists()
 
