@@ -39,7 +39,7 @@ def cached_epochs(reader: CacheReader, cfg: TrainConfig, per_utterance: bool) ->
         metrics = train_on_cache(reader, out, cfg, progress=False, per_utterance=per_utterance)
         log = [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
     return {"train": log[-1]["train_seconds"], "epoch": log[-1]["epoch_seconds"],
-            "read": metrics["data"].get("read_seconds", 0.0)}
+            "read": metrics["data"].get("read_seconds", 0.0), "uar": metrics["uar"]}
 
 
 def naive_epoch(reader: CacheReader, cfg: TrainConfig, fold: str, data_root: str,

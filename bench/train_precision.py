@@ -14,24 +14,13 @@ drift; docs/training.md has that from full runs.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
-from pathlib import Path
 
 from pipeline.cache.reader import CacheReader
 from pipeline.folds import fold_plan
 from pipeline.train.config import TrainConfig
-from pipeline.train.trainer import train_on_cache
+from train import cached_epochs  # bench/train.py: this script's folder is on sys.path when run
 
 MODELS = (("l-adapter", "enc:blocks"), ("single", "enc:3"))
-
-
-def last_epoch(reader: CacheReader, cfg: TrainConfig) -> tuple[float, float]:
-    """(training seconds of the last epoch, test UAR) of one fold's run."""
-    with tempfile.TemporaryDirectory() as out:
-        metrics = train_on_cache(reader, out, cfg, progress=False)
-        log = [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
-    return log[-1]["train_seconds"], metrics["uar"]
 
 
 def main() -> None:
@@ -51,7 +40,8 @@ def main() -> None:
         for precision in ("float32", "bfloat16", "float32", "bfloat16"):
             cfg = TrainConfig(fusion=fusion, layers=layers, epochs=args.epochs, folds=fold, threads=args.threads,
                               device="cpu", precision=precision, length_buckets=True)
-            s, uar = last_epoch(reader, cfg)
+            epoch = cached_epochs(reader, cfg, per_utterance=False)
+            s, uar = epoch["train"], epoch["uar"]
             seconds[precision].append(s)
             print(f"  {fusion:<10} {layers:<11} {precision:<9} {s:7.2f} s per training epoch (UAR {100 * uar:.1f})")
         best = {p: min(v) for p, v in seconds.items()}

@@ -55,44 +55,36 @@ def check_record(run: Any, records: str | Path) -> dict[str, str]:
             texts[name] = (where / name).read_text()
         except OSError as exc:
             raise RecordMismatch(f"record {where} is incomplete: {name} cannot be read ({exc})") from None
+    settings = result_settings(asdict(run.config))
     try:
         info, config, done = (json.loads(texts[name]) for name in (RUN_INFO, CONFIG, DONE))
         metrics = RunMetrics.from_dict(json.loads(texts[METRICS]))
-        # every file names the same run: its key, stored states and settings
-        found = {"key": info["key"], "done.json key": done["key"], "cache_identity": info["cache_identity"],
-                 "metrics.json cache_identity": metrics.cache_identity, "partial": info.get("partial"),
-                 "result settings": result_settings(info["config"]),
-                 "config.json result settings": result_settings(config["config"]),
-                 "metrics.json fusion and seed": (metrics.fusion, metrics.seed)}
+        # what -> (the record's value, the value it must have): every file names this run (key, stored
+        # states, settings), and metrics.json has the layers config.json names, the scores done.json names
+        checks = {"key": (info["key"], run.key), "done.json key": (done["key"], run.key),
+                  "cache_identity": (info["cache_identity"], run.cache_identity),
+                  "metrics.json cache_identity": (metrics.cache_identity, run.cache_identity),
+                  "partial": (info.get("partial"), run.partial),
+                  "result settings": (result_settings(info["config"]), settings),
+                  "config.json result settings": (result_settings(config["config"]), settings),
+                  "metrics.json fusion and seed": ((metrics.fusion, metrics.seed), (run.config.fusion, run.config.seed)),
+                  "metrics.json layers": (metrics.layers, config.get("layers")),
+                  "metrics.json scores": ((metrics.uar, metrics.macro_f1), (done.get("uar"), done.get("macro_f1")))}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise RecordMismatch(f"record {where} is unreadable: {type(exc).__name__}: {exc}") from None
-    settings = result_settings(asdict(run.config))
-    wanted = {"key": run.key, "done.json key": run.key, "cache_identity": run.cache_identity,
-              "metrics.json cache_identity": run.cache_identity, "partial": run.partial,
-              "result settings": settings, "config.json result settings": settings,
-              "metrics.json fusion and seed": (run.config.fusion, run.config.seed)}
-    # metrics.json belongs to these files: the layers config.json names, the scores done.json names
-    wanted["metrics.json layers"], found["metrics.json layers"] = config.get("layers"), metrics.layers
-    wanted["metrics.json scores"] = (done.get("uar"), done.get("macro_f1"))
-    found["metrics.json scores"] = (metrics.uar, metrics.macro_f1)
-    differ = [k for k in wanted if wanted[k] != found[k]]
+    differ = {k: v for k, v in checks.items() if v[0] != v[1]}
     if differ:
-        detail = "; ".join(f"{k}: record {found[k]!r}, run {wanted[k]!r}" for k in differ)
+        detail = "; ".join(f"{k}: record {found!r}, run {wanted!r}" for k, (found, wanted) in differ.items())
         raise RecordMismatch(f"record {where} is not the record of run {run.describe()}: {detail}")
     return texts
 
 
-def take_record(run: Any, records: str | Path) -> bool:
-    """Copy `run`'s record from `records` into its (unfinished) run dir, done.json last; the caller
-    holds the run dir's lock. False when `records` holds none for it."""
-    if not has_record(records, run.key):
-        return False
+def take_record(run: Any, records: str | Path) -> None:
+    """Copy `run`'s record (has_record) from `records` into its unfinished run dir, after
+    check_record, done.json last; the caller holds the run dir's lock."""
     texts = check_record(run, records)
-    run_dir = Path(run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
-        atomic_write(run_dir / name, texts[name])
-    return True
+        atomic_write(Path(run.run_dir) / name, texts[name])
 
 
 def keep_record(run: Any, records: str | Path) -> str | None:

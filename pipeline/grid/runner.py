@@ -431,7 +431,7 @@ class GridOutcome:
     derived: list[str] = field(default_factory=list)  # keys of derived runs written (or failed) by this call
     skipped: list[str] = field(default_factory=list)  # keys already finished before this call
     imported: list[str] = field(default_factory=list)  # of those, keys whose run dir came from --records
-    record_warnings: list[str] = field(default_factory=list)  # records kept that disagree with a run dir here
+    record_warnings: list[str] = field(default_factory=list)  # records that disagree with a run dir, or failed
 
     @property
     def failed(self) -> list[str]:
@@ -521,7 +521,8 @@ def _take_records(runs: list[RunSpec], records: str | Path) -> list[str]:
             continue
         Path(run.run_dir).mkdir(parents=True, exist_ok=True)
         with _exclusive(Path(run.run_dir) / ".lock", f"run dir {run.run_dir}"):
-            if not is_done(run) and take_record(run, records):
+            if not is_done(run):
+                take_record(run, records)
                 taken.append(run.key)
     return taken
 

@@ -85,8 +85,6 @@ def _read_results(source: str | Path) -> pd.DataFrame:
 
 
 _RESULT_COLUMNS = ("uar", "macro_f1", "fold_uar", "fold_macro_f1", "confusion")
-
-
 _STATUS_RANK = {"done": 0, "failed": 1, "pending": 2}  # which of a run's rows the pooled table keeps
 
 
