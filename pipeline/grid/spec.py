@@ -182,12 +182,28 @@ def load_grid(path: str | Path, out: str | Path | None = None, sets: tuple[str, 
     if not path.is_file():
         raise GridSpecError(f"no grid spec at {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        data = _folds_as_written(yaml.safe_load(text), yaml.load(text, Loader=yaml.BaseLoader))
     except yaml.YAMLError as exc:
         raise GridSpecError(f"{path} is not valid YAML: {exc}") from exc
     if sets:
         data = apply_sets(data, sets, str(path))
     return parse_grid(data, out=out, source=str(path))
+
+
+def _folds_as_written(data: Any, raw: Any) -> Any:
+    """`data` with each `folds` value (top level and per subgrid) taken from `raw`, the same YAML read
+    with every scalar as text: fold names are names, and YAML 1.1 would read `08` as 8 and `010` as
+    an octal 8, so a spec naming fold `08` would ask for another fold or for none."""
+    if not isinstance(data, dict) or not isinstance(raw, dict):
+        return data
+    data = dict(data)
+    if "folds" in data:
+        data["folds"] = raw.get("folds")
+    entries, raw_entries = data.get("subgrids"), raw.get("subgrids")
+    if isinstance(entries, list) and isinstance(raw_entries, list) and len(entries) == len(raw_entries):
+        data["subgrids"] = [_folds_as_written(e, r) for e, r in zip(entries, raw_entries)]
+    return data
 
 
 _SETTABLE = tuple(k for k in _GRID_KEYS if k != "train") + ("missing_caches",)

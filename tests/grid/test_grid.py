@@ -256,6 +256,23 @@ def test_set_options_give_the_runs_of_the_edited_spec(tmp_path, caches):
     assert res.exit_code == 1 and "would not reach its runs" in res.output
 
 
+def test_fold_names_in_a_spec_file_are_read_as_written(tmp_path, caches):
+    """Fold names written unquoted in a spec file stay text: YAML 1.1 would read 01 as the number 1
+    (another fold) and 010 as an octal 8; both must be refused as the names they are."""
+    head = f"out: {tmp_path / 'out'}\ncaches: [{caches['good']}]\nper_fold: true\ntrain: {{epochs: 1, hidden: 8}}\n"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(head + "folds: [1]\nfusions: [mean]\nlayers: [enc:all]\n")
+    assert [r.config.folds for r in expand(load_grid(grid))] == ["1"]
+    grid.write_text(head + "folds: [01]\nfusions: [mean]\nlayers: [enc:all]\n")
+    with pytest.raises(GridSpecError, match=r"fold\(s\) \['01'\] are not test folds"):
+        expand(load_grid(grid))
+    grid.write_text(head + "fusions: [mean]\nlayers: [enc:all]\nsubgrids:\n  - {folds: 010}\n  - {folds: [2]}\n")
+    with pytest.raises(GridSpecError, match=r"subgrids\[0\]: fold\(s\) \['010'\] are not test folds"):
+        expand(load_grid(grid))
+    grid.write_text(head + "fusions: [mean]\nlayers: [enc:all]\nsubgrids:\n  - {folds: all}\n  - {folds: [2], fusions: [attention]}\n")
+    assert [r.config.folds for r in expand(load_grid(grid))] == ["0", "1", "2", "2"]
+
+
 def test_cli_collect_tables_finished_runs_without_training(tmp_path, caches):
     """--collect writes what is finished, marks the rest pending and trains nothing; a grid finished
     in parts (here: one layer first) is then tabled whole, with the derived run once its sources are done."""
