@@ -107,8 +107,20 @@ def test_protocols_of_the_other_kind_and_one_speaker_pools_are_refused(split_cac
         with pytest.raises(NserError, match=f"{re.escape(asked)}: not for a cv-protocol cache"):
             fold_plan(cv_cache, asked)
     assert [resolve_validation("paper", p) for p in ("cv", "split")] == ["speaker-carve", "train+dev"]
-    path = tmp_path / "one.zarr"  # one speaker in both folds: nothing to carve from the training fold
-    write_cache(path, 6, rows=lambda k: row(k, fold=str(k % 2), speaker="same", label="ab"[k // 2 % 2]),
+    path = tmp_path / "one.zarr"  # one speaker per fold: nothing to carve from the training fold
+    write_cache(path, 6, rows=lambda k: row(k, fold=str(k % 2), speaker=f"s{k % 2}", label="ab"[k // 2 % 2]),
                 lengths=_tiny, n_enc=1, n_dec=1, d=2)
     with CacheReader(path) as reader, pytest.raises(NserError, match="1 speaker.*needs at least 2"):
         fold_plan(reader, "speaker-carve")
+
+
+def test_folds_sharing_a_speaker_refused(tmp_path):
+    """A speaker in two cross-validation folds would be in its own test fold's training part: every
+    protocol refuses the plan, naming the speaker, instead of scoring a speaker-dependent model."""
+    path = tmp_path / "shared.zarr"
+    write_cache(path, 12, rows=lambda k: row(k, fold=str(k % 3), speaker="s0" if k in (0, 4) else f"s{k % 3}",
+                                             label="ab"[k // 3 % 2]), lengths=_tiny, n_enc=1, n_dec=1, d=2)
+    with CacheReader(path) as reader:
+        for validation in ("next-fold", "speaker-carve", "none", "paper"):
+            with pytest.raises(NserError, match=r"s0 in folds \['0', '1'\]; a test fold's speakers"):
+                fold_plan(reader, validation)

@@ -52,7 +52,9 @@ COLUMNS = ["run_key", "status", "cache", "cache_identity", "corpus", "condition"
            # what the report and a human debugging a run need besides the numbers
            "stack", "selection", "folds", "classes", "left_out", "warnings", "run_dir", "error", "validation",
            # what a report cell must not pool across (pipeline.grid.spec.settings_key) and the settings it names
-           "settings_key", "settings"]
+           "settings_key", "settings",
+           # the hash of an unfinished cache's stored utterances (--allow-missing), else empty: other data
+           "partial"]
 _FLOAT_COLUMNS = ["snr_db", "uar", "uar_std", "macro_f1", "macro_f1_std", "seconds", "peak_rss_mb"]
 
 
@@ -265,7 +267,7 @@ def run_row(run: RunSpec) -> dict[str, Any]:
                source=source_name(run.model), fusion=cfg.fusion, layers=run.layers, n_layers=run.n_layers,
                seed=cfg.seed, epochs=cfg.epochs, stack=run.stack, selection=run.selection, folds=cfg.folds,
                run_dir=str(run_dir), settings_key=settings_key(cfg, run.cache_identity, run.partial),
-               settings=json.dumps(train_settings(cfg), sort_keys=True))
+               settings=json.dumps(train_settings(cfg), sort_keys=True), partial=run.partial or "")
     if is_done(run):
         try:
             metrics = RunMetrics.read(run_dir / "metrics.json")

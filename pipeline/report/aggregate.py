@@ -123,7 +123,7 @@ def with_defaults(df: pd.DataFrame) -> pd.DataFrame:
                                 "uar_std": np.nan, "macro_f1_std": np.nan, "fold_uar": None, "fold_macro_f1": None,
                                 "confusion": None, "classes": None, "run_dir": None, "run_key": None,
                                 "error": None, "seed": 0, "validation": None, "folds": "all", "cache_identity": "",
-                                "settings_key": "", "settings": None}
+                                "settings_key": "", "settings": None, "partial": ""}
     for col, value in defaults.items():
         if col not in df.columns:
             df[col] = value
@@ -143,13 +143,18 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("uar", "macro_f1", "uar_std", "macro_f1_std", "snr_db"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("corpus", "model", "condition", "fusion", "layers", "stack", "selection", "cache_identity",
-                "settings_key", "folds"):
+                "settings_key", "folds", "partial"):
         # as str first: an all-empty column is float64 (NaN), which pandas will not fill with ""
         df[col] = df[col].astype(object).fillna("").astype(str)
     where = df["condition"]
     for col in reversed([c for c in ("corpus", "model") if df[c].nunique() > 1]):
         where = df[col] + " · " + where
-    df["where"] = where
+    # the stored data the runs read: another extraction of the condition, or an unfinished cache
+    # (--allow-missing) and the finished one, are other data: never pooled into one cell or curve,
+    # nor paired by --compare, so a condition with several is one column per data
+    df["data"] = "cache " + df["cache_identity"].str[:8] + df["partial"].map(lambda p: f", partial {p[:8]}" if p else "")
+    several = df.groupby(where)["data"].transform("nunique") > 1
+    df["where"] = where.where(~several, where + " [" + df["data"] + "]")
     df["base_method"] = df["fusion"].where(df["layers"].isin(WHOLE_STACKS), df["fusion"] + " [" + df["layers"] + "]")
     df["variant"] = _variants(df)
     df["method"] = df["base_method"] + df["variant"].map(lambda v: f" [{v}]" if v else "")
@@ -221,6 +226,7 @@ class Score:
     std: float
     n: int  # pooled values (runs x folds)
     full: float = math.nan  # how many its runs are meant to give (`_expected_n`); nan: unknown
+    folds: int = 0  # across seeds (`across_seeds`): the test folds each seed's score is over; 0: unknown
 
     def fmt(self, digits: int = 2) -> str:
         if math.isnan(self.mean):
@@ -285,13 +291,25 @@ def pooled(group: pd.DataFrame, metric: str) -> Score:
 
 
 def across_seeds(group: pd.DataFrame, metric: str) -> Score | None:
-    """mean ± sample std (n-1) over the seeds of `group`, each seed's runs pooled over their folds
-    first (`pooled`); None for fewer than two seeds."""
-    per_seed = [pooled(g, metric).mean for _, g in group.groupby("seed", sort=True)]
-    per_seed = [v for v in per_seed if not math.isnan(v)]
-    if len(per_seed) < 2:
+    """mean ± sample std (n-1) over the seeds of `group`, each seed's score its mean over the test
+    folds that every seed scored (`Score.folds` of them): a seed scored on other folds than another
+    would differ by those folds' difficulty, not by the seed. None for fewer than two seeds or no
+    fold they share. Runs without per-fold scores (older tables) count with their pooled mean."""
+    if not group[f"fold_{metric}"].map(lambda v: isinstance(json_value(v), dict)).all():
+        per_seed = [pooled(g, metric).mean for _, g in group.groupby("seed", sort=True)]
+        per_seed = [v for v in per_seed if not math.isnan(v)]
+        return Score(float(np.mean(per_seed)), float(np.std(per_seed, ddof=1)), len(per_seed)) \
+            if len(per_seed) >= 2 else None
+    by_seed: dict[str, dict[str, float]] = {}
+    for (seed, fold), v in fold_scores_once(group, metric, "across seeds").items():
+        by_seed.setdefault(seed, {})[fold] = v
+    if len(by_seed) < 2:
         return None
-    return Score(float(np.mean(per_seed)), float(np.std(per_seed, ddof=1)), len(per_seed))
+    common = set.intersection(*(set(scores) for scores in by_seed.values()))
+    if not common:
+        return None
+    per_seed = [float(np.mean([scores[f] for f in sorted(common)])) for scores in by_seed.values()]
+    return Score(float(np.mean(per_seed)), float(np.std(per_seed, ddof=1)), len(per_seed), folds=len(common))
 
 
 def json_value(value: Any) -> Any:
@@ -315,12 +333,14 @@ def single_layer(selection: str) -> tuple[str, int] | None:
 
 def split_settings(group: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """[(label suffix, runs)]: `group` itself when its runs share one setting (`settings_key`: they
-    differ in seed and test fold alone); else one part per cache (another extraction of the same
-    condition: `[cache <identity>]`) or, failing that, per setting (`[settings <key>]`): never pooled."""
-    if group["settings_key"].nunique() <= 1 and group["cache_identity"].nunique() <= 1:
+    differ in seed and test fold alone); else one part per stored data (another extraction of the
+    same condition, or an unfinished cache: `[cache <identity>, partial <hash>]`) or, failing that,
+    per setting (`[settings <key>]`): never pooled."""
+    if group["settings_key"].nunique() <= 1 and group["data"].nunique() <= 1:
         return [("", group)]
-    by, name = ("cache_identity", "cache") if group["cache_identity"].nunique() > 1 else ("settings_key", "settings")
-    return [(f" [{name} {str(k)[:8]}]", part) for k, part in group.groupby(by, sort=True)]
+    if group["data"].nunique() > 1:
+        return [(f" [{k}]", part) for k, part in group.groupby("data", sort=True)]
+    return [(f" [settings {str(k)[:8]}]", part) for k, part in group.groupby("settings_key", sort=True)]
 
 
 def _layer_points(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -164,7 +164,8 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
                 flat.append({"stack": stack, "method": method, "where": w, "metric": m, "mean": score.mean,
                              "std": score.std, "n": score.n, "note": cell.note,
                              "seeds_mean": seeds.mean if seeds else math.nan,
-                             "seeds_std": seeds.std if seeds else math.nan, "n_seeds": seeds.n if seeds else 1})
+                             "seeds_std": seeds.std if seeds else math.nan, "n_seeds": seeds.n if seeds else 1,
+                             "seeds_folds": seeds.folds if seeds else math.nan})
         rows.append(row)
     csv = out / "fusion_comparison.csv"
     pd.DataFrame(flat).to_csv(csv, index=False)
@@ -181,13 +182,17 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
 
 def _seed_table(order: list[tuple[str, str]], cells: dict) -> list[str]:
     """Cells of two or more seeds: the spread of the seeds' own (fold-pooled) scores."""
-    rows = [[stack, method, w, str(cell.seeds_uar.n), cell.seeds_uar.fmt(), cell.seeds_f1.fmt()]
+    rows = [[stack, method, w, str(cell.seeds_uar.n), str(cell.seeds_uar.folds or "?"), cell.seeds_uar.fmt(),
+             cell.seeds_f1.fmt()]
             for stack, method in order for w, cell in cells[(stack, method)].items() if cell.seeds_uar]
     if not rows:
         return []
-    return ["### Across seeds", "", _md_table(["stack", "method", "condition", "seeds", "UAR", "F1"], rows), "",
-            "Each seed's score pooled over its folds first, then mean ± sample std over the seeds: how much a "
-            "result moves with the seed alone (`nser-report --compare A B` tests a difference).", ""]
+    return ["### Across seeds", "",
+            _md_table(["stack", "method", "condition", "seeds", "folds", "UAR", "F1"], rows), "",
+            "Each seed's score is its mean over the test folds that every seed of the cell scored (`folds`; a "
+            "seed scored on other folds would differ by their difficulty), then mean ± sample std over the "
+            "seeds: how much a result moves with the seed alone (`nser-report --compare A B` tests a difference).",
+            ""]
 
 
 def _snr(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
@@ -281,8 +286,10 @@ def _wer_vs_f1(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[li
     points: dict[str, list[tuple[float, float, str]]] = {}
     for (stack, method), g in runs[runs["cache"].isin(list(rates))].groupby(["stack", "method"], sort=False):
         for cache, gc in g.groupby("cache", sort=False):
-            points.setdefault(f"{stack} {method}", []).append(
-                (rates[cache][0], float(gc["macro_f1"].mean()), str(gc["where"].iloc[0])))
+            # the point is the fusion table's cell: (seed, fold) scores pooled, never other data or settings
+            for suffix, part in agg.split_settings(gc):
+                points.setdefault(f"{stack} {method}{suffix}", []).append(
+                    (rates[cache][0], agg.pooled(part, "macro_f1").mean, str(part["where"].iloc[0])))
     rows, long = [], []
     for method, pts in points.items():
         r, p = pearsonr([x for x, _, _ in pts], [y for _, y, _ in pts]) if len(pts) >= 3 else (math.nan, math.nan)
@@ -296,7 +303,7 @@ def _wer_vs_f1(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[li
     md += [f"![{metric} vs macro-F1]({png.name})", "",
            _md_table(["method", "conditions", "Pearson r", "p"], rows), "",
            f"{metric}: Whisper's greedy hypotheses stored in each cache against the transcripts "
-           f"(`nser cache asr-metrics`); F1: mean over the method's runs and folds on that cache. Long form: "
+           f"(`nser cache asr-metrics`); F1: the method's pooled score on that cache, as in the fusion table. Long form: "
            f"[{csv.name}]({csv.name})."
            + (f" Not scored: {'; '.join(unscored)}." if unscored else ""), ""]
     return md, None

@@ -1,5 +1,7 @@
 """`nser-report --compare A B`: is method A's UAR different from method B's, pairing their scores
-on the same condition, seed and test fold (paired t-test and Wilcoxon signed-rank, scipy)."""
+on the same condition and test fold (paired t-test and Wilcoxon signed-rank, scipy). Seeds that
+both scored on a fold are averaged into that fold's pair first: seeds share the fold's speakers,
+so counting them as pairs of their own would shrink p without new evidence."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ class Comparison:
     method_a: str
     method_b: str
     metric: str
-    pairs: pd.DataFrame  # where, seed, fold, a, b
+    pairs: pd.DataFrame  # where, fold, seeds (how many were averaged), a, b
     mean_diff: float  # mean of a - b
     t_p: float  # paired t-test, two-sided
     wilcoxon_p: float  # Wilcoxon signed-rank, two-sided; nan when every difference is 0
@@ -29,9 +31,10 @@ class Comparison:
 
     def describe(self) -> str:
         where = ", ".join(dict.fromkeys(self.pairs["where"]))
-        seeds = self.pairs["seed"].nunique()
-        return (f"{self.method_a} vs {self.method_b} ({self.metric}, paired on condition x seed x fold)\n"
-                f"  n = {self.n} pairs ({seeds} seed(s); {where})\n"
+        seeds = sorted(set(self.pairs["seeds"]))
+        seeds_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+        return (f"{self.method_a} vs {self.method_b} ({self.metric}, paired on condition x test fold)\n"
+                f"  n = {self.n} pairs ({seeds_text} seed(s) averaged per pair; {where})\n"
                 f"  mean difference (A - B) = {100 * self.mean_diff:+.2f} points\n"
                 f"  paired t-test p = {_p(self.t_p)}\n"
                 f"  Wilcoxon signed-rank p = {_p(self.wilcoxon_p)}")
@@ -79,9 +82,11 @@ def compare_methods(df: pd.DataFrame, method_a: str, method_b: str, metric: str 
     b = fold_scores(_rows_of(runs, method_b), metric)
     pairs = a.merge(b, on=["where", "seed", "fold"], suffixes=("_a", "_b")).rename(
         columns={"score_a": "a", "score_b": "b"})
+    pairs = pairs.groupby(["where", "fold"], sort=False).agg(seeds=("seed", "nunique"), a=("a", "mean"),
+                                                              b=("b", "mean")).reset_index()
     if len(pairs) < 2:
-        raise ReportError(f"{method_a} and {method_b} share {len(pairs)} (condition, seed, fold) score(s); a paired "
-                          "test needs at least 2 (run both on the same caches, seeds and folds)")
+        raise ReportError(f"{method_a} and {method_b} share {len(pairs)} (condition, test fold) score(s) of a "
+                          "seed both ran; a paired test needs at least 2 (run both on the same caches, seeds and folds)")
     diff = pairs["a"] - pairs["b"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-equal differences: p is nan, said as such

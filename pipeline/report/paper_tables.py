@@ -233,7 +233,9 @@ def block_markdown(frame: pd.DataFrame, block: Block, with_paper: bool) -> list[
 
 def proposed_confusions(runs: pd.DataFrame, table: PaperTable, block: Block,
                         base: Path | None) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
-    """(column label, confusion summed over the proposed row's runs) per column that has them, and the class names."""
+    """(column label, confusion summed over the proposed row's runs) per column that has them, and the
+    class names. As in the tables, the row's first method found is the one shown, and runs it holds of
+    other data or settings (`split_settings`) are panels of their own, labelled as the table's rows."""
     row = next(r for r in table.rows if r.proposed)
     runs = agg.done(runs)
     runs = runs[(runs["feature"] == row.source) & (runs["stack"] == row.stack) & runs["method"].isin(row.methods)
@@ -243,9 +245,12 @@ def proposed_confusions(runs: pd.DataFrame, table: PaperTable, block: Block,
         g = runs[runs["condition"] == col.condition]
         if g.empty:
             continue
-        matrix = sum(agg.confusion(r) for _, r in g.iterrows())
-        classes = classes or agg.class_names(g.iloc[0], base, len(matrix))
-        panels.append((col.label, matrix))
+        g = g[g["method"] == next(m for m in row.methods if m in set(g["method"]))]
+        parts = agg.split_settings(g)
+        for suffix, part in parts:
+            matrix = sum(agg.confusion(r) for _, r in part.iterrows())
+            classes = classes or agg.class_names(part.iloc[0], base, len(matrix))
+            panels.append((col.label + (f" ({part['method'].iloc[0]}{suffix})" if len(parts) > 1 else ""), matrix))
     return panels, classes
 
 

@@ -67,3 +67,13 @@ def test_two_files_one_id_refused(tmp_path, emodb_root):
     write_manifest(tmp_path, [("c.flac", "angry", "09"), ("c.flac", "angry", "09")])
     with pytest.raises(NserError, match=r"utterance id 'c' is listed twice \(.*c\.flac\)"):
         read_corpus("csv", tmp_path)
+
+
+def test_fold_column_filled_in_some_rows_only_refused(tmp_path):
+    """A fold column filled for some rows and empty in others would mix given folds with dealt ones,
+    putting a speaker in two folds (its test fold's utterances in training): refused, naming the rows."""
+    with (tmp_path / "manifest.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "speaker", "fold"], ["a/1.wav", "sad", "s1", "1"],
+                                  ["a/2.wav", "neu", "s1", ""], ["b/3.wav", "sad", "s2", "0"]])
+    with pytest.raises(NserError, match=r"fold column is empty in 1 row\(s\) \(lines \[3\]\)"):
+        read_corpus("csv", tmp_path)

@@ -52,11 +52,25 @@ def test_cells_of_several_seeds_get_the_spread_of_the_seeds_scores(grid):
     assert cells[("enc", "attention")]["babble_0dB"].seeds_uar is None
     rep = build_report(grid, grid / "report")
     text = rep.path.read_text()
-    assert "### Across seeds" in text and "| enc | mean | babble_0dB | 3 | 62.00 ± 10.00 | 60.00 ± 10.00 |" in text
+    assert "### Across seeds" in text and "| enc | mean | babble_0dB | 3 | 5 | 62.00 ± 10.00 | 60.00 ± 10.00 |" in text
     assert "| enc | attention |" not in text.split("### Across seeds")[1]
     assert "Validation protocol (epoch choice): speaker-carve." in text
     long = (grid / "report" / "fusion_comparison.csv").read_text()
     assert "seeds_mean" in long.splitlines()[0]
+
+
+def test_the_spread_across_seeds_is_over_the_folds_every_seed_scored(tmp_path):
+    """Seed 1 scored fold 0 only: each seed's score is its fold-0 score (the folds they share), not
+    seed 0's five-fold mean against seed 1's one fold, which would be fold difficulty, not seed."""
+    rows = [_row("mean", 0, MEAN[0]), _row("mean", 1, {"0": MEAN[1]["0"]})]
+    df, _ = load_results(_table(tmp_path, rows))
+    seeds = method_cells(df)[1][("enc", "mean")]["babble_0dB"].seeds_uar
+    assert (seeds.n, seeds.folds) == (2, 1)
+    assert seeds.mean == pytest.approx((MEAN[0]["0"] + MEAN[1]["0"]) / 2)
+    assert seeds.std == pytest.approx(np.std([MEAN[0]["0"], MEAN[1]["0"]], ddof=1))
+    rows = [_row("mean", 0, {"0": 0.5}), _row("mean", 1, {"1": 0.6})]  # no fold in common: no spread
+    df, _ = load_results(_table(tmp_path, rows))
+    assert method_cells(df)[1][("enc", "mean")]["babble_0dB"].seeds_uar is None
 
 
 def test_other_validation_protocols_are_other_methods(tmp_path):
@@ -83,19 +97,39 @@ def test_a_layer_sweep_under_two_validation_protocols_is_two_sweeps(tmp_path):
     assert "### babble_0dB (none)" in text and "### babble_0dB (speaker-carve)" in text
 
 
-def test_compare_pairs_condition_seed_and_fold(grid):
+def test_compare_pairs_condition_and_fold_with_seeds_averaged(grid):
+    """Seeds share each fold's speakers: a fold is one pair, its seeds' scores averaged, so three
+    seeds of the same five folds give n = 5, not 15 (which would shrink p without new evidence)."""
     df, _ = load_results(grid)
     result = compare_methods(df, "l-adapter", "mean")
-    a = [ADAPTER[s][f] for s in range(3) for f in "01234"]
-    b = [MEAN[s][f] for s in range(3) for f in "01234"]
-    assert result.n == 15 and result.mean_diff == pytest.approx(np.mean(np.subtract(a, b)))
+    a = [np.mean([ADAPTER[s][f] for s in range(3)]) for f in "01234"]
+    b = [np.mean([MEAN[s][f] for s in range(3)]) for f in "01234"]
+    assert result.n == 5 and result.mean_diff == pytest.approx(np.mean(np.subtract(a, b)))
     assert result.t_p == pytest.approx(stats.ttest_rel(a, b).pvalue)
     assert result.wilcoxon_p == pytest.approx(stats.wilcoxon(np.subtract(a, b)).pvalue)
-    assert result.wilcoxon_p < 0.001  # 15 of 15 pairs favour l-adapter
+    assert result.wilcoxon_p == pytest.approx(0.0625)  # 5 of 5 pairs favour l-adapter: the smallest p of n = 5
     out = CliRunner().invoke(report_command, [str(grid), "--compare", "l-adapter", "mean"])
     assert out.exit_code == 0, out.output
-    assert "n = 15 pairs (3 seed(s); babble_0dB)" in out.output and "mean difference (A - B) = +" in out.output
+    assert "n = 5 pairs (3 seed(s) averaged per pair; babble_0dB)" in out.output, out.output
+    assert "mean difference (A - B) = +" in out.output
     assert f"Wilcoxon signed-rank p = {result.wilcoxon_p:.4g}" in out.output
+    # a fold only one seed of both ran is a pair of that seed alone
+    one = compare_methods(df[(df["seed"] == 0) | (df["fusion"] == "attention")], "l-adapter", "mean")
+    assert one.n == 5 and set(one.pairs["seeds"]) == {1}
+
+
+def test_compare_never_pairs_other_data_of_a_condition(tmp_path):
+    """Two extractions of one condition (other cache identities) are other data: a method run on one
+    and a method run on the other share no pair, and the fusion table shows them in two columns."""
+    rows = [{**_row("mean", 0, MEAN[0]), "cache_identity": "aaaaaaaa11"},
+            {**_row("l-adapter", 0, ADAPTER[0]), "cache_identity": "bbbbbbbb22"}]
+    grid = _table(tmp_path, rows)
+    df, _ = load_results(grid)
+    with pytest.raises(ReportError, match="share 0"):
+        compare_methods(df, "l-adapter", "mean")
+    _, cells = method_cells(df)
+    assert list(cells[("enc", "mean")]) == ["babble_0dB [cache aaaaaaaa]"]
+    assert list(cells[("enc", "l-adapter")]) == ["babble_0dB [cache bbbbbbbb]"]
 
 
 def test_compare_refuses_what_it_cannot_pair(grid, tmp_path):

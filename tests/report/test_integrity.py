@@ -53,17 +53,20 @@ def test_cells_of_other_selections_settings_or_caches_are_not_pooled(caches, tmp
     table = pd.read_csv(out / "results.csv", dtype={"cache_identity": str})
     idents = sorted(table.loc[table["fusion"] == "attention", "cache_identity"].str[:8])
     fc = pd.read_csv(tmp_path / "rep" / "fusion_comparison.csv")
-    uar = fc[fc["metric"] == "uar"].set_index("method")
-    assert sorted(uar.index) == sorted(["mean [enc:all, lr=0.01]", "mean [enc:blocks, lr=0.01]",
-                                        "mean [enc:blocks, lr=0.0001]"] + [f"attention [cache {i}]" for i in idents])
+    uar = fc[fc["metric"] == "uar"].set_index(["method", "where"])
+    # the condition's two caches (extractions) are two columns: never one cell, nor one column of cells
+    c1 = f"babble_0dB [cache {table.loc[table['cache'] == str(caches['c1']), 'cache_identity'].iloc[0][:8]}]"
+    assert sorted(uar.index) == sorted([(m, c1) for m in ("mean [enc:all, lr=0.01]", "mean [enc:blocks, lr=0.01]",
+                                                          "mean [enc:blocks, lr=0.0001]")]
+                                       + [("attention", f"babble_0dB [cache {i}]") for i in idents])
     assert (uar["n"] == 3).all()  # one run of 3 folds each, none pooled with another
     lr = table["settings"].map(lambda v: json.loads(v)["lr"])
-    runs = {f"{f} [{layers}, lr={r}]": (table["fusion"] == f) & (table["layers"] == layers) & (lr == r)
+    runs = {(f"{f} [{layers}, lr={r}]", c1): (table["fusion"] == f) & (table["layers"] == layers) & (lr == r)
             for f, layers, r in (("mean", "enc:all", 0.01), ("mean", "enc:blocks", 0.01), ("mean", "enc:blocks", 0.0001))}
-    runs.update({f"attention [cache {i}]": (table["fusion"] == "attention") & (table["cache_identity"].str[:8] == i)
-                 for i in idents})
-    for method, hit in runs.items():  # each cell is its one run
-        assert hit.sum() == 1 and uar.loc[method, "mean"] == pytest.approx(table.loc[hit, "uar"].iloc[0]), method
+    runs.update({("attention", f"babble_0dB [cache {i}]"): (table["fusion"] == "attention")
+                 & (table["cache_identity"].str[:8] == i) for i in idents})
+    for cell, hit in runs.items():  # each cell is its one run
+        assert hit.sum() == 1 and uar.loc[cell, "mean"] == pytest.approx(table.loc[hit, "uar"].iloc[0]), cell
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "[n=" not in md and "no `settings_key`" not in md
     # a table written before settings_key: the selections are still told apart; the lr runs cannot
@@ -71,7 +74,7 @@ def test_cells_of_other_selections_settings_or_caches_are_not_pooled(caches, tmp
     old = table.drop(columns=["settings_key", "settings"])
     old.to_csv(tmp_path / "old.csv", index=False)
     res = _report(tmp_path / "old.csv", tmp_path / "old")
-    assert res.exit_code == 1 and "mean [enc:blocks] on babble_0dB: two runs score seed 0" in res.output
+    assert res.exit_code == 1 and f"mean [enc:blocks] on {c1}: two runs score seed 0" in res.output
     old[lr != 0.0001].to_csv(tmp_path / "old.csv", index=False)
     res = _report(tmp_path / "old.csv", tmp_path / "old")
     assert res.exit_code == 0, res.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from click.testing import CliRunner
 from pipeline.cli.report import report_command
 from pipeline.grid.runner import run_grid
 from pipeline.grid.spec import expand, parse_grid
-from pipeline.report.aggregate import ReportError
-from pipeline.report.paper_tables import load_paper_values
+from pipeline.report.aggregate import ReportError, load_results
+from pipeline.report.paper_tables import corpus_model_groups, load_paper_values, proposed_confusions
 from tests.helpers import Signal, row, write_cache
 
 PAPER = Path(__file__).resolve().parents[3] / "shared" / "docs" / "paper.md"
@@ -139,6 +140,24 @@ def test_paper_layout_with_the_papers_values(grid_out, tmp_path):
     assert enc.loc["SNR -5 dB", "paper"] == 60.77 and pd.isna(enc.loc["SNR 10 dB", "ours"])
     png = tmp_path / "fig5_iemocap_fake-whisper_IEMOCAP_-_Human.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and f"]({png.name})" in md
+
+
+def test_fig5_never_sums_the_confusions_of_other_data(grid_out, tmp_path):
+    """A second extraction of human_0dB with its own l-adapter run: Table V prints the two as two rows,
+    so Fig. 5 draws two panels, each its own run's matrix, never their sum (a matrix of neither)."""
+    table = pd.read_csv(grid_out / "results.csv", dtype={"run_key": str, "cache_identity": str})
+    hit = (table["fusion"] == "l-adapter") & (table["condition"] == "human_0dB")
+    other = table[hit].assign(run_key="other", cache_identity="ffffffff00", confusion="[[1, 0], [0, 9]]")
+    pd.concat([table, other]).to_csv(tmp_path / "results.csv", index=False)
+    df, base = load_results(tmp_path / "results.csv")
+    [(_, _, runs)] = corpus_model_groups(df, "iemocap")
+    tables = load_paper_values()
+    panels, _ = proposed_confusions(runs, tables["v"], tables["v"].datasets["iemocap"][0], base)
+    at_0db = {label: matrix.tolist() for label, matrix in panels if label.startswith("SNR 0 dB")}
+    ident = table.loc[hit, "cache_identity"].iloc[0][:8]
+    assert at_0db == {f"SNR 0 dB (l-adapter [cache {ident}])": json.loads(table.loc[hit, "confusion"].iloc[0]),
+                      "SNR 0 dB (l-adapter [cache ffffffff])": [[1, 0], [0, 9]]}
+    assert [label for label, _ in panels if label.startswith("SNR -5 dB")] == ["SNR -5 dB"]
 
 
 def test_ours_only_layout_and_refusals(grid_out, tmp_path):

@@ -68,14 +68,24 @@ def test_full_report_sections_and_files(tmp_path):
     df = synthetic()
     caches = {c: str(_cache_with_wer(tmp_path / "c" / f"{c}.zarr", wrong)) for c, wrong in WRONG.items()}
     df["cache"] = df["condition"].map(caches)
+    # one seed scored on one fold only: the point must be the cell's pooled score, not a mean of run means
+    one = df.index[(df["fusion"] == "l-adapter") & (df["stack"] == "enc") & (df["condition"] == "babble_0dB")
+                   & (df["seed"] == 1)][0]
+    df.loc[one, ["fold_uar", "fold_macro_f1", "uar", "macro_f1"]] = ['{"0": 0.9}', '{"0": 0.1}', 0.9, 0.1]
     df.to_csv(tmp_path / "results.csv", index=False)
     rep = build_report(tmp_path / "results.csv", tmp_path / "rep")
     assert rep.written == ["layerwise", "fusions", "snr", "confusion", "wer_vs_f1", "paper_iv", "paper_v", "fig5"]
     assert rep.skipped == {}
     wer = pd.read_csv(tmp_path / "rep" / "wer_vs_f1.csv")
     assert set(wer["method"]) >= {"enc l-adapter", "enc+dec weighted-sum"}
+    cells = pd.read_csv(tmp_path / "rep" / "fusion_comparison.csv")
+    cells = cells[cells["metric"] == "f1"].assign(method=lambda c: c["stack"] + " " + c["method"])
+    f1 = cells.set_index(["method", "where"])["mean"]
     for _, row in wer.iterrows():
         assert row["wer"] == pytest.approx(WRONG[row["where"]])
+        if (row["method"], row["where"]) in f1.index:  # the fusions' cells (single layers are curves there)
+            assert row["macro_f1"] == pytest.approx(f1[(row["method"], row["where"])]), (row["method"], row["where"])
+    assert ("enc l-adapter", "babble_0dB") in set(zip(wer["method"], wer["where"]))
     assert "Pearson r" in rep.path.read_text() and "wer_vs_f1.png" in {p.name for p in rep.files}
     names = {p.name for p in rep.files}
     for cond in ("babble_-5dB", "babble_0dB", "babble_5dB", "clean"):
