@@ -222,6 +222,20 @@ def derive_run(run: RunSpec, rows: dict[str, dict[str, Any]]) -> None:
         record_failure(run, traceback.format_exc(), where=f"the grid client (pid {os.getpid()}), deriving it")
 
 
+def _stale(run: RunSpec, rows: dict[str, dict[str, Any]]) -> bool:
+    """Whether a finished derived run's per-fold scores are not those its sources give now (or a
+    source is not done any more)."""
+    if any(rows[k]["status"] != "done" for k in run.sources):
+        return True
+    try:
+        sources = {k: RunMetrics.read(Path(rows[k]["run_dir"]) / "metrics.json") for k in run.sources}
+        now = derived_metrics(fusion_spec(run.config.fusion), sources).metrics
+        kept = RunMetrics.read(Path(run.run_dir) / "metrics.json")
+    except (OSError, ValueError, KeyError):
+        return True
+    return {f: (m.uar, m.macro_f1) for f, m in now.folds.items()} != {f: (m.uar, m.macro_f1) for f, m in kept.folds.items()}
+
+
 def _check_sources(run: RunSpec, rows: dict[str, dict[str, Any]]) -> None:
     unfinished = [k for k in run.sources if rows[k]["status"] != "done"]
     if unfinished:
@@ -470,6 +484,11 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
     with _exclusive(out / ".nser-grid.lock", f"grid folder {out}"):
         imported = _take_records(runs, records) if records is not None else []
         rows = {r.key: run_row(r) for r in runs}
+        for run in [r for r in runs if r.derived and rows[r.key]["status"] == "done" and _stale(r, rows)]:
+            # a source trained again in place (same key, other scores) or gone since: the derived run
+            # follows its sources (derived again when they are done), never keeps scores they no longer give
+            (Path(run.run_dir) / DONE).unlink()
+            rows[run.key] = run_row(run)
         pending = [r for r in runs if rows[r.key]["status"] != "done" and not r.derived]
         waiting = [r for r in runs if rows[r.key]["status"] != "done" and r.derived]
         skipped = [r.key for r in runs if rows[r.key]["status"] == "done"]

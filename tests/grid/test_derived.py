@@ -171,6 +171,25 @@ def test_grid_trains_only_the_single_runs_and_derives_best_and_last(tmp_path, ca
     third = run_grid(expand(s), s.out, progress=False)
     assert (third.ran, third.derived) == ([], [runs["best"].key]) and (third.table["status"] == "done").all()
 
+    # A source trained again in place (same key, other scores: here its metrics edited as a rerun on a
+    # GPU would leave them): `last` follows it; `best` too, or keeps the layer whose scores still win.
+    enc2 = Path(t.loc[runs["last"].sources[0], "run_dir"])
+    metrics = json.loads((enc2 / "metrics.json").read_text())
+    for m in metrics["folds"].values():
+        m["uar"], m["macro_f1"] = 0.0, 0.0
+    metrics["uar"] = metrics["macro_f1"] = 0.0
+    (enc2 / "metrics.json").write_text(json.dumps(metrics))
+    fourth = run_grid(expand(s), s.out, progress=False)
+    assert runs["last"].key in fourth.derived and fourth.ran == []
+    assert fourth.table.set_index("run_key").loc[runs["last"].key, "uar"] == 0.0
+    assert run_grid(expand(s), s.out, progress=False).derived == []  # in step again: nothing to derive
+    # a source gone (its run dir deleted): the derived run is not left standing on its scores
+    import shutil
+
+    shutil.rmtree(enc2)
+    fifth = run_grid(expand(s), s.out, train=False, progress=False).table.set_index("run_key")
+    assert fifth.loc[runs["last"].key, "status"] == "pending" and pd.isna(fifth.loc[runs["last"].key, "uar"])
+
 
 def test_derived_run_of_failed_sources_fails_with_their_reason(tmp_path, tmp_path_factory):
     # training under next-fold needs 3 folds
