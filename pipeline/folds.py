@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipeline.cache.reader import CacheReader
+from pipeline.corpora.manifest import check_speaker_independent
 from pipeline.errors import NserError
 
 
@@ -90,21 +91,6 @@ def fold_plan(reader: CacheReader, validation: str = "next-fold", seed: int = 0)
         train, val = carve_speakers(pool, speakers, 1 / (len(names) - 1), [seed, k], f"test fold {test}")
         plan.append((test, train, val, test_idx))
     return plan
-
-
-def check_speaker_independent(folds: np.ndarray, speakers: np.ndarray) -> None:
-    """Refuse cross-validation folds that share a speaker: that speaker's other utterances would
-    train the model scored on its test fold, a speaker-dependent score reported as independent
-    (e.g. a csv manifest whose fold column is filled for some of a speaker's rows only)."""
-    folds_of: dict[str, set[str]] = {}
-    for fold, speaker in zip(folds, speakers):
-        folds_of.setdefault(str(speaker), set()).add(str(fold))
-    shared = {spk: sorted(f) for spk, f in folds_of.items() if len(f) > 1}
-    if shared:
-        named = ", ".join(f"{spk} in folds {f}" for spk, f in sorted(shared.items())[:5])
-        more = f" (+{len(shared) - 5} more)" if len(shared) > 5 else ""
-        raise NserError(f"speaker(s) in more than one fold: {named}{more}; a test fold's speakers would also be "
-                        "in training. Give each speaker one fold (the corpus's fold column) and extract again")
 
 
 def _split_plan(folds: np.ndarray, speakers: np.ndarray, how: str, seed: int) -> tuple:

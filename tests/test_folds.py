@@ -122,5 +122,5 @@ def test_folds_sharing_a_speaker_refused(tmp_path):
                                              label="ab"[k // 3 % 2]), lengths=_tiny, n_enc=1, n_dec=1, d=2)
     with CacheReader(path) as reader:
         for validation in ("next-fold", "speaker-carve", "none", "paper"):
-            with pytest.raises(NserError, match=r"s0 in folds \['0', '1'\]; a test fold's speakers"):
+            with pytest.raises(NserError, match=r"'s0' in folds \['0', '1'\]; a test fold's speakers"):
                 fold_plan(reader, validation)

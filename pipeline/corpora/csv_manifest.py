@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 from pipeline.corpora.class_map import read_class_map_file
-from pipeline.corpora.manifest import Corpus, Utterance, register_corpus, speaker_folds
+from pipeline.corpora.manifest import Corpus, Utterance, check_speaker_independent, register_corpus, speaker_folds
 from pipeline.errors import NserError
 
 DEFAULT_FOLDS = 5
@@ -32,8 +32,8 @@ def read_csv_manifest(root: Path) -> Corpus:
     folds = speaker_folds((r["speaker"] for r in rows), min(DEFAULT_FOLDS, len({r["speaker"] for r in rows})))
     given = {bool((r.get("fold") or "").strip()) for r in rows}
     if len(given) > 1:  # the default folds and the given ones would mix: a speaker could land in two
-        blank = [i + 2 for i, r in enumerate(rows) if not (r.get("fold") or "").strip()]
-        raise NserError(f"{manifest}: the fold column is empty in {len(blank)} row(s) (lines {blank[:5]}) and "
+        blank = [i + 1 for i, r in enumerate(rows) if not (r.get("fold") or "").strip()]
+        raise NserError(f"{manifest}: the fold column is empty in {len(blank)} row(s) (data rows {blank[:5]}) and "
                         "filled in the others: fill it in every row, or leave it empty to deal speakers into folds")
     utts, rejected, languages = [], [], set()
     classes: list[str] = list(class_map.classes) if class_map else []
@@ -57,4 +57,6 @@ def read_csv_manifest(root: Path) -> Corpus:
             transcript=r.get("transcript") or "", language=lang,
         ))
     language = languages.pop() if len(languages) == 1 else "multi"
+    # before any audio is read: a speaker in two folds would be in its own test fold's training part
+    check_speaker_independent([u.fold for u in utts], [u.speaker for u in utts])
     return Corpus(root.name or "csv", utts, classes, language, "cv", rejected)

@@ -109,6 +109,22 @@ def load_corpus_config(name: str) -> dict:
     return yaml.safe_load((Path(__file__).parent / f"{name}.yaml").read_text())
 
 
+def check_speaker_independent(folds: Iterable[str], speakers: Iterable[str]) -> None:
+    """Refuse cross-validation folds that share a speaker: that speaker's other utterances would
+    train the model scored on its test fold, a speaker-dependent score reported as independent
+    (e.g. a csv manifest whose fold column is filled for some of a speaker's rows only)."""
+    folds_of: dict[str, set[str]] = {}
+    for fold, speaker in zip(folds, speakers):
+        folds_of.setdefault(str(speaker), set()).add(str(fold))
+    shared = {spk: sorted(f) for spk, f in folds_of.items() if len(f) > 1}
+    if shared:
+        named = ", ".join(f"{spk!r} in folds {f}" for spk, f in sorted(shared.items())[:5])
+        more = f" (+{len(shared) - 5} more)" if len(shared) > 5 else ""
+        raise NserError(f"speaker(s) in more than one fold: {named}{more}; a test fold's speakers would also be "
+                        "in training. Give each speaker one fold (the corpus's fold column; an unknown speaker "
+                        "needs an id of its own) and extract again")
+
+
 def speaker_folds(speakers: Iterable[str], n_folds: int) -> dict[str, str]:
     """Speakers in sorted order dealt round-robin into n folds (speaker-independent CV)."""
     ordered = sorted(set(speakers))

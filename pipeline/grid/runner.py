@@ -223,8 +223,13 @@ def derive_run(run: RunSpec, rows: dict[str, dict[str, Any]]) -> None:
 
 
 def _stale(run: RunSpec, rows: dict[str, dict[str, Any]]) -> bool:
-    """Whether a finished derived run's per-fold scores are not those its sources give now (or a
-    source is not done any more)."""
+    """Whether a finished run that was derived (not trained: a trained one is never redone) has other
+    per-fold scores than its sources give now, or a source is not done any more."""
+    try:
+        if "derived_from" not in json.loads((Path(run.run_dir) / DONE).read_text()):
+            return False
+    except (OSError, ValueError):
+        return False  # run_row has it as failed already
     if any(rows[k]["status"] != "done" for k in run.sources):
         return True
     try:

@@ -182,8 +182,7 @@ def load_grid(path: str | Path, out: str | Path | None = None, sets: tuple[str, 
     if not path.is_file():
         raise GridSpecError(f"no grid spec at {path}")
     try:
-        text = path.read_text()
-        data = _folds_as_written(yaml.safe_load(text), yaml.load(text, Loader=yaml.BaseLoader))
+        data = yaml.load(path.read_text(), Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise GridSpecError(f"{path} is not valid YAML: {exc}") from exc
     if sets:
@@ -191,19 +190,21 @@ def load_grid(path: str | Path, out: str | Path | None = None, sets: tuple[str, 
     return parse_grid(data, out=out, source=str(path))
 
 
-def _folds_as_written(data: Any, raw: Any) -> Any:
-    """`data` with each `folds` value (top level and per subgrid) taken from `raw`, the same YAML read
-    with every scalar as text: fold names are names, and YAML 1.1 would read `08` as 8 and `010` as
-    an octal 8, so a spec naming fold `08` would ask for another fold or for none."""
-    if not isinstance(data, dict) or not isinstance(raw, dict):
-        return data
-    data = dict(data)
-    if "folds" in data:
-        data["folds"] = raw.get("folds")
-    entries, raw_entries = data.get("subgrids"), raw.get("subgrids")
-    if isinstance(entries, list) and isinstance(raw_entries, list) and len(entries) == len(raw_entries):
-        data["subgrids"] = [_folds_as_written(e, r) for e, r in zip(entries, raw_entries)]
-    return data
+class _SpecLoader(yaml.SafeLoader):
+    """safe_load's reading, except that fold names stay text as written: YAML 1.1 reads `08` as 8
+    and `010` as an octal 8, so a spec naming fold `08` would ask for another fold or for none.
+    Merge keys (`<<: *anchor`) are resolved first, so a merged `folds` is kept as text too."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == "folds":
+                    items = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                    for item in items:
+                        if isinstance(item, yaml.ScalarNode):
+                            item.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep=deep)
 
 
 _SETTABLE = tuple(k for k in _GRID_KEYS if k != "train") + ("missing_caches",)

@@ -77,7 +77,7 @@ def load_results(*sources: str | Path) -> tuple[pd.DataFrame, Path]:
 def _read_results(source: str | Path) -> pd.DataFrame:
     source, _ = results_file(source)
     # keys and fold names as written: "03" or an all-digit hash must not become a number
-    text = {c: str for c in ("run_key", "cache_identity", "settings_key", "folds")}
+    text = {c: str for c in ("run_key", "cache_identity", "settings_key", "folds", "partial")}
     try:
         return pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source, dtype=text)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same user problem
@@ -152,7 +152,8 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     # the stored data the runs read: another extraction of the condition, or an unfinished cache
     # (--allow-missing) and the finished one, are other data: never pooled into one cell or curve,
     # nor paired by --compare, so a condition with several is one column per data
-    df["data"] = "cache " + df["cache_identity"].str[:8] + df["partial"].map(lambda p: f", partial {p[:8]}" if p else "")
+    df["data"] = [", ".join(([f"cache {i[:8]}"] if i else []) + ([f"partial {p[:8]}"] if p else [])) or "complete"
+                  for i, p in zip(df["cache_identity"], df["partial"])]
     several = df.groupby(where)["data"].transform("nunique") > 1
     df["where"] = where.where(~several, where + " [" + df["data"] + "]")
     df["base_method"] = df["fusion"].where(df["layers"].isin(WHOLE_STACKS), df["fusion"] + " [" + df["layers"] + "]")

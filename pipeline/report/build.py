@@ -284,12 +284,17 @@ def _wer_vs_f1(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[li
     if len(rates) < 3:
         return md, "fewer than three caches could be scored for WER" + (f" ({'; '.join(unscored)})" if unscored else "")
     points: dict[str, list[tuple[float, float, str]]] = {}
-    for (stack, method), g in runs[runs["cache"].isin(list(rates))].groupby(["stack", "method"], sort=False):
-        for cache, gc in g.groupby("cache", sort=False):
-            # the point is the fusion table's cell: (seed, fold) scores pooled, never other data or settings
-            for suffix, part in agg.split_settings(gc):
+    for (stack, method), g in runs.groupby(["stack", "method"], sort=False):
+        # the point is the fusion table's cell (a `where`: one condition's data, whatever paths its
+        # runs recorded, e.g. pooled tables of two machines): its (seed, fold) scores pooled, x the
+        # WER of a cache of that data found here
+        for where, gw in g.groupby("where", sort=False):
+            scored = [c for c in dict.fromkeys(gw["cache"]) if c in rates]
+            if not scored:
+                continue
+            for suffix, part in agg.split_settings(gw):
                 points.setdefault(f"{stack} {method}{suffix}", []).append(
-                    (rates[cache][0], agg.pooled(part, "macro_f1").mean, str(part["where"].iloc[0])))
+                    (rates[scored[0]][0], agg.pooled(part, "macro_f1").mean, str(where)))
     rows, long = [], []
     for method, pts in points.items():
         r, p = pearsonr([x for x, _, _ in pts], [y for _, y, _ in pts]) if len(pts) >= 3 else (math.nan, math.nan)

@@ -75,5 +75,10 @@ def test_fold_column_filled_in_some_rows_only_refused(tmp_path):
     with (tmp_path / "manifest.csv").open("w", newline="") as fh:
         csv.writer(fh).writerows([["path", "label", "speaker", "fold"], ["a/1.wav", "sad", "s1", "1"],
                                   ["a/2.wav", "neu", "s1", ""], ["b/3.wav", "sad", "s2", "0"]])
-    with pytest.raises(NserError, match=r"fold column is empty in 1 row\(s\) \(lines \[3\]\)"):
+    with pytest.raises(NserError, match=r"fold column is empty in 1 row\(s\) \(data rows \[2\]\)"):
         read_corpus("csv", tmp_path)
+    with (tmp_path / "manifest.csv").open("w", newline="") as fh:  # filled, but s1 in two folds
+        csv.writer(fh).writerows([["path", "label", "speaker", "fold"], ["a/1.wav", "sad", "s1", "1"],
+                                  ["a/2.wav", "neu", "s1", "0"], ["b/3.wav", "sad", "s2", "0"]])
+    with pytest.raises(NserError, match=r"'s1' in folds \['0', '1'\]"):
+        read_corpus("csv", tmp_path)  # before any audio is read

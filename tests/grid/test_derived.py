@@ -183,6 +183,14 @@ def test_grid_trains_only_the_single_runs_and_derives_best_and_last(tmp_path, ca
     assert runs["last"].key in fourth.derived and fourth.ran == []
     assert fourth.table.set_index("run_key").loc[runs["last"].key, "uar"] == 0.0
     assert run_grid(expand(s), s.out, progress=False).derived == []  # in step again: nothing to derive
+    # a run that was trained (done.json without derived_from: --no-derive, or before derivation) is
+    # never redone, even where its sources now score otherwise (another device's rounding)
+    done = json.loads((runs["last"].run_dir / DONE).read_text())
+    (runs["last"].run_dir / DONE).write_text(json.dumps({k: v for k, v in done.items() if k != "derived_from"}))
+    metrics["folds"]["0"]["uar"] = 0.5
+    (enc2 / "metrics.json").write_text(json.dumps(metrics))
+    assert run_grid(expand(s), s.out, progress=False).derived == []
+    (runs["last"].run_dir / DONE).write_text(json.dumps(done))
     # a source gone (its run dir deleted): the derived run is not left standing on its scores
     import shutil
 

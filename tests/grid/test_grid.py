@@ -271,6 +271,14 @@ def test_fold_names_in_a_spec_file_are_read_as_written(tmp_path, caches):
         expand(load_grid(grid))
     grid.write_text(head + "fusions: [mean]\nlayers: [enc:all]\nsubgrids:\n  - {folds: all}\n  - {folds: [2], fusions: [attention]}\n")
     assert [r.config.folds for r in expand(load_grid(grid))] == ["0", "1", "2", "2"]
+    # merge keys: the merged folds are names too
+    grid.write_text(head + "layers: [enc:all]\nsubgrids:\n  - &a {folds: [2], fusions: [mean]}\n"
+                    "  - {<<: *a, fusions: [attention]}\n")
+    assert [r.config.folds for r in expand(load_grid(grid))] == ["2", "2"]
+    grid.write_text(head + "layers: [enc:all]\nsubgrids:\n  - &a {folds: [2], fusions: [mean]}\n"
+                    "  - {<<: *a, folds: [01], fusions: [attention]}\n")
+    with pytest.raises(GridSpecError, match=r"subgrids\[1\]: fold\(s\) \['01'\] are not test folds"):
+        expand(load_grid(grid))
 
 
 def test_cli_collect_tables_finished_runs_without_training(tmp_path, caches):

@@ -118,6 +118,19 @@ def test_compare_pairs_condition_and_fold_with_seeds_averaged(grid):
     assert one.n == 5 and set(one.pairs["seeds"]) == {1}
 
 
+def test_an_unfinished_caches_hash_is_read_as_text(tmp_path):
+    """A partial-cache hash that looks like a number (leading zero, 1234e5) is the same label from
+    the CSV and the parquet, so pooling the two files of one grid never splits a run's column."""
+    rows = [{**_row("mean", 0, MEAN[0]), "cache_identity": "0123456789abcdef", "partial": "0123456789012345"},
+            {**_row("l-adapter", 0, MEAN[0]), "cache_identity": "0123456789abcdef", "partial": "1234567e89012345"},
+            {**_row("attention", 0, MEAN[0]), "cache_identity": "0123456789abcdef", "partial": ""}]
+    grid = _table(tmp_path, rows)
+    for source in (grid / "results.csv", grid / "results.parquet"):
+        df, _ = load_results(source)
+        assert set(df["where"]) == {"babble_0dB [cache 01234567, partial 01234567]", "babble_0dB [cache 01234567]",
+                                    "babble_0dB [cache 01234567, partial 1234567e]"}, source
+
+
 def test_compare_never_pairs_other_data_of_a_condition(tmp_path):
     """Two extractions of one condition (other cache identities) are other data: a method run on one
     and a method run on the other share no pair, and the fusion table shows them in two columns."""

@@ -72,6 +72,7 @@ def test_full_report_sections_and_files(tmp_path):
     one = df.index[(df["fusion"] == "l-adapter") & (df["stack"] == "enc") & (df["condition"] == "babble_0dB")
                    & (df["seed"] == 1)][0]
     df.loc[one, ["fold_uar", "fold_macro_f1", "uar", "macro_f1"]] = ['{"0": 0.9}', '{"0": 0.1}', 0.9, 0.1]
+    df.loc[one, "cache"] = "/another/machine/babble_0dB.zarr"  # the same data, recorded elsewhere
     df.to_csv(tmp_path / "results.csv", index=False)
     rep = build_report(tmp_path / "results.csv", tmp_path / "rep")
     assert rep.written == ["layerwise", "fusions", "snr", "confusion", "wer_vs_f1", "paper_iv", "paper_v", "fig5"]
