@@ -211,7 +211,7 @@ def _expected_n(df: pd.DataFrame) -> pd.Series:
         if not key or keys.get(key, set()) is None:
             continue
         names = scored or (folds_of.get(ident) if folds in ("", "all") else set(folds.split(",")))
-        keys[key] = keys.get(key, set()) | {(_seed(seed), f) for f in names} if names else None
+        keys[key] = keys.get(key, set()) | {(seed_name(seed), f) for f in names} if names else None
     return df["settings_key"].map(lambda k: float(len(keys[k])) if keys.get(k) else math.nan)
 
 
@@ -248,7 +248,7 @@ class Score:
         return self.fmt(digits) + self.mark
 
 
-def _seed(value: Any) -> str:
+def seed_name(value: Any) -> str:
     return str(int(value)) if isinstance(value, (int, float, np.integer, np.floating)) and not pd.isna(value) \
         else str(value)
 
@@ -263,7 +263,7 @@ def fold_scores_once(runs: pd.DataFrame, metric: str, what: str, why: str = "e.g
     for seed, folds in zip(runs["seed"], runs[f"fold_{metric}"]):
         parsed = json_value(folds)
         for fold, v in (parsed.items() if isinstance(parsed, dict) else ()):
-            key = (_seed(seed), str(fold))
+            key = (seed_name(seed), str(fold))
             if key in values:
                 raise ReportError(f"{what}: two runs score seed {key[0]}, test fold {key[1]} ({why}); each "
                                   "(seed, fold) counts once: drop one of them from the grid")

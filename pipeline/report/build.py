@@ -53,7 +53,7 @@ def build_report(source: str | Path | tuple[str | Path, ...], out_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(path=out / "report.md")
     counts = df["status"].value_counts().to_dict()
-    wheres = list(dict.fromkeys(agg.done(df)["where"]))
+    wheres = [f"{w} ({_scored(g)})" for w, g in agg.done(df).groupby("where", sort=False)]
     md = ["# NSER grid report", "",
           f"Source: {', '.join(f'`{read}`' + (f' ({why})' if why else '') for read, why in read_files)}. Runs: {len(df)} ({counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
           f"{counts.get('pending', 0)} pending). Conditions with results: {', '.join(wheres) or 'none'}.", "",
@@ -77,6 +77,16 @@ def build_report(source: str | Path | tuple[str | Path, ...], out_dir: str | Pat
     md += _failures(df)
     rep.path.write_text("\n".join(md).rstrip() + "\n")
     return rep
+
+
+def _scored(runs: pd.DataFrame) -> str:
+    """The test folds and seeds that finished runs of a condition score: columns of a grid finished
+    in parts (one fold at a time) can pool other folds, which no `[n=k]` mark shows when the table
+    never listed the missing folds' runs."""
+    folds = {str(f) for v in runs["fold_uar"] if isinstance(p := agg.json_value(v), dict) for f in p}
+    seeds = sorted({agg.seed_name(s) for s in runs["seed"]}, key=lambda s: (len(s), s))
+    fold_text = ", ".join(sorted(folds, key=lambda f: (len(f), f))) if folds else "unrecorded"
+    return f"test folds {fold_text}; seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
 
 
 def _validation_line(df: pd.DataFrame) -> str:

@@ -55,6 +55,7 @@ def test_cells_of_several_seeds_get_the_spread_of_the_seeds_scores(grid):
     assert "### Across seeds" in text and "| enc | mean | babble_0dB | 3 | 5 | 62.00 ± 10.00 | 60.00 ± 10.00 |" in text
     assert "| enc | attention |" not in text.split("### Across seeds")[1]
     assert "Validation protocol (epoch choice): speaker-carve." in text
+    assert "Conditions with results: babble_0dB (test folds 0, 1, 2, 3, 4; seeds 0, 1, 2)." in text
     long = (grid / "report" / "fusion_comparison.csv").read_text()
     assert "seeds_mean" in long.splitlines()[0]
 
