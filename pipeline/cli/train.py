@@ -1,4 +1,4 @@
-"""`nser-train` (`nser train`): fusion training on a cache with speaker-independent cross-validation."""
+"""`nser-train` (`nser train`): fusion training on a cache, speaker-independent cross-validation or a corpus split."""
 
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ def _positive_finite(ctx, param, value: float | None) -> float | None:
 def train_command(cache, storage_options, out, fusion, layers, epochs, batch_size, lr, layer_weight_lr, length_buckets,
                   state_norm, adapter_dropout, validation, seed, folds, device, precision, memory_budget, threads, expect_model,
                   allow_missing, tensorboard, quiet):
-    """Train a fusion model on cached layers with speaker-independent cross-validation."""
+    """Train a fusion model on cached layers: speaker-independent cross-validation (folds sharing a speaker
+    are refused), or the train/dev/test split of a split-protocol corpus (MELD: as released, speakers recur)."""
     from pipeline.cache.reader import CacheReader
     from pipeline.folds import echo_coverage_warnings
     from pipeline.train.resident import parse_size
