@@ -51,7 +51,8 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
     resumes an interrupted grid and retries failed runs. Exits with status 1 if any run failed."""
     from pipeline.grid.packing import describe_packs, plan_packs
     from pipeline.grid.records import has_record
-    from pipeline.grid.runner import default_workers, is_done, run_grid, scheduler_security, scheduler_warning
+    from pipeline.grid.runner import (default_workers, is_done, run_grid, scheduler_security, scheduler_warning,
+                                      stale_derived)
     from pipeline.grid.spec import load_grid
 
     tls = (tls_ca_file, tls_cert, tls_key)
@@ -70,9 +71,10 @@ def grid_command(grid_file, scheduler, tls_ca_file, tls_cert, tls_key, workers, 
                f"{n_done} already finished" + (f", {len(in_records)} more in {records}" if records else "")
                + f"; out: {spec.out}", err=True)
     if dry_run:
+        stale = {r.key for r in stale_derived(runs)}  # finished, but their sources changed: derived again
         for r in runs:
-            click.echo(("done    " if is_done(r) else "record  " if r.key in in_records else "todo    ")
-                       + r.describe())
+            click.echo(("stale   " if r.key in stale else "done    " if is_done(r) else
+                        "record  " if r.key in in_records else "todo    ") + r.describe())
         todo = [r for r in runs if not r.derived and not is_done(r) and r.key not in in_records]
         n = workers or default_workers()
         # a scheduler's cluster is not asked at --dry-run: the split assumes --workers or the local default

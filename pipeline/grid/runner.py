@@ -222,6 +222,13 @@ def derive_run(run: RunSpec, rows: dict[str, dict[str, Any]]) -> None:
         record_failure(run, traceback.format_exc(), where=f"the grid client (pid {os.getpid()}), deriving it")
 
 
+def stale_derived(runs: list[RunSpec], rows: dict[str, dict[str, Any]] | None = None) -> list[RunSpec]:
+    """The finished derived runs that the grid derives again (`_stale`); `rows`: the runs' current
+    results rows (run_row), read here when not given."""
+    rows = rows if rows is not None else {r.key: run_row(r) for r in runs}
+    return [r for r in runs if r.derived and rows[r.key]["status"] == "done" and _stale(r, rows)]
+
+
 def _stale(run: RunSpec, rows: dict[str, dict[str, Any]]) -> bool:
     """Whether a finished run that was derived (not trained: a trained one is never redone) has other
     per-fold scores than its sources give now, or a source is not done any more."""
@@ -489,7 +496,7 @@ def run_grid(runs: list[RunSpec], out: str | Path, *, client: Any = None, schedu
     with _exclusive(out / ".nser-grid.lock", f"grid folder {out}"):
         imported = _take_records(runs, records) if records is not None else []
         rows = {r.key: run_row(r) for r in runs}
-        for run in [r for r in runs if r.derived and rows[r.key]["status"] == "done" and _stale(r, rows)]:
+        for run in stale_derived(runs, rows):
             # a source trained again in place (same key, other scores) or gone since: the derived run
             # follows its sources (derived again when they are done), never keeps scores they no longer give
             (Path(run.run_dir) / DONE).unlink()
