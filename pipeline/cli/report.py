@@ -21,7 +21,8 @@ from pipeline.report import PAPER_TABLES
 @click.option("--paper-dataset", help="The paper's dataset the runs are (the corpus name: iemocap, meld).")
 @click.option("--compare", nargs=2, metavar="METHOD_A METHOD_B",
               help="Instead of the report: a paired t-test and Wilcoxon signed-rank test of the two methods' UAR "
-                   "over their common (condition, test fold) scores, seeds both ran averaged per fold. Methods as the fusion table names them "
+                   "over their common (condition, test fold) scores, seeds both ran averaged per fold. Methods as "
+                   "the fusion table names them "
                    "(e.g. l-adapter, 'single [enc:12]'; 'enc+dec mean' where a method runs on several stacks).")
 def report_command(sources, out, paper_tables, paper_dataset, compare):
     """Write report.md with layer-wise curves, the fusion table, SNR robustness and confusion matrices."""

@@ -30,9 +30,8 @@ def read_csv_manifest(root: Path) -> Corpus:
         raise NserError(f"{manifest} lacks column(s) {sorted(missing)}")
     class_map = read_class_map_file(root / CLASS_MAP_FILE) if (root / CLASS_MAP_FILE).is_file() else None
     folds = speaker_folds((r["speaker"] for r in rows), min(DEFAULT_FOLDS, len({r["speaker"] for r in rows})))
-    given = {bool((r.get("fold") or "").strip()) for r in rows}
-    if len(given) > 1:  # the default folds and the given ones would mix: a speaker could land in two
-        blank = [i + 1 for i, r in enumerate(rows) if not (r.get("fold") or "").strip()]
+    blank = [i + 1 for i, r in enumerate(rows) if not (r.get("fold") or "").strip()]
+    if 0 < len(blank) < len(rows):  # the dealt folds and the given ones would mix: a speaker could land in two
         raise NserError(f"{manifest}: the fold column is empty in {len(blank)} row(s) (data rows {blank[:5]}) and "
                         "filled in the others: fill it in every row, or leave it empty to deal speakers into folds")
     utts, rejected, languages = [], [], set()

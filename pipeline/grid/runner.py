@@ -245,7 +245,8 @@ def _stale(run: RunSpec, rows: dict[str, dict[str, Any]]) -> bool:
         kept = RunMetrics.read(Path(run.run_dir) / "metrics.json")
     except (OSError, ValueError, KeyError):
         return True
-    return {f: (m.uar, m.macro_f1) for f, m in now.folds.items()} != {f: (m.uar, m.macro_f1) for f, m in kept.folds.items()}
+    return ({f: (m.uar, m.macro_f1) for f, m in now.folds.items()}
+            != {f: (m.uar, m.macro_f1) for f, m in kept.folds.items()})
 
 
 def _check_sources(run: RunSpec, rows: dict[str, dict[str, Any]]) -> None:

@@ -318,8 +318,8 @@ def _wer_vs_f1(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[li
     md += [f"![{metric} vs macro-F1]({png.name})", "",
            _md_table(["method", "conditions", "Pearson r", "p"], rows), "",
            f"{metric}: Whisper's greedy hypotheses stored in each cache against the transcripts "
-           f"(`nser cache asr-metrics`); F1: the method's pooled score on that cache, as in the fusion table. Long form: "
-           f"[{csv.name}]({csv.name})."
+           f"(`nser cache asr-metrics`); F1: the method's pooled score on that cache, as in the fusion table. "
+           f"Long form: [{csv.name}]({csv.name})."
            + (f" Not scored: {'; '.join(unscored)}." if unscored else ""), ""]
     return md, None
 

@@ -86,7 +86,8 @@ def compare_methods(df: pd.DataFrame, method_a: str, method_b: str, metric: str 
                                                               b=("b", "mean")).reset_index()
     if len(pairs) < 2:
         raise ReportError(f"{method_a} and {method_b} share {len(pairs)} (condition, test fold) score(s) of a "
-                          "seed both ran; a paired test needs at least 2 (run both on the same caches, seeds and folds)")
+                          "seed both ran; a paired test needs at least 2 (run both on the same caches, seeds and "
+                          "folds)")
     diff = pairs["a"] - pairs["b"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-equal differences: p is nan, said as such
