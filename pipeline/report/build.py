@@ -324,11 +324,16 @@ def _wer_vs_f1(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[li
     return md, None
 
 
+def _cell_text(value) -> str:
+    """A table cell's text; an empty csv cell (read back as NaN) is empty, not "nan"."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def _failures(df: pd.DataFrame) -> list[str]:
     bad = df[df["status"] != "done"]
     if bad.empty:
         return []
-    rows = [[str(r.get("run_key") or ""), str(r["status"]), r["where"], r["fusion"], r["layers"],
-             str(r.get("error") or "").replace("|", "\\|")[:160]] for _, r in bad.iterrows()]
+    rows = [[_cell_text(r.get("run_key")), str(r["status"]), r["where"], r["fusion"], r["layers"],
+             _cell_text(r.get("error")).replace("|", "\\|")[:160]] for _, r in bad.iterrows()]
     return ["## Unfinished runs", "", "Not in any section above; rerun the grid to retry them.", "",
             _md_table(["run", "status", "condition", "fusion", "layers", "error"], rows), ""]

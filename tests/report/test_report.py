@@ -197,3 +197,16 @@ def test_wer_f1_labels_of_near_conditions_do_not_overlap(tmp_path):
     assert len({offsets[1], offsets[2], offsets[4]}) == 3
     pts = {"m": [(x / 100, y / 100, f"emodb/c{i}") for i, (x, y) in enumerate(xy)]}
     assert wer_f1_plot(pts, "WER", tmp_path / "w.png").stat().st_size > 0
+
+
+def test_unfinished_runs_read_from_csv_show_no_nan(tmp_path):
+    """A pending run's empty error cell comes back from a csv as NaN: the report shows it empty."""
+    df = synthetic(conditions=(("babble_0dB", 0.0),), layerwise=False)
+    pending = df.iloc[0].to_dict() | {"run_key": "feedfacefeedface", "status": "pending", "error": None,
+                                      "uar": np.nan, "macro_f1": np.nan}
+    pd.concat([df, pd.DataFrame([pending])]).to_csv(tmp_path / "results.csv", index=False)
+    build_report(tmp_path / "results.csv", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    line = next(l for l in md.splitlines() if l.startswith("| feedfacefeedface |"))
+    assert "nan" not in line and line.endswith("|  |")
+    assert "NserError: boom" in md  # the failed run keeps its error
