@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Hashable
 
 from pipeline.grid.spec import RunSpec
+from pipeline.train.fusion_specs import FUSION_SPECS
 
 
 def share_key(run: RunSpec) -> Hashable:
@@ -30,6 +31,34 @@ def layer_set(run: RunSpec) -> frozenset[str]:
         stack, _, layers = part.partition(":")
         out.update(f"{stack}{i}" for i in layers.split(","))
     return frozenset(out)
+
+
+# An adapter's time over one stack relative to the decoder's: encoder states have 50 frames per second
+# of audio, the decoder a few tokens per second plus the prompt. Measured single-layer runs took 3x
+# (on a GPU) to 8x (2 CPU cores) the decoder's time on the encoder; 4 only has to order runs.
+_STACK_TIME = {"enc": 4.0, "dec": 1.0}
+
+
+def training_cost(run: RunSpec) -> float:
+    """Relative training time of a run: its recurrent adapters, each weighted by its stack's
+    sequence length. `l-adapter` trains one per layer, `best` one model per candidate layer, the
+    mixing fusions one per stack; per-utterance heads (`fc`) almost none."""
+    spec = FUSION_SPECS[run.config.fusion]
+    if spec.per_utterance:
+        return 0.1
+    per_stack: dict[str, int] = {}
+    for state in layer_set(run):
+        stack = state[:3]
+        per_stack[stack] = per_stack.get(stack, 0) + 1
+    per_layer = spec.adapter_per_layer or spec.chosen_on_validation
+    return sum(_STACK_TIME.get(stack, 1.0) * (n if per_layer else 1) for stack, n in per_stack.items())
+
+
+def longest_first(tasks: list[list[RunSpec]]) -> list[list[RunSpec]]:
+    """The tasks in the order to submit them: the costliest first (stable), so that a cluster's
+    workers end together rather than one finishing a long `l-adapter` alone, and a grid stopped early
+    has its longest runs, usually the ones a comparison is about, already done."""
+    return sorted(tasks, key=lambda t: -sum(training_cost(r) for r in t))
 
 
 def run_cost(run: RunSpec) -> int:

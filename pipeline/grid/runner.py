@@ -32,7 +32,7 @@ from pipeline.errors import NserError
 from pipeline.extract.sources import source_name
 from pipeline.failpoints import failpoint
 from pipeline.grid.derive import derived_metrics
-from pipeline.grid.packing import plan_packs
+from pipeline.grid.packing import longest_first, plan_packs
 from pipeline.grid.records import DONE, RUN_INFO, has_record, keep_record, take_record
 from pipeline.grid.spec import RunSpec, settings_key, train_settings
 from pipeline.safe_files import Flock, LockBusy, atomic_open
@@ -568,13 +568,13 @@ def cluster_threads(client: Any) -> int:
 
 def _run_pending(client: Any, pending: list[RunSpec], rows: dict[str, dict], ran: list[str], out: Path,
                  progress: bool, write_every_s: float, finished: Callable[[str], None], pack: bool) -> None:
-    """Submit `pending` (packed, pipeline/grid/packing.py, unless not `pack`), and record each run as
-    its task completes; `finished(key)` after its row."""
+    """Submit `pending` (packed, pipeline/grid/packing.py, unless not `pack`), the longest tasks first,
+    and record each run as its task completes; `finished(key)` after its row."""
     from dask.distributed import as_completed
 
     tasks: dict[str, list[RunSpec]] = {}
     futures = []
-    for runs in plan_packs(pending, cluster_threads(client), pack):
+    for runs in longest_first(plan_packs(pending, cluster_threads(client), pack)):
         if len(runs) == 1:
             fut = client.submit(execute_run, runs[0], key=f"nser-run-{runs[0].key}", pure=False)
         else:

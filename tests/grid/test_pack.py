@@ -128,3 +128,21 @@ def test_one_failing_run_leaves_the_rest_of_its_pack_and_reruns_only_it(tmp_path
     second = run_grid(list(runs.values()), s.out, client=client, progress=False)
     assert sorted(second.ran) == sorted(first.failed) and sorted(second.skipped) == sorted(stamps)
     assert stamps == {r.key: (r.run_dir / DONE).stat().st_mtime_ns for r in finished}
+
+
+def test_the_longest_runs_start_first(tmp_path, cache, client):
+    """A per-layer adapter over both stacks costs most, decoder-only one-layer runs least: tasks are
+    submitted longest first, so one worker runs them in that order (a grid stopped early has its
+    long runs done), whatever the spec's order."""
+    subgrids = [{"fusions": ["single"], "layers": ["each:dec:all", "enc:0"]},
+                {"fusions": ["mean", "l-adapter"], "layers": ["enc:all,dec:all", "dec:all"]}]
+    runs = expand(_grid(tmp_path / "out", cache, subgrids))
+    outcome = run_grid(runs, tmp_path / "out", client=client, pack=False, progress=False)
+    by_key = {r.key: r for r in runs}
+    order = [(by_key[k].config.fusion, by_key[k].layers) for k in outcome.ran]
+    # the test cache has 3 encoder and 2 decoder states; an encoder adapter counts 4 decoder ones
+    assert order == [("l-adapter", "enc:all,dec:all"),  # 3 x 4 + 2
+                     ("mean", "enc:all,dec:all"),       # 4 + 1: one adapter per stack after mixing
+                     ("single", "enc:0"),               # 4
+                     ("l-adapter", "dec:all"),          # 2
+                     ("single", "dec:0"), ("single", "dec:1"), ("mean", "dec:all")]  # 1 each, spec order
