@@ -42,15 +42,15 @@ _STACK_TIME = {"enc": 4.0, "dec": 1.0}
 def training_cost(run: RunSpec) -> float:
     """Relative training time of a run: its recurrent adapters, each weighted by its stack's
     sequence length. `l-adapter` trains one per layer, `best` one model per candidate layer, the
-    mixing fusions one per stack; per-utterance heads (`fc`) almost none."""
+    mixing fusions one per stack; the pooled heads (`fc`, `mean-fc`) none, so almost nothing."""
     spec = FUSION_SPECS[run.config.fusion]
-    if spec.per_utterance:
+    if spec.adapters == "none":
         return 0.1
     per_stack: dict[str, int] = {}
     for state in layer_set(run):
         stack = state[:3]
         per_stack[stack] = per_stack.get(stack, 0) + 1
-    per_layer = spec.adapter_per_layer or spec.chosen_on_validation
+    per_layer = spec.adapters == "layer" or spec.chosen_on_validation
     return sum(_STACK_TIME.get(stack, 1.0) * (n if per_layer else 1) for stack, n in per_stack.items())
 
 

@@ -73,9 +73,9 @@ class FusionSpec:
     learned_layer_weights: bool = False
     # Standardises its one input vector itself (training-part statistics), so --state-norm adds nothing.
     standardises_input: bool = False
-    # Trains one recurrent adapter per selected layer (else one per stack, after mixing the layers):
-    # most of a run's time, which the grid uses to start its longest runs first.
-    adapter_per_layer: bool = False
+    # Its recurrent adapters, most of a run's time (the grid starts its longest runs first): "layer",
+    # one per selected layer; "stack", one per stack after mixing its layers; "none", no recurrence.
+    adapters: str = "stack"
 
     def candidates(self, selection: LayerSelection, n_encoder_states: int,
                    n_decoder_states: int) -> list[LayerSelection]:
@@ -105,10 +105,10 @@ FUSION_SPECS: dict[str, FusionSpec] = {s.name: s for s in (
     FusionSpec("attention"),
     FusionSpec("scalar-mix", learned_layer_weights=True),
     FusionSpec("weighted-sum", learned_layer_weights=True),
-    FusionSpec("l-adapter", learned_layer_weights=True, adapter_per_layer=True),
+    FusionSpec("l-adapter", learned_layer_weights=True, adapters="layer"),
     # The paper's baseline heads (Table II): HSF functionals -> FC; SSL states -> mean-pool -> FC.
-    FusionSpec("fc", exactly_one, per_utterance=True, standardises_input=True),
-    FusionSpec("mean-fc", exactly_one, standardises_input=True),
+    FusionSpec("fc", exactly_one, per_utterance=True, standardises_input=True, adapters="none"),
+    FusionSpec("mean-fc", exactly_one, standardises_input=True, adapters="none"),
 )}
 
 

@@ -74,3 +74,16 @@ def test_grid_and_report_follow_a_new_sweep_fusion(monkeypatch, tmp_path):
     assert order == [("enc", "mean"), ("enc", "probe, last"), ("enc", "probe, best†")]  # registry order
     assert cells[("enc", "probe, best†")]["clean"].note == "enc1"
     assert cells[("enc", "probe, last")]["clean"].uar.mean == pytest.approx(0.5)
+
+
+def test_declared_adapters_match_the_models():
+    """`adapters` (what the grid's longest-first order counts) is what each model builds: a recurrent
+    layer adapter per selected layer, one per stack after mixing, or none."""
+    from pipeline.train.fusion import LayerAdapter
+
+    for name, spec in FUSION_SPECS.items():
+        one_model = FUSIONS[name] is SingleLayerFusion or spec.rule is exactly_one  # trains on one layer
+        n_enc, n_dec = (1, 0) if one_model else (3, 2)
+        model = FUSIONS[name](n_layers=n_enc + n_dec, d_in=8, n_classes=4, hidden=4, n_encoder=n_enc, n_decoder=n_dec)
+        adapters = sum(isinstance(m, LayerAdapter) for m in model.modules())
+        assert adapters == {"layer": n_enc + n_dec, "stack": (n_enc > 0) + (n_dec > 0), "none": 0}[spec.adapters], name
