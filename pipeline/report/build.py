@@ -325,8 +325,8 @@ def _wer_vs_f1(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[li
 
 
 def _cell_text(value) -> str:
-    """A table cell's text; an empty csv cell (read back as NaN) is empty, not "nan"."""
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    """A table cell's text; an empty csv cell (read back as NaN, or NA) is empty, not "nan"."""
+    return "" if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)) else str(value)
 
 
 def _failures(df: pd.DataFrame) -> list[str]:

@@ -53,6 +53,9 @@ def each_layer(name: str, selection: LayerSelection, n_encoder_states: int,
             + [LayerSelection((), (i,)) for i in selection.decoder])
 
 
+ADAPTERS = ("layer", "stack", "none")
+
+
 @dataclass(frozen=True)
 class FusionSpec:
     name: str
@@ -75,7 +78,11 @@ class FusionSpec:
     standardises_input: bool = False
     # Its recurrent adapters, most of a run's time (the grid starts its longest runs first): "layer",
     # one per selected layer; "stack", one per stack after mixing its layers; "none", no recurrence.
-    adapters: str = "stack"
+    adapters: str = "stack"  # one of ADAPTERS
+
+    def __post_init__(self):
+        if self.adapters not in ADAPTERS:
+            raise ValueError(f"fusion {self.name!r}: adapters must be one of {ADAPTERS}, got {self.adapters!r}")
 
     def candidates(self, selection: LayerSelection, n_encoder_states: int,
                    n_decoder_states: int) -> list[LayerSelection]:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from pipeline.cache.counting_store import CountingStore
 from pipeline.cache.reader import CacheReader
 from pipeline.cli.grid import grid_command
-from pipeline.grid.packing import plan_packs
+from pipeline.grid.packing import plan_packs, training_cost
 from pipeline.grid.runner import DONE, ERROR, run_grid, train_pack
 from pipeline.grid.spec import GridSpec, expand, parse_grid
 from pipeline.train.trainer import run_candidates, shared_run_data
@@ -53,8 +53,10 @@ def test_runs_sharing_layers_pack_and_split_over_workers(tmp_path, cache):
     assert all(len({r.config.seed for r in p}) == 1 for p in one)
     two = plan_packs(runs, 2)
     assert len(two) == 4 and sorted(r.key for p in two for r in p) == sorted(r.key for r in runs)
-    loads = [sum(r.n_layers for r in p) for p in two]
-    assert max(loads) - min(loads) <= 1  # balanced by stored states trained on
+    loads = sorted(sum(training_cost(r) for r in p) for p in two)
+    # per seed: l-adapter enc:all 3 x 8, enc:1,dec:all 8 + 2 x 1; mean and weighted-sum one adapter per
+    # stack, 8 and 8 + 1; three singles 8 each. Longest first onto the lighter pack: 48 / 44 of 92
+    assert loads == [44.0, 44.0, 48.0, 48.0]
     assert plan_packs(runs, 2, pack=False) == [[r] for r in runs]
     # one-layer runs on different layers share nothing: one task each, as without packing
     singles = [r for r in runs if r.config.fusion == "single" and r.config.seed == 0]
@@ -140,9 +142,19 @@ def test_the_longest_runs_start_first(tmp_path, cache, client):
     outcome = run_grid(runs, tmp_path / "out", client=client, pack=False, progress=False)
     by_key = {r.key: r for r in runs}
     order = [(by_key[k].config.fusion, by_key[k].layers) for k in outcome.ran]
-    # the test cache has 3 encoder and 2 decoder states; an encoder adapter counts 4 decoder ones
-    assert order == [("l-adapter", "enc:all,dec:all"),  # 3 x 4 + 2
-                     ("mean", "enc:all,dec:all"),       # 4 + 1: one adapter per stack after mixing
-                     ("single", "enc:0"),               # 4
+    # the test cache has 3 encoder and 2 decoder states; an encoder adapter counts 8 decoder ones
+    assert order == [("l-adapter", "enc:all,dec:all"),  # 3 x 8 + 2
+                     ("mean", "enc:all,dec:all"),       # 8 + 1: one adapter per stack after mixing
+                     ("single", "enc:0"),               # 8
                      ("l-adapter", "dec:all"),          # 2
                      ("single", "dec:0"), ("single", "dec:1"), ("mean", "dec:all")]  # 1 each, spec order
+
+
+def test_cost_counts_the_models_a_run_trains(tmp_path, cache):
+    """`best` trains a model per candidate layer, `last` one on its stack's last state, whatever the
+    stack it names; the per-utterance-style heads (mean-fc) no recurrent adapter."""
+    subgrids = [{"fusions": ["best", "last", "l-adapter", "mean"], "layers": ["enc:all"]},
+                {"fusions": ["mean-fc"], "layers": ["enc:0"]}]
+    runs = expand(_grid(tmp_path / "out", cache, subgrids), derive=False)
+    cost = {r.config.fusion: training_cost(r) for r in runs}
+    assert cost == {"best": 24.0, "last": 8.0, "l-adapter": 24.0, "mean": 8.0, "mean-fc": 0.1}

@@ -87,3 +87,5 @@ def test_declared_adapters_match_the_models():
         model = FUSIONS[name](n_layers=n_enc + n_dec, d_in=8, n_classes=4, hidden=4, n_encoder=n_enc, n_decoder=n_dec)
         adapters = sum(isinstance(m, LayerAdapter) for m in model.modules())
         assert adapters == {"layer": n_enc + n_dec, "stack": (n_enc > 0) + (n_dec > 0), "none": 0}[spec.adapters], name
+    with pytest.raises(ValueError, match="adapters must be one of"):
+        FusionSpec("typo", adapters="layers")
