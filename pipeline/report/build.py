@@ -58,7 +58,7 @@ def build_report(source: str | Path | tuple[str | Path, ...], out_dir: str | Pat
           f"Source: {', '.join(f'`{read}`' + (f' ({why})' if why else '') for read, why in read_files)}. Runs: {len(df)} ({counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
           f"{counts.get('pending', 0)} pending). Conditions with results: {', '.join(wheres) or 'none'}.", "",
           "Scores are in %, mean ± std over every (run, fold) score of a cell (seeds x folds; for one run, "
-          "its cross-validation folds).", "", _validation_line(df), ""] + _settings_line(df)
+          "its cross-validation folds).", "", _validation_line(df), "", _code_line(df), ""] + _settings_line(df)
     from pipeline.report.sources import sources_section, text_section  # imports this module
 
     for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("sources", sources_section),
@@ -93,6 +93,22 @@ def _validation_line(df: pd.DataFrame) -> str:
     """Which validation protocol picked the epochs (pipeline/folds.py): the scores depend on it."""
     seen = sorted({v or "unrecorded (next-fold on cv caches, dev on split caches)" for v in agg.done(df)["validation"]})
     return f"Validation protocol (epoch choice): {', '.join(seen) or 'none of the runs finished'}."
+
+
+def _code_line(df: pd.DataFrame) -> str:
+    """Which code versions trained the finished runs. A grid finished in parts (records, several
+    tables) can pool runs of several versions under one run key; a reader must be able to see that."""
+    done = agg.done(df)
+    versions = done["code_version"].map(_cell_text) if "code_version" in done.columns else pd.Series([""] * len(done))
+    counts = versions.replace("", "unrecorded").value_counts()
+    if counts.empty:
+        return "Code version: none of the runs finished."
+    listed = ", ".join(f"`{v}` ({n} run{'s' if n > 1 else ''})" for v, n in counts.items())
+    if len(counts) == 1:
+        return f"Code version of every finished run: {listed}."
+    return (f"Code versions of the finished runs: {listed}. A run key does not include the code version, so a "
+            "version that changed results without changing keys would be pooled with the others in these cells "
+            "(docs/grid.md, \"Run records\").")
 
 
 def _settings_line(df: pd.DataFrame) -> list[str]:

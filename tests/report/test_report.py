@@ -210,3 +210,19 @@ def test_unfinished_runs_read_from_csv_show_no_nan(tmp_path):
     line = next(l for l in md.splitlines() if l.startswith("| feedfacefeedface |"))
     assert "nan" not in line and line.endswith("|  |")
     assert "NserError: boom" in md  # the failed run keeps its error
+
+
+def test_header_names_the_code_versions_of_the_runs(tmp_path):
+    """Tables pooled from grid parts can mix code versions under one run key: the header says which."""
+    df = synthetic(conditions=(("babble_0dB", 0.0),), layerwise=False)
+    one = tmp_path / "one.csv"
+    df.to_csv(one, index=False)
+    build_report(one, tmp_path / "r1")
+    assert "Code version of every finished run: `test` (18 runs)." in (tmp_path / "r1" / "report.md").read_text()
+    df.loc[df.index[:5], "code_version"] = "0.1.0+gold"
+    df.loc[df.index[5], "code_version"] = None  # a table from before versions were recorded
+    two = tmp_path / "two.csv"
+    df.to_csv(two, index=False)
+    build_report(two, tmp_path / "r2")
+    text = (tmp_path / "r2" / "report.md").read_text()
+    assert "Code versions of the finished runs: `test` (12 runs), `0.1.0+gold` (5 runs), `unrecorded` (1 run)." in text
