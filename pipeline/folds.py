@@ -11,6 +11,7 @@ import numpy as np
 from pipeline.cache.reader import CacheReader
 from pipeline.corpora.manifest import check_speaker_independent
 from pipeline.errors import NserError
+from pipeline.train.run_metrics import NOT_EXTRACTED
 
 
 class ClassCoverageWarning(UserWarning):
@@ -47,6 +48,37 @@ PAPER_VALIDATION = {"cv": "speaker-carve", "split": "train+dev"}
 _FOR_PROTOCOL = {"cv": ("next-fold", "speaker-carve", "none"), "split": ("dev", "train+dev", "none")}
 
 Plan = list[tuple[str, list[int], list[int], list[int]]]
+
+
+def corpus_folds(reader: CacheReader, plan: Plan) -> set[str]:
+    """Every fold of the corpus a run on `plan` touches: the plan's test folds, the cached ones (its
+    training and validation parts) and the error table's. A fold whose every utterance failed
+    extraction has no cached row; it is still a fold of the corpus, and its failures still count."""
+    return {p[0] for p in plan} | {str(f) for f in reader.table["fold"]} | {str(e.fold) for e in reader.errors}
+
+
+def check_cache_complete(reader: CacheReader, folds: set[str], allow_missing: bool) -> None:
+    """Refuse a cache that lacks utterances of `folds` (failed extraction) or was never finished:
+    numbers on part of a corpus must be asked for (`--allow-missing`), and say so (`left_out`)."""
+    if allow_missing:
+        return
+    failed = [e for e in reader.errors if str(e.fold) in folds]
+    if failed:
+        raise NserError(f"{len(failed)} utterance(s) of the selected folds failed extraction "
+                        f"(e.g. {failed[0].utt_id}: {failed[0].error}); fix them and rerun nser-extract, "
+                        "or pass --allow-missing to go on without them")
+    if reader.complete is False:
+        raise NserError(f"cache {reader.where} is incomplete ({reader.n} of {reader.meta.n_manifest} "
+                        "utterances): rerun the same nser-extract command to finish it, or pass --allow-missing")
+
+
+def left_out(reader: CacheReader, folds: set[str]) -> dict[str, int]:
+    """Manifest entries not in numbers computed on `folds` (under --allow-missing): failed ones per
+    fold, and those an unfinished extraction never reached (their folds unknown) as NOT_EXTRACTED."""
+    left = reader.errors_by_fold(folds)
+    if reader.n_unextracted:
+        left[NOT_EXTRACTED] = reader.n_unextracted
+    return left
 
 
 def resolve_validation(validation: str, protocol: str) -> str:

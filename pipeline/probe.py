@@ -18,13 +18,14 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import NserError
 from pipeline.layers import LayerSelection
+from pipeline.safe_files import atomic_open, atomic_write
 
 POOLINGS = ("mean", "mean+std")
 CSV_COLUMNS = ("stack", "layer", "name", "uar", "uar_std", "macro_f1", "macro_f1_std", "folds")
@@ -143,11 +144,15 @@ def _fit_plan(reader: CacheReader) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def probe_layers(reader: CacheReader, selection: LayerSelection | str, seed: int = 0, *, pooling: str = "mean",
-                 progress: bool = False, block_rows: int | None = None) -> list[dict[str, Any]]:
+                 progress: bool = False, block_rows: int | None = None,
+                 allow_missing: bool = False) -> list[dict[str, Any]]:
     """One row per selected layer (encoder first): mean/std over test folds of UAR and macro-F1,
-    and the per-fold scores with the fit/test sizes."""
+    and the per-fold scores with the fit/test sizes. A cache with failed or never extracted
+    utterances is refused unless `allow_missing` (as for training; probe.json's `left_out` says
+    what is missing)."""
     from tqdm import tqdm
 
+    from pipeline.folds import check_cache_complete, corpus_folds
     from pipeline.train.metrics import classification_metrics, summarize_folds
 
     if isinstance(selection, str):
@@ -155,6 +160,7 @@ def probe_layers(reader: CacheReader, selection: LayerSelection | str, seed: int
     y = _labels(reader)
     n_classes = len(reader.classes)
     plan = _fit_plan(reader)
+    check_cache_complete(reader, corpus_folds(reader, plan), allow_missing)
     layers = [("encoder", i) for i in selection.encoder] + [("decoder", i) for i in selection.decoder]
     rows = []
     bar = tqdm(layers, desc="probe", unit="layer", disable=not progress)
@@ -180,9 +186,13 @@ def probe_layers(reader: CacheReader, selection: LayerSelection | str, seed: int
 def probe_report(reader: CacheReader, rows: list[dict[str, Any]], *, seed: int, pooling: str, layers: str,
                  seconds: float) -> dict[str, Any]:
     """probe.json's object: the rows plus what they depend on (cache identity, seed, protocol)."""
+    from pipeline.folds import corpus_folds, left_out
     from pipeline.version import code_version
 
     return {"cache": str(reader.path) if reader.path else reader.where, "identity_hash": reader.identity_hash,
+            # an unfinished cache's part (its identity stays as it grows) and what the numbers lack
+            "partial": reader.partial_hash, "complete": reader.complete, "n_manifest": reader.meta.n_manifest,
+            "left_out": left_out(reader, corpus_folds(reader, [])),
             "model": reader.meta.model.name, "condition": reader.meta.condition.name,
             "n_utterances": reader.n, "classes": reader.classes, "layers": layers, "pooling": pooling,
             "classifier": "StandardScaler + LogisticRegression(C=1, class_weight=balanced, lbfgs)",
@@ -203,7 +213,7 @@ def format_probe_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_probe(rows: list[dict[str, Any]], path: Path, *, n_classes: int, title: str = "") -> None:
+def plot_probe(rows: list[dict[str, Any]], path: Path | IO[bytes], *, n_classes: int, title: str = "") -> None:
     """UAR and macro-F1 (± std over folds) against layer index, one panel per stack. Uses a bare
     Figure (Agg canvas), so it neither needs a display nor changes pyplot's backend."""
     from matplotlib.figure import Figure
@@ -226,20 +236,61 @@ def plot_probe(rows: list[dict[str, Any]], path: Path, *, n_classes: int, title:
     axes[0].legend(loc="best", fontsize="small")
     if title:
         fig.suptitle(title, fontsize="medium")
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
 
 
-def write_probe_outputs(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """probe.csv (per-fold scores as a JSON column), probe.json and probe.png in out_dir."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "probe.csv", "json": out / "probe.json", "png": out / "probe.png"}
-    with paths["csv"].open("w", newline="") as fh:
+# What makes two probes the same probe: a rerun of it may replace its files, nothing else may.
+_SAME_PROBE = ("identity_hash", "partial", "layers", "pooling", "seed")
+
+
+def write_probe_outputs(report: dict[str, Any], out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """probe.csv (per-fold scores as a JSON column), probe.json and probe.png in out_dir, each
+    written atomically, probe.json last. Files there from another probe (another cache, part of one,
+    layers, pooling or seed), or probe.* files without a probe.json, are refused unless `overwrite`:
+    one --out used for two conditions must not leave only the second."""
+    paths = _probe_paths(out_dir)
+    if not overwrite:
+        check_probe_out(out_dir, report)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with atomic_open(paths["png"], "wb") as fh:
+        plot_probe(report["rows"], fh, n_classes=len(report["classes"]),
+                   title=f"linear probe ({report['pooling']} pooling): {report['model']}, {report['condition']}")
+    with atomic_open(paths["csv"], "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for r in report["rows"]:
             writer.writerow({**r, "folds": json.dumps(r["folds"], sort_keys=True)})
-    paths["json"].write_text(json.dumps(report, indent=2))
-    plot_probe(report["rows"], paths["png"], n_classes=len(report["classes"]),
-               title=f"linear probe ({report['pooling']} pooling): {report['model']}, {report['condition']}")
+    atomic_write(paths["json"], json.dumps(report, indent=2))
     return paths
+
+
+def _probe_paths(out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    return {"csv": out / "probe.csv", "json": out / "probe.json", "png": out / "probe.png"}
+
+
+def probe_key(reader: CacheReader, layers: str, pooling: str, seed: int) -> dict[str, Any]:
+    """probe.json's fields that make it this probe (_SAME_PROBE), known before it runs."""
+    return {"identity_hash": reader.identity_hash, "partial": reader.partial_hash, "layers": layers,
+            "pooling": pooling, "seed": seed}
+
+
+def check_probe_out(out_dir: str | Path, report: dict[str, Any]) -> None:
+    """Refuse `out_dir` when it holds probe files of another probe than `report` (or `probe_key`'s
+    dict), or probe.* files without a probe.json; the same probe's files may be replaced."""
+    paths = _probe_paths(out_dir)
+    there = [p for p in paths.values() if p.exists()]
+    if not there:
+        return
+    way_out = "choose another --out, or pass --overwrite to replace them"
+    if not paths["json"].exists():
+        raise NserError(f"{', '.join(map(str, there))} exist(s) without a probe.json: not a probe's output; {way_out}")
+    try:
+        before = json.loads(paths["json"].read_text())
+        differ = [k for k in _SAME_PROBE if before.get(k) != report.get(k)]
+    except (OSError, ValueError, AttributeError) as exc:
+        raise NserError(f"{paths['json']} cannot be read ({exc}); {way_out}") from None
+    if differ:
+        detail = "; ".join(f"{k}: {before.get(k)!r} there, {report.get(k)!r} now" for k in differ)
+        raise NserError(f"{paths['json'].parent} holds the probe of {before.get('cache', 'another cache')} "
+                        f"({before.get('condition')}) with other settings ({detail}); {way_out}")

@@ -161,3 +161,61 @@ def test_one_class_and_bad_settings_are_refused(tmp_path, fake_cache):
                           (["--layers", "enc:0-5000000"], "encoder layer(s) 0-5000000 not in the cache")):
         res = CliRunner().invoke(probe_command, ["--cache", str(fake_cache), "--quiet", *args])
         assert res.exit_code in (1, 2) and message in res.output and "Traceback" not in res.output, res.output
+
+
+def _with_errors(path: Path, errors: list[dict], **attrs) -> None:
+    import zarr
+
+    from pipeline.cache.schema import ATTR_KEY
+
+    g = zarr.open_group(str(path), mode="r+")
+    g.attrs[ATTR_KEY] = dict(g.attrs[ATTR_KEY], errors=errors, **attrs)
+
+
+def test_incomplete_or_failed_caches_need_allow_missing(tmp_path):
+    """As for training: a cache with failed utterances (here a whole speaker fold) or an unfinished
+    one is refused; with allow_missing the probe runs and probe.json says what it lacks."""
+    from pipeline.errors import NserError
+    from pipeline.probe import probe_report
+
+    path = probe_cache(tmp_path / "c.zarr")
+    n = CacheReader(path).n
+    _with_errors(path, [{"utt_id": f"x{k}", "path": f"x{k}.wav", "fold": "9", "label": "a", "error": "gone"}
+                        for k in range(3)])
+    with pytest.raises(NserError, match="3 utterance.*failed extraction.*--allow-missing"):
+        probe_layers(CacheReader(path), "enc:2")
+    _with_errors(path, [], n_manifest=n + 5)
+    reader = CacheReader(path)
+    with pytest.raises(NserError, match=rf"incomplete \({n} of {n + 5}"):
+        probe_layers(reader, "enc:2")
+    rows = probe_layers(reader, "enc:2", allow_missing=True)
+    report = probe_report(reader, rows, seed=0, pooling="mean", layers="enc:2", seconds=0.0)
+    assert report["complete"] is False and report["left_out"] == {"not extracted": 5}
+    assert report["partial"] == reader.partial_hash and report["n_manifest"] == n + 5
+
+
+def test_out_of_another_probe_is_refused_unless_overwrite(fake_cache, tmp_path):
+    """One --out for two probes would leave only the second: refused before probing, as are probe.*
+    files that no probe wrote; the same probe may be rerun into its folder."""
+    from click.testing import CliRunner
+
+    from pipeline.cli.probe import probe_command
+
+    out = tmp_path / "probe"
+    run = lambda *extra: CliRunner().invoke(probe_command, ["--cache", str(fake_cache), "--layers", "enc:1,2",  # noqa: E731
+                                                             "--out", str(out), "--quiet", *extra])
+    assert run().exit_code == 0
+    assert run().exit_code == 0  # the same probe again
+    first = (out / "probe.json").read_text()
+    other = run("--seed", "3")
+    assert other.exit_code != 0 and "with other settings (seed: 0 there, 3 now)" in other.output
+    assert (out / "probe.json").read_text() == first  # untouched
+    assert run("--seed", "3", "--overwrite").exit_code == 0
+    assert json.loads((out / "probe.json").read_text())["seed"] == 3
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "probe.csv").write_text("my notes\n")
+    res = CliRunner().invoke(probe_command, ["--cache", str(fake_cache), "--layers", "enc:2", "--out", str(notes)])
+    assert res.exit_code != 0 and "without a probe.json: not a probe's output" in res.output
+    assert (notes / "probe.csv").read_text() == "my notes\n"

@@ -24,22 +24,30 @@ def _pooling_names():
 @click.option("--pooling", type=RegistryChoice(_pooling_names), default="mean", show_default=True,
               help="Utterance features: mean of the states, or mean and std concatenated.")
 @seed_option("Seed of the logistic regression.")
+@click.option("--allow-missing", is_flag=True,
+              help="Probe a cache with failed or not yet extracted utterances (refused otherwise); "
+                   "probe.json's left_out says how many are missing.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace probe files in --out that another probe (other cache, layers, pooling or seed) wrote.")
 @json_option("Print probe.json's object instead of the table.")
 @quiet_option
-def probe_command(cache, storage_options, layers, out, pooling, seed, as_json, quiet):
+def probe_command(cache, storage_options, layers, out, pooling, seed, allow_missing, overwrite, as_json, quiet):
     """Linear probe per layer (pooled states, logistic regression) on the training folds: a fast layer scan."""
     from pipeline.cache.reader import CacheReader
     from pipeline.folds import echo_coverage_warnings
-    from pipeline.probe import format_probe_table, probe_layers, probe_report, write_probe_outputs
+    from pipeline.probe import check_probe_out, format_probe_table, probe_key, probe_layers, probe_report, \
+        write_probe_outputs
 
     t0 = time.perf_counter()
     reader = CacheReader(cache, storage_options)
     selection = reader.selection(layers)
+    if out and not overwrite:  # before minutes of probing, not after
+        check_probe_out(out, probe_key(reader, selection.spec(), pooling, seed))
     with echo_coverage_warnings(lambda line: click.echo(line, err=True)):
-        rows = probe_layers(reader, selection, seed, pooling=pooling, progress=not quiet)
+        rows = probe_layers(reader, selection, seed, pooling=pooling, progress=not quiet, allow_missing=allow_missing)
     report = probe_report(reader, rows, seed=seed, pooling=pooling, layers=selection.spec(),
                           seconds=time.perf_counter() - t0)
-    paths = write_probe_outputs(report, out) if out else {}
+    paths = write_probe_outputs(report, out, overwrite) if out else {}
     if as_json:
         click.echo(json.dumps(report))
     else:

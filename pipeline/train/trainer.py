@@ -28,7 +28,8 @@ from tqdm import tqdm
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import NserError
 from pipeline.failpoints import failpoint
-from pipeline.folds import check_class_coverage, fold_plan, resolve_validation, select_folds
+from pipeline.folds import NOT_EXTRACTED, check_cache_complete, check_class_coverage, corpus_folds, fold_plan, left_out, \
+    resolve_validation, select_folds
 from pipeline.layers import LayerSelection
 from pipeline.train.checkpoint import CheckpointError, RunCheckpoints
 from pipeline.train.config import AUTOCAST_DTYPES, TrainConfig, result_settings
@@ -38,7 +39,7 @@ from pipeline.train.fusion_specs import FusionSpec, fusion_spec
 from pipeline.train.metrics import classification_metrics, summarize_folds
 from pipeline.train.resident import STACKS, RunData, default_memory_budget
 from pipeline.train.tensorboard import EpochBoard
-from pipeline.train.run_metrics import NOT_EXTRACTED, FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
+from pipeline.train.run_metrics import FoldMetrics, LayerChoice, RunMetrics, choose_on_validation
 from pipeline.safe_files import atomic_write
 from pipeline.version import code_version
 
@@ -238,16 +239,7 @@ def check_cache_for_training(reader: CacheReader, cfg: TrainConfig, folds: set[s
     """Refuse caches that cannot give the numbers asked for, with the reason and the way out."""
     if cfg.expect_model and reader.meta.model.name != cfg.expect_model:
         raise NserError(f"cache {reader.where} was extracted with {reader.meta.model.name}, not {cfg.expect_model}")
-    if cfg.allow_missing:
-        return
-    failed = [e for e in reader.errors if str(e.fold) in folds]
-    if failed:
-        raise NserError(f"{len(failed)} utterance(s) of the selected folds failed extraction "
-                        f"(e.g. {failed[0].utt_id}: {failed[0].error}); fix them and rerun nser-extract, "
-                        "or pass --allow-missing to train without them")
-    if reader.complete is False:
-        raise NserError(f"cache {reader.where} is incomplete ({reader.n} of {reader.meta.n_manifest} "
-                        "utterances): rerun the same nser-extract command to finish it, or pass --allow-missing")
+    check_cache_complete(reader, folds, cfg.allow_missing)
 
 
 def train_on_cache(cache: str | Path | CacheReader, out_dir: str | Path, cfg: TrainConfig,
@@ -357,7 +349,7 @@ def _prepare_run(reader: CacheReader, out: Path, cfg: TrainConfig, progress: boo
     if present - set(classes):
         raise NserError(f"cache labels {sorted(present - set(classes))} are not in its class list {classes}")
     plan = select_folds(fold_plan(reader, cfg.validation, cfg.seed), cfg.folds)
-    used_folds = {p[0] for p in plan} | {str(f) for f in reader.table["fold"]}
+    used_folds = corpus_folds(reader, plan)
     check_cache_for_training(reader, cfg, used_folds)
     data_warnings = check_class_coverage(reader, plan)  # also issued as ClassCoverageWarning
     run_info = {"config": asdict(cfg), "seed": cfg.seed, "code_version": code_version(),
@@ -457,12 +449,8 @@ def _run_metrics(run: _Run, per_fold: dict[str, FoldMetrics], choice: LayerChoic
 
 
 def _left_out(run: _Run) -> dict[str, int]:
-    """Entries of the manifest that are not in these numbers (--allow-missing): failed ones per
-    fold, and those an unfinished extraction never reached (their folds unknown) as NOT_EXTRACTED."""
-    left = run.reader.errors_by_fold(run.used_folds)
-    if run.reader.n_unextracted:
-        left[NOT_EXTRACTED] = run.reader.n_unextracted
-    return left
+    """Entries of the manifest that are not in these numbers (--allow-missing): pipeline.folds.left_out."""
+    return left_out(run.reader, run.used_folds)
 
 
 def _write_metrics(path: Path, metrics: RunMetrics) -> None:

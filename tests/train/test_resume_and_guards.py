@@ -127,3 +127,18 @@ def test_run_on_an_unfinished_cache_does_not_resume_after_it_grows(tmp_path):
     again = train_cli(tmp_path / "c.zarr", run, extra=["--allow-missing"])
     assert again.returncode == 1, again.stderr
     assert "holds checkpoints of a run with other settings (cached utterances: 24 then, 36 now)" in again.stderr
+
+
+def test_a_fold_whose_every_utterance_failed_is_refused(signal_cache, tmp_path):
+    """A speaker fold with no cached utterance (all its audio failed) is still a fold of the corpus:
+    training without it needs --allow-missing, as one failed utterance does, and says so in left_out."""
+    g = zarr.open_group(str(signal_cache), mode="r+")
+    meta = dict(g.attrs[ATTR_KEY])
+    g.attrs[ATTR_KEY] = dict(meta, errors=[{"utt_id": f"v{k}", "path": f"v{k}.wav", "fold": "3", "label": "a",
+                                            "error": "permission denied"} for k in range(6)])
+    cfg = TrainConfig(layers="enc:1", epochs=1, hidden=8, batch_size=8)
+    with pytest.raises(NserError, match="6 utterance.*failed extraction.*--allow-missing"):
+        train_on_cache(signal_cache, tmp_path / "a", cfg, progress=False)
+    cfg.allow_missing = True
+    metrics = train_on_cache(signal_cache, tmp_path / "b", cfg, progress=False)
+    assert metrics["left_out"] == {"3": 6} and sorted(metrics["folds"]) == ["0", "1", "2"]
