@@ -142,7 +142,9 @@ class CacheReader:
             raise CacheError(f"{self.where}: this CacheReader was closed; open the cache again to read it")
         if name not in self._arrays:
             arr = self.group[name]
-            self._require_stored(arr, self._committed_rows(stack), name, stack)
+            rows = self._committed_rows(stack)
+            self._require_length(arr, rows, name, stack)
+            self._require_stored(arr, rows, name, stack)
             self._arrays[name] = arr
         return self._arrays[name]
 
@@ -160,6 +162,18 @@ class CacheReader:
         raise CacheError(f"{self.where}: {name} lacks {len(files)} stored file(s) ({shown}) holding {whose}; "
                          "zarr would read them as zeros. The cache is damaged or partly copied: copy it "
                          f"again or re-extract (nser cache verify {self.where} lists everything affected)")
+
+    def _require_length(self, arr: zarr.Array, rows: int, name: str, stack: str) -> None:
+        """An array shorter than the table's committed rows (its metadata copied from an earlier commit
+        than the table, e.g. a copy taken while extraction appended) would read short or empty states."""
+        if arr.shape[0] >= rows:
+            return
+        lo, count = self.spans(stack)
+        ids = [str(u) for u in self.table["utt_id"][lo + count > arr.shape[0]]]
+        raise CacheError(f"{self.where}: {name} has {arr.shape[0]} rows but the table's committed utterances "
+                         f"need {rows}; {len(ids)} utterance(s) would read short or empty states: "
+                         f"{', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}. The cache was copied or "
+                         "written inconsistently: copy it again or re-extract (nser cache verify lists it)")
 
     def _utterances_in(self, stack: str, objects: list[StoredObject]) -> list[str]:
         """Ids of the utterances whose rows in `stack` overlap any of these objects' rows."""

@@ -75,6 +75,29 @@ def test_missing_shard_refused_on_read_and_reported_by_verify(tmp_path):
     assert hit <= set(out["affected_utterances"])
 
 
+def test_array_shorter_than_the_table_refused_on_read_and_reported_by_verify(tmp_path):
+    """A copy taken while extraction appended: three encoder arrays' metadata (their shape) from an
+    earlier commit than the table. Reading them would give short or empty states; the reader refuses
+    and names the utterances, verify reports them (no traceback), the decoder's whole arrays still read."""
+    path = tmp_path / "c.zarr"
+    write_cache(path, 12)
+    stale = {f"encoder/layer_0{i}/zarr.json": (path / f"encoder/layer_0{i}/zarr.json").read_text() for i in range(3)}
+    write_cache(path, 14, start=12)
+    for name, text in stale.items():
+        (path / name).write_text(text)
+    r = CacheReader(path)
+    with pytest.raises(CacheError) as err:
+        r.read_states(13, r.selection("enc:1"))
+    msg = str(err.value)
+    assert "encoder/layer_01 has" in msg and "2 utterance(s) would read short or empty states: u12, u13" in msg
+    assert r.read_states(13, r.selection("dec:0"))[0].shape[0] == r.table["n_tokens"][13]
+    rep = verify_cli(path)
+    assert rep.returncode == 1 and "Traceback" not in rep.stderr
+    out = json.loads(rep.stdout)
+    assert sum("rows, the committed utterances need" in p for p in out["problems"]) == 3, out["problems"]
+    assert {"u12", "u13"} <= set(out["affected_utterances"])
+
+
 def test_missing_shard_stops_training(tmp_path):
     from pipeline.train.config import TrainConfig
     from pipeline.train.trainer import train_on_cache
