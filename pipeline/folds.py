@@ -8,10 +8,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from pipeline.cache.combine import PART_KEY, PartRecord
 from pipeline.cache.reader import CacheReader
 from pipeline.corpora.manifest import check_speaker_independent
 from pipeline.errors import NserError
 from pipeline.train.run_metrics import NOT_EXTRACTED
+
+OTHER_PARTS = "other parts"  # left_out: a part cache's entries that its other parts hold
 
 
 class ClassCoverageWarning(UserWarning):
@@ -58,10 +61,16 @@ def corpus_folds(reader: CacheReader, plan: Plan) -> set[str]:
 
 
 def check_cache_complete(reader: CacheReader, folds: set[str], allow_missing: bool) -> None:
-    """Refuse a cache that lacks utterances of `folds` (failed extraction) or was never finished:
-    numbers on part of a corpus must be asked for (`--allow-missing`), and say so (`left_out`)."""
+    """Refuse a cache that holds one part of an extraction in parts, lacks utterances of `folds`
+    (failed extraction) or was never finished: numbers on part of a corpus must be asked for
+    (`--allow-missing`), and say so (`left_out`)."""
     if allow_missing:
         return
+    part = _part_of(reader)
+    if part is not None:  # complete as a part, yet a block of the corpus: its folds are cut at a batch
+        raise NserError(f"cache {reader.where} is part {part.index} of {part.count} of an extraction in parts "
+                        f"({reader.meta.n_manifest} of the corpus's {part.n_manifest} entries): combine the "
+                        "parts first (nser cache combine), or pass --allow-missing")
     failed = [e for e in reader.errors if str(e.fold) in folds]
     if failed:
         raise NserError(f"{len(failed)} utterance(s) of the selected folds failed extraction "
@@ -74,11 +83,21 @@ def check_cache_complete(reader: CacheReader, folds: set[str], allow_missing: bo
 
 def left_out(reader: CacheReader, folds: set[str]) -> dict[str, int]:
     """Manifest entries not in numbers computed on `folds` (under --allow-missing): failed ones per
-    fold, and those an unfinished extraction never reached (their folds unknown) as NOT_EXTRACTED."""
+    fold, those an unfinished extraction never reached (their folds unknown) as NOT_EXTRACTED, and
+    a part's other parts' entries as OTHER_PARTS."""
     left = reader.errors_by_fold(folds)
     if reader.n_unextracted:
         left[NOT_EXTRACTED] = reader.n_unextracted
+    part = _part_of(reader)
+    if part is not None:
+        left[OTHER_PARTS] = part.n_manifest - (reader.meta.n_manifest or 0)
     return left
+
+
+def _part_of(reader: CacheReader) -> PartRecord | None:
+    """The part record of a cache extracted as one part of several (pipeline/extract/parts.py)."""
+    record = reader.meta.identity.get(PART_KEY)
+    return PartRecord.from_dict(record) if record else None
 
 
 def resolve_validation(validation: str, protocol: str) -> str:

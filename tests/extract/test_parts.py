@@ -134,6 +134,22 @@ def test_combine_refuses_a_missing_part(dask_out, tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_a_part_is_not_a_corpus_for_training_or_the_probe(dask_out):
+    """A finished part is complete as a cache, but holds one block of the corpus (its folds cut at a
+    batch): training and the probe refuse it (the same guard), and under --allow-missing the other
+    parts' entries are counted as left out."""
+    from pipeline.folds import OTHER_PARTS, check_cache_complete, corpus_folds, left_out
+
+    part = CacheReader(dask_out.parent / "combined.zarr.parts" / "part-1-of-2.zarr")
+    assert part.complete
+    with pytest.raises(NserError, match=r"part 1 of 2 of an extraction in parts \(3 of the corpus's 8 entries\): "
+                                        r"combine the parts first"):
+        check_cache_complete(part, corpus_folds(part, []), allow_missing=False)
+    check_cache_complete(part, corpus_folds(part, []), allow_missing=True)
+    assert left_out(part, corpus_folds(part, []))[OTHER_PARTS] == 5
+    assert OTHER_PARTS not in left_out(CacheReader(dask_out), corpus_folds(CacheReader(dask_out), []))
+
+
 def test_combine_refuses_an_incomplete_part(dask_out, tmp_path):
     parts = _copy_parts(dask_out, tmp_path / "p")
     group = zarr.open_group(str(parts / "part-0-of-2.zarr"), mode="r+")  # as a part killed before its last commit
