@@ -126,8 +126,14 @@ def _write_npy(reader: CacheReader, folder: Path, layer_list, ids: list[str], po
 
 
 def _export_meta(reader: CacheReader, layer_list, pool: str) -> dict:
-    """What the export came from and holds (HDF5 root attribute, export.json)."""
-    return {"identity_hash": reader.identity_hash, "model": reader.meta.model.to_dict(),
+    """What the export came from and holds (HDF5 root attribute, export.json): the cache's identity,
+    and whether it is the whole corpus (`complete`, an unfinished cache's `partial` part, what is
+    `left_out`: failed entries per fold, never extracted ones, other parts), as training records it."""
+    from pipeline.folds import corpus_folds, left_out
+
+    return {"identity_hash": reader.identity_hash, "partial": reader.partial_hash, "complete": reader.complete,
+            "n_manifest": reader.meta.n_manifest, "left_out": left_out(reader, corpus_folds(reader, [])),
+            "model": reader.meta.model.to_dict(),
             "condition": reader.meta.condition.to_dict(), "classes": reader.classes,
             "layers": [n for _, _, n in layer_list], "pool": pool}
 

@@ -81,3 +81,24 @@ def test_cli(cache, tmp_path):
     bad = subprocess.run([str(exe), "cache", "export", str(cache), "--format", "npy", "--layers", "enc:7",
                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "not in the cache" in bad.stderr and not (tmp_path / "o").exists()
+
+
+def test_export_says_what_of_the_corpus_it_holds(cache, tmp_path):
+    """An export of a cache with failed entries, or an unfinished one, says so, as metrics.json does."""
+    import zarr
+
+    from pipeline.cache.schema import ATTR_KEY
+
+    g = zarr.open_group(str(cache), mode="r+")
+    g.attrs[ATTR_KEY] = dict(g.attrs[ATTR_KEY], n_manifest=25)
+    out = export_cache(cache, tmp_path / "whole", fmt="npy", layers="enc:1")
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["complete"] is True and meta["left_out"] == {} and meta["partial"] is None
+    g.attrs[ATTR_KEY] = dict(g.attrs[ATTR_KEY], n_manifest=30, errors=[
+        {"utt_id": "x", "path": "x.wav", "fold": "1", "label": "a", "error": "gone"}])
+    out = export_cache(cache, tmp_path / "part.h5", fmt="hdf5", layers="enc:1")
+    with h5py.File(out, "r") as f:
+        meta = json.loads(f.attrs["nser_export"])
+    assert meta["complete"] is False and meta["left_out"] == {"1": 1, "not extracted": 4}
+    assert meta["partial"] == CacheReader(cache).partial_hash and meta["n_manifest"] == 30
+
