@@ -80,7 +80,7 @@ def combine_parts(parts_dir: str | Path, out: str | Path, *, overwrite: bool = F
     incomplete part, parts of different splits or settings, overlapping utterances, and an existing
     `out` unless `overwrite`."""
     out = Path(out).resolve()
-    _check_target(out, overwrite)
+    check_combine_target(out, overwrite)
     readers = _open_parts(Path(parts_dir))
     try:
         attrs, errors = _check_parts(Path(parts_dir), readers)
@@ -171,7 +171,7 @@ def _write_combined(readers: list[CacheReader], attrs: dict[str, Any], errors: l
                 _copy_rows(r, writer, layout.encoder_shard_frames)
             writer.set_errors(errors)
         n = len(writer.done_ids)
-        if _check_target(out, overwrite) == "cache":  # again: something may have appeared meanwhile
+        if check_combine_target(out, overwrite) == "cache":  # again: something may have appeared meanwhile
             _replace(out, staging, trash)
         else:
             os.replace(staging, out)  # onto nothing, or onto an empty folder
@@ -182,7 +182,7 @@ def _write_combined(readers: list[CacheReader], attrs: dict[str, Any], errors: l
     return n
 
 
-def _check_target(out: Path, overwrite: bool) -> str:
+def check_combine_target(out: Path, overwrite: bool) -> str:
     """What is at `out` ("absent", "empty" or "cache"), if the combined cache may go there."""
     found = _what_is_at(out)
     if found == "cache" and not overwrite:

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from pipeline.cache.combine import PartRecord, combine_parts, part_name
+from pipeline.cache.combine import PartRecord, check_combine_target, combine_parts, part_name
 from pipeline.corpora.manifest import Corpus, check_unique_ids
 from pipeline.errors import CacheError, NserError
 from pipeline.extract.run import ExtractionOptions, ExtractionReport, manifest_hash, run_extraction
@@ -84,8 +84,7 @@ def extract_with_workers(corpus: Corpus, out: str | Path, opts: ExtractionOption
 
     t0 = time.perf_counter()
     out = Path(out)
-    if out.exists() and not opts.overwrite:
-        raise CacheError(f"{out} already exists; pass --overwrite to extract and combine it again")
+    check_combine_target(out, opts.overwrite)  # before hours of extraction, not at the combine after them
     check_unique_ids(corpus)
     part_range(len(corpus.utterances), opts.batch_size, 0, workers)  # refuses a split with an empty part
     reports: list[ExtractionReport] = []

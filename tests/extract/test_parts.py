@@ -109,6 +109,10 @@ def test_rerun_refuses_existing_out_and_overwrite_replaces_it(dask_out, single, 
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     with pytest.raises(CacheError, match="not an nser-pipeline cache; nothing was changed"):
         combine_parts(dask_out.parent / "combined.zarr.parts", tmp_path / "notes", overwrite=True)
+    with pytest.raises(CacheError, match="not an nser-pipeline cache; nothing was changed"):  # before any cluster
+        extract_with_workers(read_corpus("csv", corpus_root), tmp_path / "notes", ExtractionOptions(**OPTS, overwrite=True),
+                             workers=2)
+    assert not (tmp_path / "notes.parts").exists()
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     out = tmp_path / "again.zarr"
     shutil.copytree(single, out)
