@@ -21,6 +21,7 @@ class Comparison:
     method_b: str
     metric: str
     pairs: pd.DataFrame  # where, fold, seeds (how many were averaged), a, b
+    unpaired: pd.DataFrame  # method, where, seed, fold: a score of one method the other lacks
     mean_diff: float  # mean of a - b
     t_p: float  # paired t-test, two-sided
     wilcoxon_p: float  # Wilcoxon signed-rank, two-sided; nan when every difference is 0
@@ -37,11 +38,28 @@ class Comparison:
                 f"  n = {self.n} pairs ({seeds_text} seed(s) averaged per pair; {where})\n"
                 f"  mean difference (A - B) = {100 * self.mean_diff:+.2f} points\n"
                 f"  paired t-test p = {_p(self.t_p)}\n"
-                f"  Wilcoxon signed-rank p = {_p(self.wilcoxon_p)}")
+                f"  Wilcoxon signed-rank p = {_p(self.wilcoxon_p)}"
+                + "".join(f"\n  left out, no {other} score to pair: {_scores(rows)}"
+                          for other, rows in self._unpaired_by_missing()))
+
+    def _unpaired_by_missing(self) -> list[tuple[str, pd.DataFrame]]:
+        """Why: a pooled table with one method run on more folds pairs fewer scores than either
+        method has; saying which were left out keeps n from reading as "all of them"."""
+        out = []
+        for method, other in ((self.method_a, self.method_b), (self.method_b, self.method_a)):
+            rows = self.unpaired[self.unpaired["method"] == method]
+            if len(rows):
+                out.append((other, rows))
+        return out
 
 
 def _p(value: float) -> str:
     return "n/a (the differences do not vary)" if math.isnan(value) else f"{value:.4g}"
+
+
+def _scores(rows: pd.DataFrame) -> str:
+    return f"{len(rows)} of {rows['method'].iloc[0]}'s (" + "; ".join(
+        f"{r.where} fold {r.fold} seed {r.seed}" for r in rows.itertuples()) + ")"
 
 
 def _rows_of(df: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -80,8 +98,11 @@ def compare_methods(df: pd.DataFrame, method_a: str, method_b: str, metric: str 
     runs = done(df)
     a = fold_scores(_rows_of(runs, method_a), metric)
     b = fold_scores(_rows_of(runs, method_b), metric)
-    pairs = a.merge(b, on=["where", "seed", "fold"], suffixes=("_a", "_b")).rename(
-        columns={"score_a": "a", "score_b": "b"})
+    keys = ["where", "seed", "fold"]
+    both = a.merge(b, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True, sort=False)
+    unpaired = pd.concat([both[both["_merge"] == side][keys].assign(method=name)
+                          for side, name in (("left_only", method_a), ("right_only", method_b))])
+    pairs = both[both["_merge"] == "both"].drop(columns="_merge").rename(columns={"score_a": "a", "score_b": "b"})
     pairs = pairs.groupby(["where", "fold"], sort=False).agg(seeds=("seed", "nunique"), a=("a", "mean"),
                                                               b=("b", "mean")).reset_index()
     if len(pairs) < 2:
@@ -93,4 +114,5 @@ def compare_methods(df: pd.DataFrame, method_a: str, method_b: str, metric: str 
         warnings.simplefilter("ignore", RuntimeWarning)  # all-equal differences: p is nan, said as such
         t_p = float(stats.ttest_rel(pairs["a"], pairs["b"]).pvalue)
     wilcoxon_p = float(stats.wilcoxon(diff).pvalue) if (diff != 0).any() else math.nan
-    return Comparison(method_a, method_b, metric, pairs, float(diff.mean()), t_p, wilcoxon_p)
+    return Comparison(method_a, method_b, metric, pairs, unpaired[["method", *keys]].reset_index(drop=True),
+                      float(diff.mean()), t_p, wilcoxon_p)

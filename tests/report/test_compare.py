@@ -162,3 +162,20 @@ def test_compare_refuses_what_it_cannot_pair(grid, tmp_path):
     assert compare_methods(df, "l-adapter", "enc mean").n == 5
     out = CliRunner().invoke(report_command, [str(tmp_path), "--compare", "l-adapter", "mean"])
     assert out.exit_code != 0 and "runs on stacks" in out.output
+
+
+def test_compare_says_which_scores_had_no_partner(tmp_path):
+    """Pooling a grid whose folds are not all run yet pairs fewer scores than a method has: the
+    comparison names the ones it left out, so n is not read as every fold."""
+    rows = [_row("mean", 0, {f: MEAN[0][f] for f in "012"}), _row("l-adapter", 0, ADAPTER[0])]
+    df, _ = load_results(_table(tmp_path, rows))
+    result = compare_methods(df, "l-adapter", "mean")
+    assert result.n == 3 and list(result.pairs["fold"]) == ["0", "1", "2"]
+    assert result.mean_diff == pytest.approx(np.mean([ADAPTER[0][f] - MEAN[0][f] for f in "012"]))
+    assert result.unpaired.to_dict("records") == [
+        {"method": "l-adapter", "where": "babble_0dB", "seed": 0, "fold": f} for f in "34"]
+    out = CliRunner().invoke(report_command, [str(tmp_path), "--compare", "l-adapter", "mean"])
+    assert out.exit_code == 0, out.output
+    assert ("left out, no mean score to pair: 2 of l-adapter's (babble_0dB fold 3 seed 0; babble_0dB fold 4 seed 0)"
+            in out.output), out.output
+    assert "left out" not in compare_methods(df[df["fusion"] != "attention"], "l-adapter", "l-adapter").describe()
