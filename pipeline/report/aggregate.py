@@ -441,11 +441,11 @@ def method_cells(df: pd.DataFrame) -> tuple[list[tuple[str, str]], dict[tuple[st
                         Score(row["uar"], row["uar_std"], int(row["n"]), row["n_full"]),
                         Score(row["macro_f1"], row["macro_f1_std"], int(row["n"]), row["n_full"]),
                         note=f"{stack}{int(row['layer'])}{why}", base=fusion + suffix)
-    order = sorted(cells, key=lambda k: (STACK_ORDER.get(k[0], 9), _method_rank(k[1]), k[1]))
+    order = sorted(cells, key=lambda k: (STACK_ORDER.get(k[0], 9), method_rank(k[1]), k[1]))
     return order, with_full(cells)
 
 
-def _method_rank(method: str) -> tuple[int, int]:
+def method_rank(method: str) -> tuple[int, int]:
     """(the fusion's place in the registry, which is the report's order; then a sweep's summary
     rows before the fusion's own)."""
     order = list(FUSION_SPECS)

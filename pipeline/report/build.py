@@ -61,7 +61,8 @@ def build_report(source: str | Path | tuple[str | Path, ...], out_dir: str | Pat
           "its cross-validation folds).", "", _validation_line(df), "", _code_line(df), ""] + _settings_line(df)
     from pipeline.report.sources import sources_section, text_section  # imports this module
 
-    for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("sources", sources_section),
+    for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("per_fold", _per_fold),
+                          ("sources", sources_section),
                           ("text", text_section), ("snr", _snr), ("confusion", _confusions),
                           ("wer_vs_f1", _wer_vs_f1)):
         text, why = section(df, base, out, rep)
@@ -203,6 +204,52 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
            f"stack(s) named in the first column. Long form: [{csv.name}]({csv.name}).", ""]
     md += n_note([cell.uar for key in order for cell in cells[key].values()])
     md += _seed_table(order, cells)
+    return md, None
+
+
+def _per_fold(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
+    from pipeline.report.per_fold import order_key, per_fold_scores, validation_picks
+
+    md = ["## Per test fold", ""]
+    scores = per_fold_scores(df)
+    folds_of = scores.groupby("where", sort=False)["fold"].agg(lambda f: sorted(set(f), key=lambda x: (len(x), x)))
+    if not any(len(f) > 1 for f in folds_of):
+        return md, "no condition has scores on two or more test folds"
+    picks = validation_picks(scores)
+    for where, folds in folds_of.items():
+        if len(folds) < 2:
+            continue
+        g = scores[scores["where"] == where]
+        top = g.groupby("fold")["uar"].max()
+        rows = []
+        for (stack, method), m in sorted(g.groupby(["stack", "method"], sort=False), key=lambda kv: order_key(*kv[0])):
+            by_fold = m.set_index("fold")
+            cells = []
+            for fold in folds:
+                if fold not in by_fold.index:
+                    cells.append("")
+                    continue
+                hit = by_fold.loc[fold]
+                text = f"{100 * hit['uar']:.1f}" + (f" ({hit['chosen']})" if hit["chosen"] else "")
+                cells.append(f"**{text}**" if hit["uar"] == top[fold] else text)
+            mean = f"{100 * m['uar'].mean():.1f}" + ("" if len(m) == len(folds) else f" [{len(m)} folds]")
+            rows.append([stack, method, *cells, mean])
+        csv = out / f"per_fold_{_slug(where)}.csv"
+        g.to_csv(csv, index=False)
+        rep.files.append(csv)
+        md += [f"### {where}", "", _md_table(["stack", "method", *[f"fold {f}" for f in folds], "mean"], rows), ""]
+        mine = picks[picks["where"] == where]
+        for (stack, method), p in mine.groupby(["stack", "method"], sort=False):
+            hits = p[p["hit"]]["fold"].tolist()
+            misses = "; ".join(f"fold {r.fold}: {r.chosen} {100 * r.uar:.1f} vs {r.test_best} {100 * r.test_best_uar:.1f}"
+                               for r in p[~p["hit"]].itertuples())
+            md += [f"- `{stack} {method}`: validation picked the test fold's best single layer on {len(hits)} of "
+                   f"{len(p)} folds" + (f" ({', '.join(hits)})" if hits else "") + (f"; not on {misses}" if misses else "")
+                   + "."]
+        md += [""] if len(mine) else []
+    md += ["Test UAR (%) per fold, the seeds that scored a fold averaged; bold: the best on that fold. In brackets "
+           "after a fusion chosen on validation: the layer it picked on that fold. `mean`: over the folds the row "
+           "scored (a row with fewer says so). Long form: `per_fold_<condition>.csv`.", ""]
     return md, None
 
 

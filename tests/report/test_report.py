@@ -75,7 +75,8 @@ def test_full_report_sections_and_files(tmp_path):
     df.loc[one, "cache"] = "/another/machine/babble_0dB.zarr"  # the same data, recorded elsewhere
     df.to_csv(tmp_path / "results.csv", index=False)
     rep = build_report(tmp_path / "results.csv", tmp_path / "rep")
-    assert rep.written == ["layerwise", "fusions", "snr", "confusion", "wer_vs_f1", "paper_iv", "paper_v", "fig5"]
+    assert rep.written == ["layerwise", "fusions", "per_fold", "snr", "confusion", "wer_vs_f1", "paper_iv", "paper_v",
+                           "fig5"]
     assert rep.skipped == {}
     wer = pd.read_csv(tmp_path / "rep" / "wer_vs_f1.csv")
     assert set(wer["method"]) >= {"enc l-adapter", "enc+dec weighted-sum"}
@@ -90,7 +91,7 @@ def test_full_report_sections_and_files(tmp_path):
     assert "Pearson r" in rep.path.read_text() and "wer_vs_f1.png" in {p.name for p in rep.files}
     names = {p.name for p in rep.files}
     for cond in ("babble_-5dB", "babble_0dB", "babble_5dB", "clean"):
-        assert f"layerwise_{cond}.png" in names and f"confusion_{cond}.png" in names
+        assert {f"layerwise_{cond}.png", f"confusion_{cond}.png", f"per_fold_{cond}.csv"} <= names
     assert {"snr_babble.png", "snr_babble.csv", "fusion_comparison.csv"} <= names
     for p in rep.files:
         assert p.exists() and p.stat().st_size > 0
