@@ -38,9 +38,17 @@ class Comparison:
                 f"  n = {self.n} pairs ({seeds_text} seed(s) averaged per pair; {where})\n"
                 f"  mean difference (A - B) = {100 * self.mean_diff:+.2f} points\n"
                 f"  paired t-test p = {_p(self.t_p)}\n"
-                f"  Wilcoxon signed-rank p = {_p(self.wilcoxon_p)}"
+                f"  Wilcoxon signed-rank p = {_p(self.wilcoxon_p)}\n"
+                f"  {self._signs()}\n"
+                "  A - B per pair (points): " + "; ".join(
+                    f"{r.where} fold {r.fold} {100 * (r.a - r.b):+.1f}" for r in self.pairs.itertuples())
                 + "".join(f"\n  left out, no {other} score to pair: {_scores(rows)}"
                           for other, rows in self._unpaired_by_missing()))
+
+    def _signs(self) -> str:
+        diff = self.pairs["a"] - self.pairs["b"]
+        return (f"A ahead on {int((diff > 0).sum())} of {self.n} pairs, behind on {int((diff < 0).sum())}, "
+                f"level on {int((diff == 0).sum())}")
 
     def _unpaired_by_missing(self) -> list[tuple[str, pd.DataFrame]]:
         """Why: a pooled table with one method run on more folds pairs fewer scores than either

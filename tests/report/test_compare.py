@@ -114,6 +114,9 @@ def test_compare_pairs_condition_and_fold_with_seeds_averaged(grid):
     assert "n = 5 pairs (3 seed(s) averaged per pair; babble_0dB)" in out.output, out.output
     assert "mean difference (A - B) = +" in out.output
     assert f"Wilcoxon signed-rank p = {result.wilcoxon_p:.4g}" in out.output
+    assert "A ahead on 5 of 5 pairs, behind on 0, level on 0" in out.output
+    per_pair = "; ".join(f"babble_0dB fold {f} {100 * (x - y):+.1f}" for f, x, y in zip("01234", a, b))
+    assert f"A - B per pair (points): {per_pair}" in out.output, out.output
     # a fold only one seed of both ran is a pair of that seed alone
     one = compare_methods(df[(df["seed"] == 0) | (df["fusion"] == "attention")], "l-adapter", "mean")
     assert one.n == 5 and set(one.pairs["seeds"]) == {1}
