@@ -441,11 +441,20 @@ def method_cells(df: pd.DataFrame) -> tuple[list[tuple[str, str]], dict[tuple[st
                         Score(row["uar"], row["uar_std"], int(row["n"]), row["n_full"]),
                         Score(row["macro_f1"], row["macro_f1_std"], int(row["n"]), row["n_full"]),
                         note=f"{stack}{int(row['layer'])}{why}", base=fusion + suffix)
-    order = sorted(cells, key=lambda k: (STACK_ORDER.get(k[0], 9), method_rank(k[1]), k[1]))
-    return order, with_full(cells)
+    return sorted(cells, key=row_order), with_full(cells)
 
 
-def method_rank(method: str) -> tuple[int, int]:
+def row_order(key: tuple[str, str]) -> tuple:
+    """Sort key of a (stack, method) row of the fusion comparison and the per-fold table."""
+    return STACK_ORDER.get(key[0], 9), _method_rank(key[1]), key[1]
+
+
+def fold_order(fold: str) -> tuple[int, str]:
+    """Sort key of test-fold names: "2" before "10"."""
+    return len(fold), fold
+
+
+def _method_rank(method: str) -> tuple[int, int]:
     """(the fusion's place in the registry, which is the report's order; then a sweep's summary
     rows before the fusion's own)."""
     order = list(FUSION_SPECS)

@@ -86,7 +86,7 @@ def _scored(runs: pd.DataFrame) -> str:
     never listed the missing folds' runs."""
     folds = {str(f) for v in runs["fold_uar"] if isinstance(p := agg.json_value(v), dict) for f in p}
     seeds = sorted({agg.seed_name(s) for s in runs["seed"]}, key=lambda s: (len(s), s))
-    fold_text = ", ".join(sorted(folds, key=lambda f: (len(f), f))) if folds else "unrecorded"
+    fold_text = ", ".join(sorted(folds, key=agg.fold_order)) if folds else "unrecorded"
     return f"test folds {fold_text}; seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
 
 
@@ -208,11 +208,11 @@ def _fusions(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list
 
 
 def _per_fold(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[list[str], str | None]:
-    from pipeline.report.per_fold import order_key, per_fold_scores, validation_picks
+    from pipeline.report.per_fold import per_fold_scores, validation_picks
 
     md = ["## Per test fold", ""]
     scores = per_fold_scores(df)
-    folds_of = scores.groupby("where", sort=False)["fold"].agg(lambda f: sorted(set(f), key=lambda x: (len(x), x)))
+    folds_of = scores.groupby("where", sort=False)["fold"].agg(lambda f: sorted(set(f), key=agg.fold_order))
     if not any(len(f) > 1 for f in folds_of):
         return md, "no condition has scores on two or more test folds"
     picks = validation_picks(scores)
@@ -222,7 +222,7 @@ def _per_fold(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[lis
         g = scores[scores["where"] == where]
         top = g.groupby("fold")["uar"].max()
         rows = []
-        for (stack, method), m in sorted(g.groupby(["stack", "method"], sort=False), key=lambda kv: order_key(*kv[0])):
+        for (stack, method), m in sorted(g.groupby(["stack", "method"], sort=False), key=lambda kv: agg.row_order(kv[0])):
             by_fold = m.set_index("fold")
             cells = []
             for fold in folds:

@@ -39,21 +39,22 @@ def per_fold_scores(df: pd.DataFrame) -> pd.DataFrame:
             what = f"{method}{suffix} on {where}"
             uar = agg.fold_scores_once(part, "uar", what)
             f1 = agg.fold_scores_once(part, "macro_f1", what)
+            fusion, spec = part["fusion"].iloc[0], FUSION_SPECS.get(part["fusion"].iloc[0])
             chosen: dict[str, set[str]] = {}
-            if FUSION_SPECS.get(part["fusion"].iloc[0]) and FUSION_SPECS[part["fusion"].iloc[0]].chosen_on_validation:
+            if spec is not None and spec.chosen_on_validation:
                 picked = part["best_layer"] if "best_layer" in part.columns else [None] * len(part)  # hand-made tables
                 for best_layer, scores in zip(picked, part["fold_uar"]):
                     folds = [str(f) for f in (agg.json_value(scores) or {})]
                     for fold, layer in chosen_layers(best_layer, folds).items():
                         chosen.setdefault(fold, set()).add(layer)
-            for fold in sorted({f for _, f in uar}, key=lambda f: (len(f), f)):
+            for fold in sorted({f for _, f in uar}, key=agg.fold_order):
                 seeds = [s for s, f in uar if f == fold]
+                f1_values = [f1[(s, fold)] for s in seeds if (s, fold) in f1]
                 rows.append({"where": where, "stack": stack, "method": method + suffix, "fold": fold,
-                             "fusion": part["fusion"].iloc[0], "selection": part["selection"].iloc[0],
+                             "fusion": fusion, "selection": part["selection"].iloc[0],
                              "tag": method.removeprefix(part["base_method"].iloc[0]) + suffix,
                              "uar": float(np.mean([uar[(s, fold)] for s in seeds])),
-                             "macro_f1": float(np.mean([f1[(s, fold)] for s in seeds if (s, fold) in f1]))
-                             if any((s, fold) in f1 for s in seeds) else math.nan,
+                             "macro_f1": float(np.mean(f1_values)) if f1_values else math.nan,
                              "n_seeds": len(seeds), "chosen": "/".join(sorted(chosen.get(fold, ())))})
     return pd.DataFrame(rows, columns=["where", "stack", "method", "fold", "fusion", "selection", "tag", "uar",
                                        "macro_f1", "n_seeds", "chosen"])
@@ -62,8 +63,8 @@ def per_fold_scores(df: pd.DataFrame) -> pd.DataFrame:
 def validation_picks(scores: pd.DataFrame) -> pd.DataFrame:
     """Per (where, stack, fold) where a fusion chosen on validation and the single-layer runs of the
     same stack and setting both scored: the layer validation picked, its test UAR, and the single
-    layer with the best test UAR on that fold (an oracle; ties: the shallower) with its UAR; `hit`
-    when validation picked that layer."""
+    layer with the best test UAR on that fold (an oracle) with its UAR; `hit` when validation picked
+    that layer or one tied with it (otherwise the shallowest of the tied layers is named)."""
     sweeps = set(layer_sweep_fusions())
     one_layer = scores["fusion"].isin(sweeps) & scores["selection"].map(lambda s: agg.single_layer(s) is not None)
     rows = []
@@ -75,15 +76,11 @@ def validation_picks(scores: pd.DataFrame) -> pd.DataFrame:
             singles = singles.assign(_name=singles["selection"].str.replace(":", "", regex=False),
                                      _layer=singles["selection"].map(lambda s: agg.single_layer(s)[1]))
             tops = singles[singles["uar"] == singles["uar"].max()].sort_values("_layer")
-            top = tops[tops["_name"] == best["chosen"]].iloc[0] if best["chosen"] in set(tops["_name"]) else tops.iloc[0]
-            oracle = top["_name"]
+            hit = best["chosen"] in set(tops["_name"])
             rows.append({"where": where, "stack": stack, "method": best["method"], "fold": fold,
-                         "chosen": best["chosen"], "uar": best["uar"], "test_best": oracle, "test_best_uar": top["uar"],
-                         "hit": best["chosen"] == oracle})
+                         "chosen": best["chosen"], "uar": best["uar"],
+                         "test_best": best["chosen"] if hit else tops["_name"].iloc[0],
+                         "test_best_uar": tops["uar"].iloc[0], "hit": hit})
     return pd.DataFrame(rows, columns=["where", "stack", "method", "fold", "chosen", "uar", "test_best",
                                        "test_best_uar", "hit"])
 
-
-def order_key(stack: str, method: str) -> tuple:
-    """The fusion table's row order: stack, then the fusion's place in the registry."""
-    return agg.STACK_ORDER.get(stack, 9), agg.method_rank(method), method

@@ -46,7 +46,7 @@ def test_candidates_per_fusion():
 def test_report_order_is_the_registry_order():
     methods = ["l-adapter", "weighted-sum [enc:0,1]", "best", "single, best†", "mean", "last", "single, last",
                "unknown"]
-    ranked = sorted(methods, key=aggregate.method_rank)
+    ranked = sorted(methods, key=aggregate._method_rank)
     assert ranked == ["single, last", "single, best†", "last", "best", "mean", "weighted-sum [enc:0,1]",
                       "l-adapter", "unknown"]
 
