@@ -24,7 +24,10 @@ from pipeline.report import PAPER_TABLES
                    "over their common (condition, test fold) scores, seeds both ran averaged per fold. Methods as "
                    "the fusion table names them "
                    "(e.g. l-adapter, 'single [enc:12]'; 'enc+dec mean' where a method runs on several stacks).")
-def report_command(sources, out, paper_tables, paper_dataset, compare):
+@click.option("--records", "records", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A run records folder (nser-grid --records; repeatable): a run's metrics.json is looked for "
+                   "there when its run dir is not here, for the learned layer weights.")
+def report_command(sources, out, paper_tables, paper_dataset, compare, records):
     """Write report.md with layer-wise curves, the fusion table, SNR robustness and confusion matrices."""
     if compare:
         from pipeline.report.aggregate import load_results
@@ -34,6 +37,6 @@ def report_command(sources, out, paper_tables, paper_dataset, compare):
         return
     from pipeline.report.build import build_report  # pandas, matplotlib
 
-    rep = build_report(sources, out, tuple(paper_tables), paper_dataset)
+    rep = build_report(sources, out, tuple(paper_tables), paper_dataset, records=tuple(records))
     click.echo(f"{rep.path}: sections {', '.join(rep.written) or 'none'}; "
                f"skipped {', '.join(rep.skipped) or 'none'}; {len(rep.files)} files")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.report import aggregate as agg
 from pipeline.report import plots
+from pipeline.train.fusion_specs import FUSION_SPECS
 
 
 @dataclass
@@ -37,12 +39,14 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def build_report(source: str | Path | tuple[str | Path, ...], out_dir: str | Path | None = None,
-                 paper_tables: tuple[str, ...] = (), paper_dataset: str | None = None) -> Report:
+                 paper_tables: tuple[str, ...] = (), paper_dataset: str | None = None,
+                 records: tuple[str | Path, ...] = ()) -> Report:
     """Write the report for a grid folder or results file (or several, pooled: agg.load_results) into
     `out_dir` (default: `<the first grid>/report`).
     `paper_tables` (any of "iii", "iv", "v", "vi") with `paper_dataset` (e.g. "iemocap"): the runs
     reproduce those paper tables on that dataset, so their paper-layout tables show the paper's values
-    and our differences."""
+    and our differences. `records`: run records folders (`nser-grid --records`) where a run's
+    metrics.json is looked for when its run dir is not here (the learned layer weights)."""
     sources = tuple(source) if isinstance(source, (tuple, list)) else (source,)
     df, base = agg.load_results(*sources)
     read_files = [agg.results_file(s) for s in sources]
@@ -62,6 +66,7 @@ def build_report(source: str | Path | tuple[str | Path, ...], out_dir: str | Pat
     from pipeline.report.sources import sources_section, text_section  # imports this module
 
     for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("per_fold", _per_fold),
+                          ("layer_weights", partial(_layer_weights, records=tuple(records))),
                           ("sources", sources_section),
                           ("text", text_section), ("snr", _snr), ("confusion", _confusions),
                           ("wer_vs_f1", _wer_vs_f1)):
@@ -250,6 +255,47 @@ def _per_fold(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[lis
     md += ["Test UAR (%) per fold, the seeds that scored a fold averaged; bold: the best on that fold. In brackets "
            "after a fusion chosen on validation: the layer it picked on that fold. `mean`: over the folds the row "
            "scored (a row with fewer says so). Long form: `per_fold_<condition>.csv`.", ""]
+    return md, None
+
+
+def _layer_weights(df: pd.DataFrame, base: Path, out: Path, rep: Report,
+                   records: tuple[str | Path, ...] = ()) -> tuple[list[str], str | None]:
+    from pipeline.report.layer_weights import layer_weights, summary, uniform, weight_matrix
+
+    learned = ", ".join(f"`{n}`" for n, s in FUSION_SPECS.items() if s.learned_layer_weights)
+    weights, missing = layer_weights(df, base, records)
+    if weights.empty and not missing:
+        return [], None  # no fusion with learned layer weights finished: nothing to say
+    md = ["## Learned layer weights", ""]
+    if weights.empty:
+        return md, (f"the metrics.json of none of the {len(missing)} finished run(s) of {learned} was found "
+                    "(their run dirs are not here; pass the grid's records folder with --records)")
+    table = summary(weights)
+    for where, rows in table.groupby("where", sort=False):
+        order = sorted(rows.index, key=lambda i: agg.row_order((rows.at[i, "stack"], rows.at[i, "method"])))
+        rows = rows.loc[order]
+        lines = []
+        for r in rows.itertuples():
+            top = sorted(zip(r.mean, r.layers), reverse=True)[:3]
+            lines.append([r.stack, r.method, str(r.n), uniform(r.layers, r.mean),
+                          ", ".join(f"{layer} {w:.3f}" for w, layer in top),
+                          "; ".join(f"{f}: {layer}" for f, layer in r.largest.items())])
+        slug = _slug(str(where))
+        png = plots.layer_weight_plot(*weight_matrix(rows), str(where), out / f"layer_weights_{slug}.png")
+        csv = out / f"layer_weights_{slug}.csv"
+        weights[weights["where"] == where].to_csv(csv, index=False)
+        rep.files += [png, csv]
+        md += [f"### {where}", "", f"![layer weights {where}]({png.name})", "",
+               _md_table(["stack", "method", "runs x folds", "uniform", "largest mean weights", "largest per fold"],
+                         lines), ""]
+    md += [f"The softmax weights over layers of {learned} on each test fold, from each run's metrics.json; "
+           "mean over runs x folds. `uniform`: each layer's weight if all were equal (a fusion that mixes each stack "
+           "on its own, as `weighted-sum` and `scalar-mix` over enc+dec do, has weights summing to 1 per stack; the "
+           "layer adapter has one softmax over all its layers). Long form: `layer_weights_<condition>.csv`.", ""]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5})" if len(missing) > 5 else "")
+        md += [f"Not shown: {len(missing)} finished run(s) whose own metrics.json was not found (run dir not here, "
+               f"or one of another run; `--records` adds a records folder): {shown}.", ""]
     return md, None
 
 

@@ -149,3 +149,23 @@ def confusion_panel(panels: list[tuple[str, np.ndarray]], classes: list[str], ti
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     return path
+
+
+def layer_weight_plot(labels: list[str], layers: list[str], grid: np.ndarray, title: str, path: Path) -> Path:
+    """Mean learned layer weight per (fusion cell, layer) as a heat map; blank where a cell's stack
+    has no such layer. A row's weights sum to 1, or to 1 per stack where the fusion mixes each stack on its own."""
+    fig = Figure(figsize=(0.55 * len(layers) + 3.8, 0.42 * len(labels) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="Purples", vmin=0, vmax=max(float(np.nanmax(grid)), 1e-9),
+                   aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if grid[i, j] > 0.6 * np.nanmax(grid) else "black")
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    fig.colorbar(im, ax=ax, label="weight (mean over runs x folds)")
+    ax.set_title(f"Learned layer weights: {title}", fontsize=9)
+    fig.savefig(path, dpi=110)
+    return path
