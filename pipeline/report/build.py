@@ -66,7 +66,8 @@ def build_report(source: str | Path | tuple[str | Path, ...], out_dir: str | Pat
     from pipeline.report.sources import sources_section, text_section  # imports this module
 
     for name, section in (("layerwise", _layerwise), ("fusions", _fusions), ("per_fold", _per_fold),
-                          ("layer_weights", partial(_layer_weights, records=tuple(records))),
+                          ("layer_weights", partial(_layer_weights, records=tuple(records),
+                                                    bases=tuple(path.parent for path, _ in read_files))),
                           ("sources", sources_section),
                           ("text", text_section), ("snr", _snr), ("confusion", _confusions),
                           ("wer_vs_f1", _wer_vs_f1)):
@@ -258,22 +259,19 @@ def _per_fold(df: pd.DataFrame, base: Path, out: Path, rep: Report) -> tuple[lis
     return md, None
 
 
-def _layer_weights(df: pd.DataFrame, base: Path, out: Path, rep: Report,
-                   records: tuple[str | Path, ...] = ()) -> tuple[list[str], str | None]:
+def _layer_weights(df: pd.DataFrame, base: Path, out: Path, rep: Report, records: tuple[str | Path, ...] = (),
+                   bases: tuple[Path, ...] = ()) -> tuple[list[str], str | None]:
     from pipeline.report.layer_weights import layer_weights, summary, uniform, weight_matrix
 
     learned = ", ".join(f"`{n}`" for n, s in FUSION_SPECS.items() if s.learned_layer_weights)
-    weights, missing = layer_weights(df, base, records)
-    if weights.empty and not missing:
+    weights, unread = layer_weights(df, bases or (base,), records)
+    if weights.empty and not unread:
         return [], None  # no fusion with learned layer weights finished: nothing to say
     md = ["## Learned layer weights", ""]
     if weights.empty:
-        return md, (f"the metrics.json of none of the {len(missing)} finished run(s) of {learned} was found "
-                    "(their run dirs are not here; pass the grid's records folder with --records)")
-    table = summary(weights)
-    for where, rows in table.groupby("where", sort=False):
-        order = sorted(rows.index, key=lambda i: agg.row_order((rows.at[i, "stack"], rows.at[i, "method"])))
-        rows = rows.loc[order]
+        return md, f"no finished run of {learned} has its weights here: {_unread_text(unread)}"
+    for where, rows in summary(weights).groupby("where", sort=False):
+        rows = rows.loc[sorted(rows.index, key=lambda i: agg.row_order((rows.at[i, "stack"], rows.at[i, "method"])))]
         lines = []
         for r in rows.itertuples():
             top = sorted(zip(r.mean, r.layers), reverse=True)[:3]
@@ -288,15 +286,28 @@ def _layer_weights(df: pd.DataFrame, base: Path, out: Path, rep: Report,
         md += [f"### {where}", "", f"![layer weights {where}]({png.name})", "",
                _md_table(["stack", "method", "runs x folds", "uniform", "largest mean weights", "largest per fold"],
                          lines), ""]
-    md += [f"The softmax weights over layers of {learned} on each test fold, from each run's metrics.json; "
-           "mean over runs x folds. `uniform`: each layer's weight if all were equal (a fusion that mixes each stack "
-           "on its own, as `weighted-sum` and `scalar-mix` over enc+dec do, has weights summing to 1 per stack; the "
-           "layer adapter has one softmax over all its layers). Long form: `layer_weights_<condition>.csv`.", ""]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5})" if len(missing) > 5 else "")
-        md += [f"Not shown: {len(missing)} finished run(s) whose own metrics.json was not found (run dir not here, "
-               f"or one of another run; `--records` adds a records folder): {shown}.", ""]
+    md += [f"The softmax weights over layers of {learned} on each test fold, from each run's own metrics.json; "
+           "mean over runs x folds. `uniform`: each layer's weight if all were equal: a fusion that mixes each stack "
+           "on its own, as `weighted-sum` and `scalar-mix` over enc+dec do, has weights summing to 1 per stack, the "
+           "layer adapter one softmax over all its layers (so its uniform cells are paler in the heat map). "
+           "Long form: `layer_weights_<condition>.csv`.", ""]
+    if unread:
+        md += [f"Not shown: {_unread_text(unread)}.", ""]
     return md, None
+
+
+def _unread_text(unread: dict[str, list[str]]) -> str:
+    """Why runs' weights were not read, with the way out where there is one."""
+    from pipeline.report.layer_weights import NO_WEIGHTS, NOT_FOUND, NOT_THIS_RUN
+
+    why = {NOT_FOUND: "no metrics.json found (run dir not here: `--records DIR` adds a records folder)",
+           NOT_THIS_RUN: "the metrics.json found is another run's (other key, fusion, seed, cache or scores)",
+           NO_WEIGHTS: "metrics.json without layer weights (a run from before they were recorded)"}
+    parts = []
+    for reason, names in unread.items():
+        shown = ", ".join(names[:5]) + (f" (+{len(names) - 5})" if len(names) > 5 else "")
+        parts.append(f"{len(names)} run(s) with {why[reason]}: {shown}")
+    return "; ".join(parts)
 
 
 def _seed_table(order: list[tuple[str, str]], cells: dict) -> list[str]:

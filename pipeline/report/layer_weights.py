@@ -12,6 +12,7 @@ stale run dir of another run must not lend its weights to this one.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Iterable
@@ -26,33 +27,54 @@ from pipeline.train.run_metrics import RunMetrics
 COLUMNS = ["where", "stack", "method", "run_key", "seed", "fold", "layer", "weight"]
 
 
-def metrics_places(run: pd.Series, base: Path | None, records: Iterable[str | Path] = ()) -> list[Path]:
-    """Where the run's metrics.json may be, in order: its run dir, `<base>/runs/<key>` (the grid's
-    layout, wherever the table was moved), then `<records>/<key>` for each records folder."""
+NOT_FOUND, NOT_THIS_RUN, NO_WEIGHTS = "not found", "another run's", "without layer weights"
+
+
+def metrics_places(run: pd.Series, bases: Iterable[Path], records: Iterable[str | Path] = ()) -> list[Path]:
+    """Where the run's metrics.json may be, in order: its run dir, `<base>/runs/<key>` for each
+    results table's folder (the grid's layout, wherever the tables were moved), then
+    `<records>/<key>` for each records folder."""
     places = [Path(str(run["run_dir"])) / "metrics.json"] if _text(run.get("run_dir")) else []
     key = run.get("run_key")
     if _text(key):
-        if base is not None:
-            places.append(base / "runs" / str(key) / "metrics.json")
+        places += [Path(b) / "runs" / str(key) / "metrics.json" for b in bases]
         places += [Path(r) / str(key) / "metrics.json" for r in records]
     return places
 
 
-def run_metrics(run: pd.Series, base: Path | None, records: Iterable[str | Path] = ()) -> RunMetrics | None:
-    """The first metrics.json of `metrics_places` that is this run's (`is_this_run`), else None."""
-    for place in metrics_places(run, base, records):
+def fold_weights(run: pd.Series, bases: Iterable[Path],
+                 records: Iterable[str | Path] = ()) -> tuple[dict[str, dict[str, float]] | None, str]:
+    """(fold -> layer -> weight, "") from the first metrics.json of `metrics_places` that is this
+    run's (`is_this_run`) and has every fold's weights; else (None, why: NOT_FOUND, NOT_THIS_RUN or
+    NO_WEIGHTS, the most telling of what the places held)."""
+    why = NOT_FOUND
+    for place in metrics_places(run, bases, records):
         try:
             metrics = RunMetrics.read(place)
-        except (OSError, ValueError):
-            continue
-        if is_this_run(metrics, run):
-            return metrics
-    return None
+            mine = is_this_run(metrics, run, place.parent)
+            weights = {f: m.layer_weights for f, m in metrics.folds.items()}
+            complete = all(isinstance(w, dict) and set(w) == set(metrics.layers) for w in weights.values())
+        except (OSError, ValueError, TypeError, AttributeError, KeyError):
+            continue  # absent, or no metrics record: as if not there
+        if not mine:
+            why = NOT_THIS_RUN
+        elif not complete:
+            why = NO_WEIGHTS if why == NOT_FOUND else why
+        else:
+            return {f: {k: float(v) for k, v in w.items()} for f, w in weights.items()}, ""
+    return None, why
 
 
-def is_this_run(metrics: RunMetrics, run: pd.Series) -> bool:
-    """metrics.json describes the table's row: same fusion, seed, cache identity (where the table
-    names one) and, fold by fold, the same test UAR."""
+def is_this_run(metrics: RunMetrics, run: pd.Series, run_dir: Path) -> bool:
+    """metrics.json (in `run_dir`) describes the table's row: the run.json beside it (a run dir's or
+    a record's) names the row's key, and metrics.json has its fusion, seed, cache identity (where
+    the table names one) and, fold by fold, the same test UAR."""
+    if _text(run.get("run_key")):
+        try:
+            if json.loads((run_dir / "run.json").read_text()).get("key") != run["run_key"]:
+                return False
+        except FileNotFoundError:
+            pass  # a hand-made run dir without run.json: the scores below must still be the row's
     if metrics.fusion != run["fusion"] or agg.seed_name(metrics.seed) != agg.seed_name(run["seed"]):
         return False
     if _text(run.get("cache_identity")) and metrics.cache_identity != run["cache_identity"]:
@@ -63,27 +85,30 @@ def is_this_run(metrics: RunMetrics, run: pd.Series) -> bool:
     return all(math.isclose(float(u), metrics.folds[str(f)].uar, rel_tol=1e-9, abs_tol=1e-12) for f, u in folds.items())
 
 
-def layer_weights(df: pd.DataFrame, base: Path | None, records: Iterable[str | Path] = ()) -> tuple[pd.DataFrame, list[str]]:
+def layer_weights(df: pd.DataFrame, bases: Iterable[Path],
+                  records: Iterable[str | Path] = ()) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """Long form (COLUMNS), one row per (run, test fold, layer) of the finished runs of fusions with
-    learned layer weights, labelled as the fusion table's cells; and the keys of such runs whose
-    own metrics.json was not found."""
-    records = list(records)
+    learned layer weights, labelled as the fusion table's cells; and, per reason (`fold_weights`),
+    the runs whose weights could not be read (their keys, else their cell)."""
+    bases, records = list(bases), list(records)
     learned = {name for name, spec in FUSION_SPECS.items() if spec.learned_layer_weights}
-    rows, missing = [], []
+    rows: list[dict] = []
+    unread: dict[str, list[str]] = {}
     runs = agg.done(df)
     for (where, stack, method), group in runs[runs["fusion"].isin(learned)].groupby(["where", "stack", "method"], sort=False):
         for suffix, part in agg.split_settings(group):
-            for _, run in part.iterrows():
-                metrics = run_metrics(run, base, records)
-                weights = {f: m.layer_weights for f, m in metrics.folds.items()} if metrics else {}
-                if not weights or any(w is None for w in weights.values()):
-                    missing.append(str(run["run_key"]) if _text(run.get("run_key")) else f"{method}{suffix} on {where}")
+            for row_id, run in part.iterrows():
+                weights, why = fold_weights(run, bases, records)
+                if weights is None:
+                    name = str(run["run_key"]) if _text(run.get("run_key")) else f"{method}{suffix} on {where} (row {row_id})"
+                    unread.setdefault(why, []).append(name)
                     continue
+                key = run["run_key"] if _text(run.get("run_key")) else f"row {row_id}"
                 for fold, w in weights.items():
-                    rows += [{"where": where, "stack": stack, "method": method + suffix, "run_key": run["run_key"],
-                              "seed": agg.seed_name(run["seed"]), "fold": fold, "layer": layer, "weight": float(v)}
+                    rows += [{"where": where, "stack": stack, "method": method + suffix, "run_key": key,
+                              "seed": agg.seed_name(run["seed"]), "fold": fold, "layer": layer, "weight": v}
                              for layer, v in w.items()]
-    return pd.DataFrame(rows, columns=COLUMNS), missing
+    return pd.DataFrame(rows, columns=COLUMNS), unread
 
 
 def summary(weights: pd.DataFrame) -> pd.DataFrame:

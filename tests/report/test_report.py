@@ -102,7 +102,7 @@ def test_full_report_sections_and_files(tmp_path):
     for heading in ("## Layer-wise performance (paper Fig. 3)", "## Fusion comparison (paper Table IV)",
                     "## SNR robustness (paper Table V)", "## Confusion matrices", "## Unfinished runs"):
         assert heading in md
-    assert md.count("_Skipped") == 1 and "_Skipped: the metrics.json of none" in md and "NserError: boom" in md
+    assert md.count("_Skipped") == 1 and "_Skipped: no finished run of" in md and "NserError: boom" in md
     for link in (part.split(")")[0] for part in md.split("](")[1:]):
         assert (tmp_path / "rep" / link).exists(), link
     # Table IV rows: single last/best per stack, then the fusions, encoder rows before decoder rows
@@ -163,7 +163,7 @@ def test_partial_results_skip_sections_with_reasons(tmp_path):
     df.to_parquet(tmp_path / "results.parquet", index=False)
     res = CliRunner().invoke(report_command, [str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "skipped layerwise, layer_weights, snr" in res.output  # the hand-made metrics.json has no weights
+    assert "skipped layerwise, layer_weights, snr" in res.output  # the hand-made metrics.json is another run's
     md = (tmp_path / "report" / "report.md").read_text()
     assert "_Skipped: no finished `single` runs" in md and "_Skipped: no noise type has finished runs" in md
     assert (tmp_path / "report" / "confusion_babble_0dB.png").exists()
