@@ -61,8 +61,10 @@ class Comparison:
         return out
 
 
-def _p(value: float) -> str:
-    return "n/a (the differences do not vary)" if math.isnan(value) else f"{value:.4g}"
+def _p(value: float, short: bool = False) -> str:
+    if math.isnan(value):
+        return "n/a" if short else "n/a (the differences do not vary)"
+    return f"{value:.2g}" if short else f"{value:.4g}"
 
 
 def _scores(rows: pd.DataFrame) -> str:
@@ -124,3 +126,29 @@ def compare_methods(df: pd.DataFrame, method_a: str, method_b: str, metric: str 
     wilcoxon_p = float(stats.wilcoxon(diff).pvalue) if (diff != 0).any() else math.nan
     return Comparison(method_a, method_b, metric, pairs, unpaired[["method", *keys]].reset_index(drop=True),
                       float(diff.mean()), t_p, wilcoxon_p)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values tested together (family-wise error): the k-th
+    smallest is multiplied by (m - k + 1), kept at least the one before it, and capped at 1; NaN
+    stays NaN and does not count in m."""
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for k, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * p))
+        out[i] = running
+    return out
+
+
+def summary_table(comparisons: list[Comparison]) -> str:
+    """Several comparisons as one Markdown table, with the t-test's p adjusted for having tested
+    them together (Holm): one of seven comparisons below 0.05 is not the evidence that one alone is."""
+    adjusted = holm([c.t_p for c in comparisons])
+    rows = ["| A | B | pairs | A - B (points) | A ahead on | t-test p | Wilcoxon p | t-test p, Holm |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c, adj in zip(comparisons, adjusted):
+        ahead = int(((c.pairs["a"] - c.pairs["b"]) > 0).sum())
+        rows.append(f"| {c.method_a} | {c.method_b} | {c.n} | {100 * c.mean_diff:+.1f} | {ahead} of {c.n} | "
+                    f"{_p(c.t_p, short=True)} | {_p(c.wilcoxon_p, short=True)} | {_p(adj, short=True)} |")
+    return "\n".join(rows)

@@ -182,3 +182,34 @@ def test_compare_says_which_scores_had_no_partner(tmp_path):
     assert ("left out, no mean score to pair: 2 of l-adapter's (babble_0dB fold 3 seed 0; babble_0dB fold 4 seed 0)"
             in out.output), out.output
     assert "left out" not in compare_methods(df[df["fusion"] != "attention"], "l-adapter", "l-adapter").describe()
+
+
+def test_holm_adjusts_in_step_down_order_and_keeps_nan():
+    from pipeline.report.compare import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3x0.01; 2x0.03; max(1x0.04, 0.06)
+    assert holm([0.5, float("nan"), 0.2]) == pytest.approx([0.5, float("nan"), 0.4], nan_ok=True)
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def test_several_pairs_end_with_one_table_holm_adjusted(grid):
+    pairs = [("l-adapter", "mean"), ("l-adapter", "attention")]  # attention: seed 0 only, 5 pairs
+    res = CliRunner().invoke(report_command, [str(grid)] + [x for a, b in pairs for x in ("--compare", a, b)])
+    assert res.exit_code == 0, res.output
+    done = [compare_methods(load_results(grid)[0], a, b) for a, b in pairs]
+    assert res.output.count("paired on condition x test fold") == 2
+    table = res.output.split("| A | B |")[1]
+    low, high = sorted(c.t_p for c in done)
+    holm = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}  # Holm for two tests
+    assert all(0 < c.t_p < 0.05 for c in done)
+    for c in done:
+        ahead = int(((c.pairs["a"] - c.pairs["b"]) > 0).sum())
+        row = (f"| {c.method_a} | {c.method_b} | {c.n} | {100 * c.mean_diff:+.1f} | {ahead} of {c.n} | "
+               f"{c.t_p:.2g} | {c.wilcoxon_p:.2g} | {holm[c.t_p]:.2g} |")
+        assert row in table, (row, table)
+    # one pair: the report as before, no table
+    res = CliRunner().invoke(report_command, [str(grid), "--compare", "l-adapter", "mean"])
+    assert res.exit_code == 0 and "| A | B |" not in res.output
+    # a bad pair is refused before any result is printed
+    res = CliRunner().invoke(report_command, [str(grid), "--compare", "l-adapter", "mean", "--compare", "nope", "mean"])
+    assert res.exit_code != 0 and "no finished runs of method 'nope'" in res.output and "paired" not in res.output
