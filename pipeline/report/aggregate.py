@@ -516,16 +516,24 @@ def best_cells(df: pd.DataFrame) -> dict[str, BestCell]:
     return out
 
 
+def metrics_places(run: pd.Series, bases: Any = (), records: Any = ()) -> list[Path]:
+    """Where a run's metrics.json may be, in order: its run dir, `<base>/runs/<key>` for each results
+    table's folder (the grid's layout, wherever the tables were moved), then `<records>/<key>` for
+    each records folder (`nser-grid --records`)."""
+    places = [Path(str(run["run_dir"])) / "metrics.json"] if is_text(run.get("run_dir")) else []
+    if is_text(key := run.get("run_key")):
+        places += [Path(b) / "runs" / str(key) / "metrics.json" for b in bases]
+        places += [Path(r) / str(key) / "metrics.json" for r in records]
+    return places
+
+
 def class_names(run: pd.Series, base: Path | None, n: int) -> list[str]:
     """The run's class names: the table's `classes`, else its metrics.json, else c0..c{n-1}."""
     names = json_value(run.get("classes"))
     if not (isinstance(names, list) and len(names) == n):
-        candidates = [Path(str(run["run_dir"]))] if _json_str(run.get("run_dir")) else []
-        if base is not None and _json_str(run.get("run_key")):
-            candidates.append(base / "runs" / str(run["run_key"]))  # the grid layout, from anywhere
-        for candidate in candidates:
+        for place in metrics_places(run, [base] if base is not None else []):
             try:
-                names = RunMetrics.read(candidate / "metrics.json").classes
+                names = RunMetrics.read(place).classes
                 break
             except (OSError, ValueError):
                 continue
@@ -534,7 +542,8 @@ def class_names(run: pd.Series, base: Path | None, n: int) -> list[str]:
     return [f"c{i}" for i in range(n)]
 
 
-def _json_str(value: Any) -> bool:
+def is_text(value: Any) -> bool:
+    """A non-empty string (a table cell that is not NaN or blank)."""
     return isinstance(value, str) and bool(value)
 
 

@@ -30,25 +30,13 @@ COLUMNS = ["where", "stack", "method", "run_key", "seed", "fold", "layer", "weig
 NOT_FOUND, NOT_THIS_RUN, NO_WEIGHTS = "not found", "another run's", "without layer weights"
 
 
-def metrics_places(run: pd.Series, bases: Iterable[Path], records: Iterable[str | Path] = ()) -> list[Path]:
-    """Where the run's metrics.json may be, in order: its run dir, `<base>/runs/<key>` for each
-    results table's folder (the grid's layout, wherever the tables were moved), then
-    `<records>/<key>` for each records folder."""
-    places = [Path(str(run["run_dir"])) / "metrics.json"] if _text(run.get("run_dir")) else []
-    key = run.get("run_key")
-    if _text(key):
-        places += [Path(b) / "runs" / str(key) / "metrics.json" for b in bases]
-        places += [Path(r) / str(key) / "metrics.json" for r in records]
-    return places
-
-
 def fold_weights(run: pd.Series, bases: Iterable[Path],
                  records: Iterable[str | Path] = ()) -> tuple[dict[str, dict[str, float]] | None, str]:
-    """(fold -> layer -> weight, "") from the first metrics.json of `metrics_places` that is this
+    """(fold -> layer -> weight, "") from the first metrics.json of `agg.metrics_places` that is this
     run's (`is_this_run`) and has every fold's weights; else (None, why: NOT_FOUND, NOT_THIS_RUN or
     NO_WEIGHTS, the most telling of what the places held)."""
     why = NOT_FOUND
-    for place in metrics_places(run, bases, records):
+    for place in agg.metrics_places(run, bases, records):
         try:
             metrics = RunMetrics.read(place)
             mine = is_this_run(metrics, run, place.parent)
@@ -69,7 +57,7 @@ def is_this_run(metrics: RunMetrics, run: pd.Series, run_dir: Path) -> bool:
     """metrics.json (in `run_dir`) describes the table's row: the run.json beside it (a run dir's or
     a record's) names the row's key, and metrics.json has its fusion, seed, cache identity (where
     the table names one) and, fold by fold, the same test UAR."""
-    if _text(run.get("run_key")):
+    if agg.is_text(run.get("run_key")):
         try:
             if json.loads((run_dir / "run.json").read_text()).get("key") != run["run_key"]:
                 return False
@@ -77,7 +65,7 @@ def is_this_run(metrics: RunMetrics, run: pd.Series, run_dir: Path) -> bool:
             pass  # a hand-made run dir without run.json: the scores below must still be the row's
     if metrics.fusion != run["fusion"] or agg.seed_name(metrics.seed) != agg.seed_name(run["seed"]):
         return False
-    if _text(run.get("cache_identity")) and metrics.cache_identity != run["cache_identity"]:
+    if agg.is_text(run.get("cache_identity")) and metrics.cache_identity != run["cache_identity"]:
         return False
     folds = agg.json_value(run.get("fold_uar"))
     if not isinstance(folds, dict) or set(map(str, folds)) != set(metrics.folds):
@@ -100,10 +88,10 @@ def layer_weights(df: pd.DataFrame, bases: Iterable[Path],
             for row_id, run in part.iterrows():
                 weights, why = fold_weights(run, bases, records)
                 if weights is None:
-                    name = str(run["run_key"]) if _text(run.get("run_key")) else f"{method}{suffix} on {where} (row {row_id})"
+                    name = str(run["run_key"]) if agg.is_text(run.get("run_key")) else f"{method}{suffix} on {where} (row {row_id})"
                     unread.setdefault(why, []).append(name)
                     continue
-                key = run["run_key"] if _text(run.get("run_key")) else f"row {row_id}"
+                key = run["run_key"] if agg.is_text(run.get("run_key")) else f"row {row_id}"
                 for fold, w in weights.items():
                     rows += [{"where": where, "stack": stack, "method": method + suffix, "run_key": key,
                               "seed": agg.seed_name(run["seed"]), "fold": fold, "layer": layer, "weight": v}
@@ -126,10 +114,6 @@ def summary(weights: pd.DataFrame) -> pd.DataFrame:
                     "mean": [float(mean[layer]) for layer in layers], "n": len(g.groupby(["run_key", "fold"])),
                     "largest": largest})
     return pd.DataFrame(out, columns=["where", "stack", "method", "layers", "mean", "n", "largest"])
-
-
-def _text(value: object) -> bool:
-    return isinstance(value, str) and bool(value)
 
 
 def stack_of(layer: str) -> str:
